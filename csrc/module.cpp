@@ -1,0 +1,32 @@
+// step35._core: the thin binding over llama.cpp. One file per concept;
+// each registers its part here.
+#include <pybind11/pybind11.h>
+
+#include "errors.h"
+#include "llama.h"
+#include "log.h"
+
+namespace py = pybind11;
+
+namespace step35 {
+void register_backends(py::module_ & m);
+void register_model(py::module_ & m);
+}  // namespace step35
+
+PYBIND11_MODULE(_core, m) {
+    m.doc() = "Native binding of step35 over the pinned llama.cpp (use the step35 package, not this).";
+    m.attr("__version__") = STEP35_VERSION;
+    m.attr("LLAMA_COMMIT") = STEP35_LLAMA_COMMIT;
+    step35::register_errors(m);
+    step35::register_log(m);
+    step35::register_backends(m);
+    step35::register_model(m);
+    m.def("backend_init", [] {
+        py::gil_scoped_release nogil;
+        llama_backend_init();
+    }, "Initialize llama.cpp (call after the backends are loaded).");
+    m.def("system_info", [] { return std::string(llama_print_system_info()); });
+    m.def("supports_gpu_offload", &llama_supports_gpu_offload);
+    m.def("supports_mmap", &llama_supports_mmap);
+    m.def("supports_mlock", &llama_supports_mlock);
+}

@@ -1,0 +1,7 @@
+"""``python -m step35`` runs the command line."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

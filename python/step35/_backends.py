@@ -1,0 +1,241 @@
+"""Which compute backends to load, in what order, and the report of what happened.
+
+The core wheel carries one CPU backend library per instruction-set level
+(``libggml-cpu-<variant>``) in ``step35/lib``. We ask each variant's
+``ggml_backend_score()`` whether this CPU can run it and load the best one
+(llama.cpp's own search looks beside the Python interpreter, which is the
+wrong place for us). Other backends come from plugin wheels (``step35[cuda]``,
+``step35[vulkan]``) that advertise their libraries through the
+``step35.backends`` entry-point group. A backend that fails to load is recorded
+with the reason and a warning; it never stops the CPU from working.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import warnings
+from dataclasses import dataclass, field
+from importlib import metadata
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from ._native import LIB_DIR, PACKAGE_DIR
+
+ENTRY_POINT_GROUP = "step35.backends"
+
+if sys.platform == "win32":
+    _PREFIX, _EXT = "ggml-", ".dll"
+else:
+    _PREFIX, _EXT = "libggml-", ".so"
+# Libraries in lib/ that are not backends.
+_NOT_BACKENDS = {"base"}
+
+
+@dataclass
+class CpuVariant:
+    """One CPU backend build and whether this machine can run it."""
+
+    name: str
+    library: str
+    score: int
+    error: str | None = None
+
+
+@dataclass
+class LoadedBackend:
+    """A backend that loaded, with its devices (dicts: name, description, type, memory)."""
+
+    name: str
+    library: str | None
+    source: str
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    features: dict[str, str] = field(default_factory=dict)
+    note: str = ""
+
+
+@dataclass
+class FailedBackend:
+    """A backend that did not load, and why."""
+
+    name: str
+    library: str | None
+    source: str
+    reason: str
+
+
+@dataclass
+class BackendReport:
+    """What :func:`backends` returns: versions, loaded and failed backends, CPU variants."""
+
+    version: str
+    llama_commit: str
+    patches: list[str]
+    loaded: list[LoadedBackend]
+    failed: list[FailedBackend]
+    cpu_variants: list[CpuVariant]
+    cpu_variant: str | None
+    system_info: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form (for JSON)."""
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+_loaded: list[LoadedBackend] = []
+_failed: list[FailedBackend] = []
+_cpu_variants: list[CpuVariant] = []
+_cpu_choice: str | None = None
+
+
+def _lib_name(path: Path) -> str:
+    stem = path.name
+    return stem[len(_PREFIX): -len(_EXT)] if stem.startswith(_PREFIX) and stem.endswith(_EXT) else stem
+
+
+def _set_log_level(core: ModuleType) -> None:
+    levels = {"debug": core.LOG_DEBUG, "info": core.LOG_INFO, "warn": core.LOG_WARN,
+              "warning": core.LOG_WARN, "error": core.LOG_ERROR, "none": 1000}
+    wanted = os.environ.get("STEP35_LOG_LEVEL", "none").strip().lower()
+    core.set_log_echo_level(levels.get(wanted, 1000))
+
+
+def _load_cpu(core: ModuleType, lib_dir: Path) -> None:
+    global _cpu_choice
+    candidates = sorted(lib_dir.glob(f"{_PREFIX}cpu*{_EXT}"))
+    for path in candidates:
+        score, error = core.score_backend(str(path))
+        name = _lib_name(path)
+        variant = name[len("cpu-"):] if name.startswith("cpu-") else "default"
+        _cpu_variants.append(CpuVariant(variant, str(path), score, error))
+    if not candidates:
+        _failed.append(FailedBackend("CPU", None, "core", f"no CPU backend library in {lib_dir}: reinstall step35"))
+        return
+    ranked = sorted((v for v in _cpu_variants if v.score > 0), key=lambda v: -v.score)
+    if not ranked:
+        _failed.append(FailedBackend(
+            "CPU", None, "core",
+            "no CPU backend variant can run on this processor: "
+            + "; ".join(f"{v.name}: {v.error or 'score 0'}" for v in _cpu_variants)))
+        return
+    for v in ranked:
+        try:
+            reg_name = core.load_backend(v.library)
+        except Exception as e:  # BackendLoadError: try the next best
+            _failed.append(FailedBackend("CPU", v.library, "core", str(e)))
+            continue
+        _cpu_choice = v.name
+        supported = sum(1 for x in _cpu_variants if x.score > 0)
+        _loaded.append(LoadedBackend(
+            reg_name, v.library, "core",
+            note=(f"variant {v.name}: highest score ({v.score}) of the {supported} of "
+                  f"{len(_cpu_variants)} built variants this CPU supports")))
+        return
+
+
+def _load_other_bundled(core: ModuleType, lib_dir: Path) -> None:
+    for path in sorted(lib_dir.glob(f"{_PREFIX}*{_EXT}")):
+        name = _lib_name(path)
+        if name.startswith("cpu") or name in _NOT_BACKENDS:
+            continue
+        _load_one(core, name, path, "core")
+
+
+def _load_one(core: ModuleType, name: str, path: Path, source: str) -> None:
+    score, error = core.score_backend(str(path))
+    if error is not None and score < 0 and "ggml_backend_score" not in error:
+        _failed.append(FailedBackend(name, str(path), source, f"cannot open {path.name}: {error}"))
+        return
+    if score == 0:
+        _failed.append(FailedBackend(
+            name, str(path), source,
+            f"{path.name} reports it cannot run on this system (no supported device or driver)"))
+        return
+    try:
+        reg_name = core.load_backend(str(path))
+    except Exception as e:
+        _failed.append(FailedBackend(name, str(path), source, str(e)))
+        return
+    _loaded.append(LoadedBackend(reg_name, str(path), source))
+
+
+def _load_plugins(core: ModuleType, version: str) -> None:
+    if os.environ.get("STEP35_NO_PLUGINS"):
+        return
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = getattr(ep, "dist", None)
+        source = f"{dist.name if dist else ep.value} (plugin)"
+        if dist is not None and dist.version != version:
+            _failed.append(FailedBackend(
+                ep.name, None, source,
+                f"version skew: {dist.name} {dist.version} is installed but step35 is {version}; "
+                f"run `pip install \"{dist.name}=={version}\"` (or `pip install step35[{ep.name}]`)"))
+            continue
+        try:
+            provider = ep.load()
+            paths = [Path(p) for p in provider()]
+        except Exception as e:
+            _failed.append(FailedBackend(ep.name, None, source, f"plugin failed to initialize: {e}"))
+            continue
+        for p in paths:
+            _load_one(core, ep.name, p, source)
+
+
+def initialize(core: ModuleType, lib_dir: Path = LIB_DIR) -> None:
+    """Load the CPU variant, bundled backends and plugins, then init llama.cpp. Runs once."""
+    from . import __version__
+
+    _set_log_level(core)
+    _load_cpu(core, lib_dir)
+    _load_other_bundled(core, lib_dir)
+    _load_plugins(core, __version__)
+    core.backend_init()
+    by_name = {r["name"]: r for r in core.registries()}
+    for b in _loaded:
+        reg = by_name.get(b.name)
+        if reg is not None:
+            b.devices = reg["devices"]
+            b.features = reg["features"]
+
+
+def warn_failures() -> None:
+    """One RuntimeWarning per backend that did not load (called once, after setup)."""
+    for f in _failed:
+        warnings.warn(f"step35: backend {f.name} not loaded: {f.reason}", RuntimeWarning, stacklevel=4)
+
+
+def _stamp() -> dict[str, Any]:
+    try:
+        return json.loads((PACKAGE_DIR / "llama_cpp_stamp.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+
+
+def backends() -> BackendReport:
+    """Report the package version, the llama.cpp it carries, and every backend.
+
+    Loads the backends on first call. Example::
+
+        >>> report = step35.backends()
+        >>> report.cpu_variant            # e.g. 'haswell'
+        >>> [d["description"] for b in report.loaded for d in b.devices]
+    """
+    from . import __version__
+    from ._native import core
+
+    c = core()
+    stamp = _stamp()
+    return BackendReport(
+        version=__version__,
+        llama_commit=c.LLAMA_COMMIT,
+        patches=[p["name"] for p in stamp.get("patches", [])],
+        loaded=list(_loaded),
+        failed=list(_failed),
+        cpu_variants=list(_cpu_variants),
+        cpu_variant=_cpu_choice,
+        system_info=c.system_info(),
+    )

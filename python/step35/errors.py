@@ -1,0 +1,52 @@
+"""Exceptions raised by step35.
+
+Every failure in native code arrives as one of these (never as a crash), with a
+message that says what happened and, where there is one, what to do about it.
+Errors about missing files are the built-in :class:`FileNotFoundError`; invalid
+arguments are :class:`ValueError`.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "Step35Error",
+    "ModelLoadError",
+    "InvalidModelError",
+    "BackendLoadError",
+    "ClosedError",
+    "TokenizeError",
+    "Cancelled",
+    "BuildError",
+]
+
+
+class Step35Error(Exception):
+    """Base class of every step35 error."""
+
+
+class ModelLoadError(Step35Error):
+    """llama.cpp could not load a model; the message includes llama.cpp's reason."""
+
+
+class InvalidModelError(ModelLoadError, ValueError):
+    """The file is not a GGUF this package can load (not GGUF, truncated, wrong family)."""
+
+
+class BackendLoadError(Step35Error):
+    """A compute backend library could not be loaded (missing driver/runtime, version skew)."""
+
+
+class ClosedError(Step35Error, ValueError):
+    """The object was used after ``close()``."""
+
+
+class TokenizeError(Step35Error):
+    """Tokenization failed inside llama.cpp."""
+
+
+class Cancelled(Step35Error):
+    """A long operation was stopped by its callback."""
+
+
+class BuildError(Step35Error):
+    """The installed native extension does not match this Python package."""

@@ -1,0 +1,30 @@
+#!/usr/bin/env bash
+# Build the step35 wheel (reusing build/ and ccache), install it into a FRESH
+# virtual environment, and run the test suite against the installed wheel
+# (never against the source tree). Extra arguments go to pytest, e.g.
+#   bash scripts/test.sh -m "not slow"
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
+
+t0=$(date +%s)
+rm -rf dist/wheel && mkdir -p dist/wheel
+"$PY" -m pip wheel . --no-deps -w dist/wheel ${STEP35_PIP_ARGS:-}
+wheel=$(ls dist/wheel/step35-*.whl)
+t1=$(date +%s)
+echo "== wheel: $wheel ($(du -h "$wheel" | cut -f1)), built in $((t1 - t0)) s"
+
+rm -rf .venv-test
+"$PY" -m venv .venv-test
+.venv-test/bin/python -m pip install -q --upgrade pip
+.venv-test/bin/python -m pip install -q "$wheel" -r tests/requirements.txt
+t2=$(date +%s)
+echo "== fresh venv with the wheel installed in $((t2 - t1)) s"
+
+# Run from tests/ so that nothing from the checkout shadows the installed package.
+cd tests
+../.venv-test/bin/python -m pytest -c ../pyproject.toml --rootdir .. "$@"
+t3=$(date +%s)
+echo "== tests ran in $((t3 - t2)) s"
