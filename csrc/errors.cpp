@@ -15,6 +15,11 @@ const char * kind_name(ErrorKind k) {
         case ErrorKind::ClosedError: return "ClosedError";
         case ErrorKind::TokenizeError: return "TokenizeError";
         case ErrorKind::Cancelled: return "Cancelled";
+        case ErrorKind::ContextError: return "ContextError";
+        case ErrorKind::ContextBusyError: return "ContextBusyError";
+        case ErrorKind::ContextOverflowError: return "ContextOverflowError";
+        case ErrorKind::DecodeError: return "DecodeError";
+        case ErrorKind::QuantizeError: return "QuantizeError";
         case ErrorKind::Step35Error: break;
     }
     return "Step35Error";
@@ -25,8 +30,16 @@ void fail(ErrorKind kind, const std::string & what, unsigned long long since_mar
     std::string msg = what;
     auto lines = log_since(since_mark, GGML_LOG_LEVEL_WARN);
     if (!lines.empty()) {
+        // The last lines carry the reason; a long run of warnings before them
+        // (e.g. one per tensor while quantizing) is summarized.
+        constexpr size_t kKeep = 12;
         msg += "\nllama.cpp said:";
-        for (const auto & l : lines) msg += "\n  " + l.text;
+        size_t first = 0;
+        if (lines.size() > kKeep) {
+            first = lines.size() - kKeep;
+            msg += "\n  ... (" + std::to_string(first) + " earlier lines; STEP35_LOG_LEVEL=warn shows them all)";
+        }
+        for (size_t i = first; i < lines.size(); ++i) msg += "\n  " + lines[i].text;
     }
     throw Error(kind, msg);
 }

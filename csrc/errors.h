@@ -20,6 +20,11 @@ enum class ErrorKind {
     ClosedError,       // use after close()
     TokenizeError,     // llama_tokenize / detokenize failed
     Cancelled,         // a callback asked to stop (the Python exception is re-raised instead when there is one)
+    ContextError,          // llama_init_from_model failed
+    ContextBusyError,      // a context is already used by another call
+    ContextOverflowError,  // the input does not fit in n_ctx
+    DecodeError,           // llama_decode failed
+    QuantizeError,         // llama_model_quantize failed
 };
 
 struct Error : std::runtime_error {

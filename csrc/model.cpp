@@ -143,20 +143,12 @@ std::vector<llama_token> tokenize(const ModelHandle & h, const std::string & tex
     return out;
 }
 
-void check_tokens(const llama_vocab * vocab, const std::vector<llama_token> & tokens) {
-    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
-    for (size_t i = 0; i < tokens.size(); ++i) {
-        if (tokens[i] < 0 || tokens[i] >= n_vocab)
-            throw py::value_error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
-                                  " is outside the vocabulary [0, " + std::to_string(n_vocab) + ")");
-    }
-}
 
 py::bytes detokenize(const ModelHandle & h, const std::vector<llama_token> & tokens, bool remove_special,
                      bool unparse_special) {
     auto model = h.get();
     const llama_vocab * vocab = llama_model_get_vocab(model.get());
-    check_tokens(vocab, tokens);
+    check_tokens(vocab, tokens.data(), tokens.size());
     std::string out;
     {
         py::gil_scoped_release nogil;
@@ -176,7 +168,7 @@ py::bytes detokenize(const ModelHandle & h, const std::vector<llama_token> & tok
 py::bytes token_to_piece(const ModelHandle & h, llama_token token, bool special) {
     auto model = h.get();
     const llama_vocab * vocab = llama_model_get_vocab(model.get());
-    check_tokens(vocab, {token});
+    check_tokens(vocab, &token, 1);
     char buf[256];
     int32_t n = llama_token_to_piece(vocab, token, buf, sizeof(buf), 0, special);
     if (n < 0) {
@@ -188,6 +180,15 @@ py::bytes token_to_piece(const ModelHandle & h, llama_token token, bool special)
 }
 
 }  // namespace
+
+void check_tokens(const llama_vocab * vocab, const llama_token * tokens, size_t n) {
+    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    for (size_t i = 0; i < n; ++i) {
+        if (tokens[i] < 0 || tokens[i] >= n_vocab)
+            throw py::value_error("token id " + std::to_string(tokens[i]) + " at position " + std::to_string(i) +
+                                  " is outside the vocabulary [0, " + std::to_string(n_vocab) + ")");
+    }
+}
 
 void register_model(py::module_ & m) {
     py::class_<ModelHandle>(m, "ModelHandle", "A loaded llama.cpp model (use step35.Model).")

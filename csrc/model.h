@@ -28,6 +28,9 @@ private:
     std::shared_ptr<llama_model> model_;
 };
 
+// Token ids outside [0, n_vocab) -> ValueError naming the position.
+void check_tokens(const llama_vocab * vocab, const llama_token * tokens, size_t n);
+
 void register_model(pybind11::module_ & m);
 
 }  // namespace step35

@@ -11,6 +11,10 @@ namespace py = pybind11;
 namespace step35 {
 void register_backends(py::module_ & m);
 void register_model(py::module_ & m);
+void register_context(py::module_ & m);
+void register_generate(py::module_ & m);
+void register_quantize(py::module_ & m);
+void register_bench(py::module_ & m);
 }  // namespace step35
 
 PYBIND11_MODULE(_core, m) {
@@ -21,6 +25,10 @@ PYBIND11_MODULE(_core, m) {
     step35::register_log(m);
     step35::register_backends(m);
     step35::register_model(m);
+    step35::register_context(m);
+    step35::register_generate(m);
+    step35::register_quantize(m);
+    step35::register_bench(m);
     m.def("backend_init", [] {
         py::gil_scoped_release nogil;
         llama_backend_init();

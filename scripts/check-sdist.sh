@@ -27,5 +27,6 @@ STEP35_CACHE="$empty" STEP35_LLAMA_SDIST="$empty/no-such-file.tar.gz" \
   "$PY" -m pip wheel --no-deps -w dist/sdist "$sdist"
 rm -rf .venv-sdist && "$PY" -m venv .venv-sdist
 .venv-sdist/bin/pip install -q dist/sdist/step35-*.whl
-(cd "$empty" && "$OLDPWD/.venv-sdist/bin/step35" info | head -5)
+(cd "$empty" && "$OLDPWD/.venv-sdist/bin/step35" info >"$empty/info.txt")
+head -5 "$empty/info.txt"
 rm -rf "$empty" .venv-sdist

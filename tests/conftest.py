@@ -47,3 +47,15 @@ def tiny_split(tmp_path_factory: pytest.TempPathFactory, model_cache: Path) -> l
 
 def have_git_checkout() -> bool:
     return (REPO / ".git").exists() and shutil.which("git") is not None
+
+
+@pytest.fixture(scope="session")
+def tiny32_path(model_cache: Path) -> Path:
+    """The tiny model in F32 with 32-wide heads: exact enough for greedy-equality
+    checks across kernels, and head sizes the quantized KV-cache types accept."""
+    import dataclasses
+
+    from step35 import testing
+
+    spec = dataclasses.replace(testing.SIZES["tiny"], name="tiny32", dtype="f32", embd_dtype="f32", head_dim=32)
+    return testing.model_path(spec)

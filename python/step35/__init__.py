@@ -7,6 +7,8 @@ Quick start::
     path = step35.testing.model_path("tiny")  # a built-in tiny Step 3.5 model
     with step35.Model(path) as model:
         print(model.architecture, model.n_params, model.tokenize("Hello"))
+        print(model.generate("Hello", max_tokens=16, temperature=0).text)
+        reply = model.chat([{"role": "user", "content": "Hi!"}], max_tokens=64)
 """
 
 from __future__ import annotations
@@ -19,12 +21,19 @@ from .errors import (
     BackendLoadError,
     Cancelled,
     ClosedError,
+    ContextBusyError,
+    ContextError,
+    ContextOverflowError,
+    DecodeError,
     InvalidModelError,
     ModelLoadError,
+    QuantizeError,
     Step35Error,
     TokenizeError,
 )
+from .generation import Completion, CompletionStream, GenerationStats, SamplingParams
 from .model import Model
+from .quantize import QUANT_TYPES, quantize
 
 __all__ = [
     "__version__",
@@ -39,14 +48,31 @@ __all__ = [
     "ClosedError",
     "TokenizeError",
     "Cancelled",
+    "ContextError",
+    "ContextBusyError",
+    "ContextOverflowError",
+    "DecodeError",
+    "QuantizeError",
+    "Context",
+    "ContextParams",
+    "SamplingParams",
+    "Completion",
+    "CompletionStream",
+    "GenerationStats",
+    "quantize",
+    "QUANT_TYPES",
     "testing",
 ]
+
+# Imported on first use (they pull in numpy): name -> submodule.
+_LAZY = {"testing": ".testing", "Context": ".context", "ContextParams": ".context"}
 
 
 def __getattr__(name: str):
     # `step35.testing` imports numpy/gguf: load it only when asked for.
-    if name == "testing":
+    if name in _LAZY:
         import importlib
 
-        return importlib.import_module(".testing", __name__)
+        mod = importlib.import_module(_LAZY[name], __name__)
+        return mod if name == "testing" else getattr(mod, name)
     raise AttributeError(f"module 'step35' has no attribute {name!r}")

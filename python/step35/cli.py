@@ -5,6 +5,11 @@ Subcommands:
     step35 load [-m MODEL]            load a model with a progress bar and print its properties
                                       (no -m: the built-in tiny Step 3.5 model)
     step35 testmodel [--size S] [-o DIR] [--split N]   write a built-in tiny Step 3.5 GGUF
+    step35 run [-m MODEL] -p PROMPT [sampling/context flags]   generate and print the stats line
+    step35 chat [-m MODEL]            interactive streaming chat (/reset, /exit; Ctrl-C stops an answer)
+    step35 quantize SRC DST TYPE      quantize a GGUF (Q8_0, Q4_K_S, Q4_K_M, IQ4_XS, ...)
+    step35 bench [-m MODEL] [-npp ...] [-ntg ...] [-npl ...]   llama-batched-bench's table
+                                      (no -m: the built-in tiny Step 3.5 model)
 """
 
 from __future__ import annotations
@@ -134,6 +139,219 @@ def cmd_testmodel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_context_flags(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("context")
+    g.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length (0 = the model's)")
+    g.add_argument("-b", "--batch-size", type=int, default=2048)
+    g.add_argument("-ub", "--ubatch-size", type=int, default=512)
+    g.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
+    g.add_argument("-ctk", "--cache-type-k", default="f16")
+    g.add_argument("-ctv", "--cache-type-v", default="f16")
+    g.add_argument("-t", "--threads", type=int, default=None)
+    g.add_argument("-tb", "--threads-batch", type=int, default=None)
+    g.add_argument("--swa-full", action="store_true")
+    g.add_argument("--no-warmup", action="store_true")
+    g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    g.add_argument("--mmap", type=int, choices=(0, 1), default=1)
+
+
+def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
+    g = s.add_argument_group("sampling")
+    g.add_argument("-n", "--n-predict", type=int, default=None, help="most tokens to generate (default: no limit)")
+    g.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
+    g.add_argument("--top-k", type=int, default=40)
+    g.add_argument("--top-p", type=float, default=0.95)
+    g.add_argument("--min-p", type=float, default=0.05)
+    g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("-s", "--seed", type=int, default=None)
+
+
+def _context_params(args: argparse.Namespace) -> dict:
+    return {"n_ctx": args.ctx_size, "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
+            "flash_attn": args.flash_attn, "type_k": args.cache_type_k, "type_v": args.cache_type_v,
+            "n_threads": args.threads, "n_threads_batch": args.threads_batch, "swa_full": args.swa_full,
+            "warmup": not args.no_warmup}
+
+
+def _sampling(args: argparse.Namespace) -> dict:
+    return {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
+            "repeat_penalty": args.repeat_penalty, "seed": args.seed}
+
+
+def _open_model(args: argparse.Namespace):
+    from .context import ContextParams
+
+    params = ContextParams(**_context_params(args))  # validate flags before loading anything
+    model, _ = _load_with_progress(args.model or _default_model(), n_gpu_layers=args.n_gpu_layers,
+                                   use_mmap=bool(args.mmap), context=params)
+    return model
+
+
+class _Printer:
+    """Prints chat deltas: reasoning dimmed (or hidden), content plain, tool calls as JSON."""
+
+    def __init__(self, show_reasoning: bool, out=None) -> None:
+        self.out = out or sys.stdout
+        self.show_reasoning = show_reasoning
+        self.tty = self.out.isatty()
+        self.mode: str | None = None
+
+    def _switch(self, mode: str) -> None:
+        if mode == self.mode:
+            return
+        if self.mode == "reasoning" and self.tty:
+            self.out.write("\x1b[0m")
+        if self.mode is not None:
+            self.out.write("\n")
+        if mode == "reasoning":
+            self.out.write("\x1b[2m[reasoning] " if self.tty else "[reasoning] ")
+        elif mode == "tool":
+            self.out.write("[tool call] ")
+        self.mode = mode
+
+    def delta(self, d: dict) -> None:
+        if d.get("reasoning_content") and self.show_reasoning:
+            self._switch("reasoning")
+            self.out.write(d["reasoning_content"])
+        if d.get("content"):
+            self._switch("content")
+            self.out.write(d["content"])
+        for call in d.get("tool_calls") or ():
+            fn = call.get("function", {})
+            if fn.get("name"):
+                self._switch("tool")
+                self.out.write(f"{fn['name']}(")
+            if fn.get("arguments"):
+                self.out.write(f"{fn['arguments']})")
+        self.out.flush()
+
+    def end(self) -> None:
+        if self.mode == "reasoning" and self.tty:
+            self.out.write("\x1b[0m")
+        self.out.write("\n")
+        self.out.flush()
+        self.mode = None
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    with _open_model(args) as model:
+        if args.raw:
+            stream = model.generate(args.prompt, max_tokens=args.n_predict, stream=True, **_sampling(args))
+            with stream:
+                for piece in stream:
+                    sys.stdout.write(piece)
+                    sys.stdout.flush()
+            print()
+            print(f"[{stream.finish_reason}] {stream.stats}", file=sys.stderr)
+            return 0
+        messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
+            {"role": "user", "content": args.prompt}]
+        printer = _Printer(show_reasoning=not args.hide_reasoning)
+        chat = model.chat(messages, stream=True, max_tokens=args.n_predict, **_sampling(args))
+        with chat:
+            reason = None
+            for chunk in chat:
+                choice = chunk["choices"][0]
+                printer.delta(choice["delta"])
+                reason = choice["finish_reason"] or reason
+            printer.end()
+            print(f"[{reason}] {chat.stats}", file=sys.stderr)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    with _open_model(args) as model:
+        history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
+        print("step35 chat: /reset clears the conversation, /exit (or Ctrl-D) quits, "
+              "Ctrl-C stops the current answer.", file=sys.stderr)
+        printer = _Printer(show_reasoning=not args.hide_reasoning)
+        while True:
+            try:
+                line = input("> ")
+            except EOFError:
+                print()
+                return 0
+            except KeyboardInterrupt:
+                print()
+                continue
+            if line.strip() in ("/exit", "/quit"):
+                return 0
+            if line.strip() == "/reset":
+                history = history[:1] if args.system else []
+                model.context.clear()
+                print("(conversation cleared)", file=sys.stderr)
+                continue
+            if not line.strip():
+                continue
+            history.append({"role": "user", "content": line})
+            reasoning, content, calls = [], [], {}
+            stream = model.chat(history, stream=True, max_tokens=args.n_predict, **_sampling(args))
+            try:
+                for chunk in stream:
+                    d = chunk["choices"][0]["delta"]
+                    printer.delta(d)
+                    reasoning.append(d.get("reasoning_content") or "")
+                    content.append(d.get("content") or "")
+                    for c in d.get("tool_calls") or ():
+                        calls.setdefault(c["index"], c)
+            except KeyboardInterrupt:
+                print("\n(stopped)", file=sys.stderr)
+            finally:
+                stream.close()
+                printer.end()
+            message = {"role": "assistant", "content": "".join(content),
+                       "reasoning_content": "".join(reasoning)}
+            history.append(message)
+
+
+def cmd_quantize(args: argparse.Namespace) -> int:
+    from .quantize import quantize
+
+    t0 = time.perf_counter()
+    out = quantize(args.src, args.dst, args.type, threads=args.threads or 0, allow_requantize=args.allow_requantize,
+                   pure=args.pure, overwrite=args.overwrite)
+    print(f"{out} ({_fmt_bytes(out.stat().st_size)}) in {time.perf_counter() - t0:.1f} s")
+    return 0
+
+
+def _int_list(text: str) -> list[int]:
+    try:
+        return [int(x) for x in text.split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from . import bench
+
+    path = args.model or _default_model(args.size)
+    settings = {"n_kv_max": args.ctx_size or "auto", "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
+                "flash_attn": args.flash_attn, "is_pp_shared": int(args.pps), "n_gpu_layers": args.n_gpu_layers,
+                "n_threads": args.threads or "default", "type_k": args.cache_type_k, "type_v": args.cache_type_v}
+    fmt = args.output_format
+    if fmt == "md":
+        print(bench.describe(path, settings))
+        print()
+        print(bench.table_header(), flush=True)
+
+    def on_row(row: "bench.BenchRow") -> None:
+        if fmt == "md":
+            print(bench.format_row(row), flush=True)
+        elif fmt == "jsonl":
+            print(json.dumps(row.as_dict()), flush=True)
+
+    rows = bench.run(path, args.npp, args.ntg, args.npl, shared_prompt=args.pps, n_ctx=args.ctx_size,
+                     n_batch=args.batch_size, n_ubatch=args.ubatch_size, flash_attn=args.flash_attn,
+                     type_k=args.cache_type_k, type_v=args.cache_type_v, n_threads=args.threads,
+                     n_threads_batch=args.threads_batch, kv_unified=args.kv_unified,
+                     n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), on_row=on_row)
+    if fmt == "json":
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    elif fmt == "csv":
+        print(bench.to_csv(rows), end="")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``step35`` command."""
     p = argparse.ArgumentParser(prog="step35", description="Run Step 3.5 Flash locally on llama.cpp.")
@@ -158,6 +376,55 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--split", type=int, default=1, help="write a split set of N files")
     s.add_argument("-o", "--output", help="directory (default: print the cached model's path)")
     s.set_defaults(func=cmd_testmodel)
+
+    s = sub.add_parser("run", help="answer one prompt (chat template, reasoning shown) and print the stats")
+    s.add_argument("-m", "--model", help="GGUF file (default: the built-in tiny model)")
+    s.add_argument("-p", "--prompt", required=True)
+    s.add_argument("--system", help="a system message")
+    s.add_argument("--raw", action="store_true", help="continue the prompt text as is (no chat template)")
+    s.add_argument("--hide-reasoning", action="store_true", help="print only the answer")
+    _add_context_flags(s)
+    _add_sampling_flags(s)
+    s.set_defaults(func=cmd_run)
+
+    s = sub.add_parser("chat", help="interactive streaming chat")
+    s.add_argument("-m", "--model", help="GGUF file (default: the built-in tiny model)")
+    s.add_argument("--system", help="a system message")
+    s.add_argument("--hide-reasoning", action="store_true")
+    _add_context_flags(s)
+    _add_sampling_flags(s)
+    s.set_defaults(func=cmd_chat)
+
+    s = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
+    s.add_argument("src")
+    s.add_argument("dst")
+    s.add_argument("type", help="Q8_0, Q4_K_S, Q4_K_M, IQ4_XS, Q6_K, ... (IQ4_XS needs no imatrix)")
+    s.add_argument("-t", "--threads", type=int, default=0)
+    s.add_argument("--allow-requantize", action="store_true")
+    s.add_argument("--pure", action="store_true", help="one type for every tensor")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing DST")
+    s.set_defaults(func=cmd_quantize)
+
+    s = sub.add_parser("bench", help="batched benchmark (llama-batched-bench's table)")
+    s.add_argument("-m", "--model", help="GGUF file (default: the built-in Step 3.5 model of --size)")
+    s.add_argument("--size", default="tiny", help="built-in model when there is no -m: tiny, small or mid")
+    s.add_argument("-c", "--ctx-size", type=int, default=0, help="KV size (default: what the largest row needs)")
+    s.add_argument("-b", "--batch-size", type=int, default=2048)
+    s.add_argument("-ub", "--ubatch-size", type=int, default=512)
+    s.add_argument("-npp", type=_int_list, default=[128, 256, 512], help="prompt lengths, e.g. 128,256,512")
+    s.add_argument("-ntg", type=_int_list, default=[128], help="generated tokens, e.g. 128,256")
+    s.add_argument("-npl", type=_int_list, default=[1], help="parallel sequences, e.g. 1,2,4,8")
+    s.add_argument("-pps", action="store_true", help="one prompt shared by all sequences")
+    s.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
+    s.add_argument("-ctk", "--cache-type-k", default="f16")
+    s.add_argument("-ctv", "--cache-type-v", default="f16")
+    s.add_argument("-t", "--threads", type=int, default=None)
+    s.add_argument("-tb", "--threads-batch", type=int, default=None)
+    s.add_argument("-kvu", "--kv-unified", action="store_true")
+    s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    s.add_argument("--mmap", type=int, choices=(0, 1), default=1)
+    s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
+    s.set_defaults(func=cmd_bench)
     return p
 
 
@@ -168,9 +435,16 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args.func(args) or 0)
-    except (Step35Error, FileNotFoundError, IsADirectoryError, ValueError) as e:
+    except (Step35Error, FileNotFoundError, FileExistsError, IsADirectoryError, ValueError) as e:
         print(f"step35: error: {e}", file=sys.stderr)
         return 1
+    except BrokenPipeError:
+        # The reader went away (`step35 info | head`): not an error. Point stdout
+        # at devnull so the interpreter's final flush does not complain again.
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print("step35: interrupted", file=sys.stderr)
         return 130

@@ -17,6 +17,11 @@ __all__ = [
     "TokenizeError",
     "Cancelled",
     "BuildError",
+    "ContextError",
+    "ContextBusyError",
+    "ContextOverflowError",
+    "DecodeError",
+    "QuantizeError",
 ]
 
 
@@ -50,3 +55,23 @@ class Cancelled(Step35Error):
 
 class BuildError(Step35Error):
     """The installed native extension does not match this Python package."""
+
+
+class ContextError(Step35Error):
+    """llama.cpp could not create a context with the requested settings (often: not enough memory)."""
+
+
+class ContextBusyError(Step35Error):
+    """The context is already in use by another call (an unfinished stream, or another thread)."""
+
+
+class ContextOverflowError(Step35Error, ValueError):
+    """The input does not fit in the context; the message gives both sizes."""
+
+
+class DecodeError(Step35Error):
+    """llama.cpp failed while evaluating tokens; the message includes its reason."""
+
+
+class QuantizeError(Step35Error):
+    """llama.cpp could not quantize the model; the message includes its reason."""

@@ -7,10 +7,17 @@ import os
 import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import InvalidModelError
 from .gguf import GGUFHeader, read_header
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from .chat import ChatStream
+    from .context import Context, ContextParams
+    from .generation import Completion, CompletionStream
 
 __all__ = ["Model", "model_files"]
 
@@ -81,6 +88,9 @@ class Model:
         vocab_only: load only the tokenizer (fast; no weights).
         check_tensors: validate tensor data while loading (slow).
         main_gpu: the device index used when the whole model goes on one GPU.
+        context: settings of the default context that :meth:`generate` and
+            :meth:`chat` use (a :class:`~step35.ContextParams` or a dict of its
+            fields, e.g. ``{"n_ctx": 32768, "type_k": "q8_0"}``); created on first use.
 
     Raises:
         FileNotFoundError: the file, or part of a split set, is missing.
@@ -99,6 +109,7 @@ class Model:
         vocab_only: bool = False,
         check_tensors: bool = False,
         main_gpu: int = 0,
+        context: ContextParams | dict[str, Any] | None = None,
     ) -> None:
         self.files: list[Path] = model_files(path)
         """Every file of the model (one, or each part of a split set)."""
@@ -120,10 +131,18 @@ class Model:
             main_gpu=int(main_gpu),
             progress=progress,
         )
+        from .context import ContextParams
+
+        self._context_params = ContextParams.coerce(context)
+        self._context: Context | None = None
 
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:
         """Free the weights now (idempotent, safe from any thread). Later use raises ClosedError."""
+        ctx = getattr(self, "_context", None)
+        if ctx is not None:
+            self._context = None
+            ctx.close()
         handle = getattr(self, "_handle", None)
         if handle is not None:
             handle.close()
@@ -249,3 +268,206 @@ class Model:
     def special_tokens(self) -> dict[str, int | bool]:
         """BOS/EOS/EOT ids and whether BOS is added."""
         return dict(self._handle.special_tokens())
+
+    # -- contexts and evaluation ----------------------------------------------
+    def _native_handle(self) -> Any:
+        if self._handle.closed:
+            from .errors import ClosedError
+
+            raise ClosedError("this Model has been closed")
+        return self._handle
+
+    def new_context(self, params: ContextParams | dict[str, Any] | None = None, **overrides: Any) -> Context:
+        """A new :class:`~step35.Context` (settings as :class:`~step35.ContextParams` fields).
+
+        Example::
+
+            >>> ctx = model.new_context(n_ctx=32768, flash_attn="on", type_k="q8_0", type_v="q8_0")
+        """
+        from .context import Context
+
+        return Context(self, params, **overrides)
+
+    @property
+    def context(self) -> Context:
+        """The default context of :meth:`generate` and :meth:`chat` (made on first use)."""
+        if self._context is None or self._context.closed:
+            self._context = self.new_context(self._context_params)
+        return self._context
+
+    def logits(self, tokens: Iterable[int], *, incremental: bool = False, **context: Any) -> np.ndarray:
+        """Logits (float32, shape ``(len(tokens), n_vocab)``) of every position of ``tokens``.
+
+        Uses a throwaway context sized for the sequence. ``incremental=False``
+        evaluates in batched passes; ``incremental=True`` token by token, as
+        generation does. ``context`` overrides settings (``n_batch=64``, ...).
+
+        Example::
+
+            >>> ids = model.tokenize("The quick brown fox")
+            >>> lp = model.logits(ids)            # (len(ids), n_vocab)
+            >>> next_id = int(lp[-1].argmax())
+        """
+        from .context import _token_list, scoring_params
+
+        ids = _token_list(tokens)
+        params = scoring_params(len(ids), self._context_params.replace(warmup=False), **context)
+        with self.new_context(params) as ctx:
+            return ctx.logits(ids, incremental=incremental)
+
+    def _prompt_tokens(self, prompt: str | bytes | Iterable[int], add_special: bool, parse_special: bool) -> list[int]:
+        if isinstance(prompt, (str, bytes, bytearray, memoryview)):
+            return self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
+        from .context import _token_list
+
+        return _token_list(prompt)
+
+    def generate(
+        self,
+        prompt: str | bytes | Iterable[int],
+        max_tokens: int | None = 256,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        add_special: bool = True,
+        parse_special: bool = True,
+        context: Context | None = None,
+    ) -> Completion | CompletionStream:
+        """Continue ``prompt`` (text or token ids).
+
+        The token loop runs natively with the GIL released. With ``stream=True``
+        the result is an iterator of text pieces (never splitting a character);
+        closing it, Ctrl-C, or a stop string ends generation within one token.
+        Without, a :class:`~step35.Completion` with text, tokens, finish reason
+        and stats. Tokens already in the context's cache that match the start of
+        the prompt are reused.
+
+        Args:
+            prompt: text (tokenized with BOS; special-token text such as
+                ``<|im_start|>`` is parsed unless ``parse_special=False``) or token ids.
+            max_tokens: most tokens to generate (None: until the context is full).
+            temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                presence_penalty, frequency_penalty, seed: see :class:`~step35.SamplingParams`
+                (temperature 0 is greedy; the same seed gives the same output).
+            stop: string(s) that end generation; they are not part of the output.
+            context: run on this context instead of the model's default one.
+
+        Example::
+
+            >>> out = model.generate("Once upon a time", max_tokens=64, temperature=0)
+            >>> print(out.text, out.stats)
+            >>> for piece in model.generate("Count: 1, 2,", stream=True, stop=["10"]):
+            ...     print(piece, end="", flush=True)
+
+        Raises:
+            ValueError: an invalid parameter (named in the message).
+            ContextOverflowError: the prompt does not fit in the context.
+            ContextBusyError: the context is used by an unfinished stream or another thread.
+        """
+        from .generation import SamplingParams, check_max_tokens, check_stop, run
+
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
+                                  presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
+        check_max_tokens(max_tokens)
+        check_stop(stop)
+        ids = self._prompt_tokens(prompt, add_special, parse_special)
+        ctx = context if context is not None else self.context
+        return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop)
+
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                    **template_vars: Any) -> str:
+        """The prompt text :meth:`chat` sends for ``messages`` and ``tools`` (rendered by the GGUF's template)."""
+        from .chat import build_prompt
+
+        special = self.special_tokens
+        return build_prompt(self._template(), messages, tools, bos_token=self._token_text(special.get("bos")),
+                            eos_token=self._token_text(special.get("eos")), **template_vars)
+
+    def _template(self) -> str:
+        template = self.chat_template
+        if template:
+            return template
+        from .testing import chat_template_path
+
+        return chat_template_path().read_text(encoding="utf-8")
+
+    def _token_text(self, token: Any) -> str:
+        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
+            return ""
+        return self.token_to_piece(token, special=True).decode("utf-8", errors="replace")
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = "auto",
+        *,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        context: Context | None = None,
+        **template_vars: Any,
+    ) -> dict[str, Any] | ChatStream:
+        """An OpenAI-style chat completion.
+
+        ``messages`` are OpenAI chat messages (``system``/``user``/``assistant``/``tool``;
+        assistant messages may carry ``reasoning_content`` and ``tool_calls``);
+        ``tools`` OpenAI function tools. The GGUF's chat template renders them;
+        the model's reasoning comes back as ``reasoning_content``, the answer as
+        ``content``, and every tool call it makes as ``tool_calls`` with
+        arguments typed by the tool's schema. Previous turns are reused from
+        the context's cache.
+
+        Returns a ``chat.completion`` dict, or with ``stream=True`` a
+        :class:`~step35.chat.ChatStream` of ``chat.completion.chunk`` dicts.
+
+        Example::
+
+            >>> tools = [{"type": "function", "function": {"name": "get_weather",
+            ...     "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+            >>> r = model.chat([{"role": "user", "content": "Weather in Paris?"}], tools=tools)
+            >>> r["choices"][0]["message"].get("tool_calls")
+
+        Raises:
+            ValueError: malformed messages or tools, or an invalid parameter (before anything runs).
+            ContextOverflowError: the conversation does not fit in the context.
+            ToolCallParseError: the model wrote a tool call that cannot be parsed.
+        """
+        from .chat import ChatStream, complete, select_tools
+        from .generation import SamplingParams, check_max_tokens, check_stop, run
+
+        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                                  repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
+                                  frequency_penalty=frequency_penalty, seed=seed)
+        check_max_tokens(max_tokens)
+        check_stop(stop)
+        chosen = select_tools(tools, tool_choice)
+        prompt = self.chat_prompt(messages, chosen, **template_vars)
+        bos = self.special_tokens.get("bos")
+        bos_text = self._token_text(bos)
+        add_bos = bool(self.special_tokens.get("add_bos")) and not (bos_text and prompt.startswith(bos_text))
+        ids = self.tokenize(prompt, add_special=add_bos, parse_special=True)
+        ctx = context if context is not None else self.context
+        name = self.path.name
+        if stream:
+            completion = run(ctx, ids, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop)
+            return ChatStream(completion, chosen, name)  # type: ignore[arg-type]
+        return complete(ctx, ids, chosen, model_name=name, max_tokens=max_tokens, sampling=sampling, stop=stop)

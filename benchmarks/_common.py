@@ -1,0 +1,44 @@
+"""Shared helpers of the side-by-side benchmark scripts (not part of the package)."""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def native_bin(native: bool = False) -> Path:
+    """Build (or reuse) llama.cpp's tools from the pinned source; return their bin/ directory."""
+    args = ["bash", str(REPO / "benchmarks" / "build_native.sh")] + (["--native"] if native else [])
+    out = subprocess.run(args, check=True, capture_output=True, text=True)
+    return REPO / out.stdout.strip().splitlines()[-1]
+
+
+def bench_model(size: str, quant: str | None) -> Path:
+    """A built-in benchmark model, quantized (cached next to the F16 original) when asked."""
+    import step35
+    from step35 import testing
+
+    src = testing.model_path(size)
+    if not quant:
+        return src
+    dst = src.with_name(f"{src.stem}-{quant}.gguf")
+    if not dst.exists():
+        step35.quantize(src, dst, quant)
+    return dst
+
+
+def median(xs: list[float]) -> float:
+    return statistics.median(xs) if xs else float("nan")
+
+
+def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    if p.returncode != 0:
+        sys.stderr.write(p.stdout + p.stderr)
+        raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}")
+    return p

@@ -1,0 +1,326 @@
+"""Contexts: the KV cache and compute settings a model runs with.
+
+A :class:`Context` is what evaluates tokens. :class:`~step35.Model` keeps a
+default one for :meth:`~step35.Model.generate` / :meth:`~step35.Model.chat`
+(created on first use from the model's ``context`` settings); make more with
+:meth:`~step35.Model.new_context` when you need different settings or several
+conversations at once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from .errors import ContextOverflowError
+
+if TYPE_CHECKING:
+    from .model import Model
+
+__all__ = ["ContextParams", "Context", "KV_TYPES"]
+
+#: KV-cache element types (``type_k`` / ``type_v``) and their ggml type ids.
+KV_TYPES: dict[str, int] = {
+    "f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "iq4_nl": 20,
+}
+_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+
+FlashAttn = Literal["auto", "on", "off"]
+
+
+def default_threads() -> int:
+    """Threads used when none are given: the number of physical cores, as llama.cpp's tools count them.
+
+    (llama.cpp's library default is a fixed 4, which oversubscribes small
+    machines and underuses big ones.)
+    """
+    siblings = set()
+    cpu = 0
+    while True:
+        try:
+            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings") as f:
+                siblings.add(f.read().strip())
+        except OSError:
+            break
+        cpu += 1
+    return len(siblings) if siblings else max(1, os.cpu_count() or 1)
+
+
+def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class ContextParams:
+    """Settings of a context (the llama.cpp flags the seeds use in brackets).
+
+    Args:
+        n_ctx: context length in tokens [-c]; 0 means the model's training context.
+        n_batch: most tokens handed to one decode call [-b].
+        n_ubatch: most tokens computed at once inside a decode call [-ub]; <= n_batch.
+        n_seq_max: independent sequences (parallel streams, batched benchmarks).
+        n_threads: threads for generation [-t]; None = the physical cores (as llama.cpp's tools).
+        n_threads_batch: threads for prompt processing [-tb]; None = n_threads.
+        flash_attn: "auto", "on" or "off" (or a bool) [-fa].
+        type_k: K-cache type: "f16" (default), "q8_0", "q4_0", ... (see ``KV_TYPES``) [-ctk].
+        type_v: V-cache type, as type_k; quantized V needs flash attention [-ctv].
+        swa_full: keep a full-length cache for sliding-window layers (needed to
+            rewind further back than the window; costs memory) [--swa-full].
+        kv_unified: one KV buffer shared by all sequences.
+        offload_kqv: keep the KV cache and attention on the GPU when layers are offloaded.
+        warmup: run one cheap single-token decode when the context is made, so the
+            first real call is not slower. Unlike llama.cpp's default warm-up it
+            does not touch every expert, so it cannot run a nearly full machine
+            out of memory. False skips it [--no-warmup].
+    """
+
+    n_ctx: int = 4096
+    n_batch: int = 2048
+    n_ubatch: int = 512
+    n_seq_max: int = 1
+    n_threads: int | None = None
+    n_threads_batch: int | None = None
+    flash_attn: FlashAttn | bool = "auto"
+    type_k: str = "f16"
+    type_v: str = "f16"
+    swa_full: bool = False
+    kv_unified: bool = True
+    offload_kqv: bool = True
+    warmup: bool = True
+
+    def __post_init__(self) -> None:
+        _positive_int("n_ctx", self.n_ctx, minimum=0)
+        _positive_int("n_batch", self.n_batch)
+        _positive_int("n_ubatch", self.n_ubatch)
+        _positive_int("n_seq_max", self.n_seq_max)
+        if self.n_ubatch > self.n_batch:
+            raise ValueError(f"n_ubatch ({self.n_ubatch}) must not exceed n_batch ({self.n_batch})")
+        for name in ("n_threads", "n_threads_batch"):
+            v = getattr(self, name)
+            if v is not None:
+                _positive_int(name, v)
+        fa = self.flash_attn
+        if isinstance(fa, bool):
+            object.__setattr__(self, "flash_attn", "on" if fa else "off")
+        elif fa not in _FLASH_ATTN:
+            raise ValueError(f"flash_attn must be 'auto', 'on', 'off' or a bool, got {fa!r}")
+        for name in ("type_k", "type_v"):
+            v = getattr(self, name)
+            key = v.lower() if isinstance(v, str) else v
+            if key not in KV_TYPES:
+                raise ValueError(f"unknown {name} {v!r}: expected one of {', '.join(KV_TYPES)}")
+            object.__setattr__(self, name, key)
+        if self.type_v not in ("f32", "f16", "bf16") and self.flash_attn == "off":
+            raise ValueError(f"type_v={self.type_v!r} (a quantized V cache) needs flash_attn 'on' or 'auto'")
+
+    def replace(self, **changes: Any) -> ContextParams:
+        """A copy with some settings changed (validated again)."""
+        return dataclasses.replace(self, **changes)
+
+    @classmethod
+    def coerce(cls, value: ContextParams | Mapping[str, Any] | None, **overrides: Any) -> ContextParams:
+        """``value`` as ContextParams (from None, a dict, or ContextParams), with ``overrides`` applied."""
+        if value is None:
+            base = cls()
+        elif isinstance(value, ContextParams):
+            base = value
+        elif isinstance(value, Mapping):
+            unknown = set(value) - {f.name for f in dataclasses.fields(cls)}
+            if unknown:
+                raise ValueError(f"unknown context setting(s): {', '.join(sorted(unknown))}")
+            base = cls(**value)
+        else:
+            raise ValueError(f"context settings must be ContextParams or a dict, got {type(value).__name__}")
+        overrides = {k: v for k, v in overrides.items() if v is not None}
+        return base.replace(**overrides) if overrides else base
+
+    def _native(self, core: Any) -> Any:
+        o = core.ContextOptions()
+        o.n_ctx = self.n_ctx
+        o.n_batch = self.n_batch
+        o.n_ubatch = self.n_ubatch
+        o.n_seq_max = self.n_seq_max
+        o.n_threads = self.n_threads or default_threads()
+        o.n_threads_batch = self.n_threads_batch or o.n_threads
+        o.flash_attn = _FLASH_ATTN[str(self.flash_attn)]
+        o.type_k = KV_TYPES[self.type_k]
+        o.type_v = KV_TYPES[self.type_v]
+        o.swa_full = self.swa_full
+        o.kv_unified = self.kv_unified
+        o.offload_kqv = self.offload_kqv
+        o.warmup = self.warmup
+        return o
+
+
+_OUTPUTS = {"none": 0, "last": 1, "all": 2}
+
+
+def _token_list(tokens: Iterable[int] | np.ndarray) -> list[int]:
+    if isinstance(tokens, (str, bytes)):
+        raise ValueError("expected token ids (ints); tokenize text with Model.tokenize() first")
+    out = []
+    for i, t in enumerate(tokens):
+        if isinstance(t, bool) or not isinstance(t, (int, np.integer)):
+            raise ValueError(f"token at position {i} is not an int: {t!r}")
+        out.append(int(t))
+    return out
+
+
+class Context:
+    """A llama.cpp context over a :class:`~step35.Model`: the KV cache plus compute settings.
+
+    Example::
+
+        >>> with model.new_context(n_ctx=8192, type_k="q8_0") as ctx:
+        ...     logits = ctx.logits(model.tokenize("The capital of France is"))
+        ...     print(model.detokenize([int(logits[-1].argmax())]))
+
+    Contexts hold their own reference to the weights: closing the model does
+    not break a live context. One call at a time may use a context; another
+    thread or an unfinished stream gets :class:`~step35.errors.ContextBusyError`.
+    """
+
+    def __init__(self, model: Model, params: ContextParams | Mapping[str, Any] | None = None, **overrides: Any):
+        """Create a context for ``model`` (settings: see :class:`ContextParams`)."""
+        from ._native import core
+
+        self.params: ContextParams = ContextParams.coerce(params, **overrides)
+        """The settings this context was made with."""
+        self.model = model
+        """The model this context runs."""
+        self._core = core()
+        self._handle = self._core.new_context(model._native_handle(), self.params._native(self._core))
+
+    # -- lifetime -------------------------------------------------------------
+    def close(self) -> None:
+        """Free the KV cache now (idempotent). Raises ContextBusyError while a call uses it."""
+        self._handle.close()
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return bool(self._handle.closed)
+
+    def __enter__(self) -> Context:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        if self.closed:
+            return "<step35.Context (closed)>"
+        return f"<step35.Context n_ctx={self.n_ctx} n_batch={self.n_batch} n_ubatch={self.n_ubatch}>"
+
+    # -- properties -----------------------------------------------------------
+    @property
+    def n_ctx(self) -> int:
+        """Context length in tokens (llama.cpp may round the requested size up)."""
+        return int(self._handle.n_ctx)
+
+    @property
+    def n_batch(self) -> int:
+        """Most tokens per decode call."""
+        return int(self._handle.n_batch)
+
+    @property
+    def n_ubatch(self) -> int:
+        """Most tokens computed at once."""
+        return int(self._handle.n_ubatch)
+
+    @property
+    def n_seq_max(self) -> int:
+        """Number of independent sequences."""
+        return int(self._handle.n_seq_max)
+
+    @property
+    def n_threads(self) -> int:
+        """Threads used for generation."""
+        return int(self._handle.n_threads)
+
+    @property
+    def n_threads_batch(self) -> int:
+        """Threads used for prompt processing."""
+        return int(self._handle.n_threads_batch)
+
+    @property
+    def tokens(self) -> list[int]:
+        """The tokens of sequence 0 held in the KV cache (reused as a prompt prefix)."""
+        return list(self._handle.history)
+
+    # -- evaluation -----------------------------------------------------------
+    def clear(self) -> None:
+        """Empty the KV cache."""
+        self._handle.clear()
+
+    def cancel(self) -> None:
+        """Ask the call running on this context to stop (safe from any thread)."""
+        self._handle.cancel()
+
+    def eval(self, tokens: Sequence[int] | np.ndarray, *, pos: int | None = None, seq_id: int = 0,
+             logits: Literal["all", "last", "none"] = "all", chunk: int = 0) -> np.ndarray:
+        """Evaluate ``tokens`` at positions ``pos, pos+1, ...`` and return their logits.
+
+        Args:
+            tokens: token ids.
+            pos: position of the first token; default: right after what sequence
+                0 already holds (continuing it). Evaluating at a position inside
+                the held tokens replaces them from there on.
+            seq_id: the sequence to write into (< n_seq_max).
+            logits: which rows to return: every token's, the last one's, or none.
+            chunk: most tokens per decode call (0 = n_batch; 1 = token by token).
+
+        Returns:
+            float32 array of shape (rows, n_vocab).
+
+        Raises:
+            ContextOverflowError: the tokens do not fit (the message gives both sizes).
+            ValueError: a token id outside the vocabulary, a bad argument.
+        """
+        if logits not in _OUTPUTS:
+            raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
+        ids = _token_list(tokens)
+        if pos is None:
+            pos = len(self._handle.history) if seq_id == 0 else int(self._handle.seq_pos_max(seq_id)) + 1
+        _positive_int("pos", pos, minimum=0)
+        _positive_int("chunk", chunk, minimum=0)
+        if pos + len(ids) > self.n_ctx:
+            raise ContextOverflowError(
+                f"{len(ids)} tokens at position {pos} need {pos + len(ids)} positions but the context "
+                f"holds {self.n_ctx}; use a larger n_ctx or a shorter input"
+            )
+        return self._handle.eval(ids, pos, seq_id, _OUTPUTS[logits], chunk)
+
+    def logits(self, tokens: Sequence[int] | np.ndarray, *, incremental: bool = False) -> np.ndarray:
+        """Logits of every position of ``tokens``, from an empty cache.
+
+        ``incremental=False`` evaluates the sequence in batched passes of up to
+        ``n_batch`` tokens; ``incremental=True`` feeds it token by token, as
+        generation does. Both return a float32 array of shape (len(tokens), n_vocab).
+        """
+        self.clear()
+        return self.eval(tokens, pos=0, logits="all", chunk=1 if incremental else 0)
+
+
+def _round_up(n: int, to: int) -> int:
+    return int(math.ceil(n / to) * to)
+
+
+def scoring_params(n_tokens: int, base: ContextParams | None, **overrides: Any) -> ContextParams:
+    """Settings for a throwaway context that scores ``n_tokens`` tokens in one pass."""
+    n_ctx = max(256, _round_up(max(n_tokens, 1), 256))
+    n_batch = min(max(n_tokens, 1), 2048)
+    defaults: dict[str, Any] = {"n_ctx": n_ctx, "n_batch": n_batch, "n_ubatch": min(n_batch, 512)}
+    defaults.update({k: v for k, v in overrides.items() if v is not None})
+    if defaults["n_ubatch"] > defaults["n_batch"]:
+        defaults["n_ubatch"] = defaults["n_batch"]
+    return ContextParams.coerce(base, **defaults)

@@ -1,0 +1,262 @@
+"""Text generation: sampling settings, the stream, results and their statistics.
+
+The token loop itself (decode -> sample -> detokenize -> stop check) runs in
+C++ with the GIL released; this module validates arguments, drives the native
+loop, and packages what it returns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+from collections.abc import Iterator, Sequence
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .context import Context
+
+__all__ = ["SamplingParams", "GenerationStats", "Completion", "CompletionStream"]
+
+
+def _number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _integer(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ValueError(f"{name} must be an int, got {value!r}")
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingParams:
+    """How the next token is chosen.
+
+    Args:
+        temperature: 0 picks the most likely token (greedy); higher is more random.
+        top_k: keep the k most likely tokens (0 = off).
+        top_p: keep the smallest set whose probability reaches p, in (0, 1] (1 = off).
+        min_p: drop tokens below min_p x the top probability, in [0, 1] (0 = off).
+        repeat_penalty: > 1 discourages repeating the last ``repeat_last_n`` tokens (1 = off).
+        repeat_last_n: how many recent tokens the penalties look at (-1 = all).
+        presence_penalty, frequency_penalty: OpenAI-style penalties (0 = off).
+        seed: random seed; the same seed and settings give the same output.
+            None draws a fresh one (reported in the stats).
+    """
+
+    temperature: float = 0.8
+    top_k: int = 40
+    top_p: float = 0.95
+    min_p: float = 0.05
+    repeat_penalty: float = 1.0
+    repeat_last_n: int = 64
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    seed: int | None = None
+
+    def __post_init__(self) -> None:
+        if _number("temperature", self.temperature) < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if _integer("top_k", self.top_k) < 0:
+            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        top_p = _number("top_p", self.top_p)
+        if not 0 < top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if not 0 <= _number("min_p", self.min_p) <= 1:
+            raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
+        if _number("repeat_penalty", self.repeat_penalty) <= 0:
+            raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
+        if _integer("repeat_last_n", self.repeat_last_n) < -1:
+            raise ValueError(f"repeat_last_n must be >= -1, got {self.repeat_last_n}")
+        _number("presence_penalty", self.presence_penalty)
+        _number("frequency_penalty", self.frequency_penalty)
+        if self.seed is not None and not 0 <= _integer("seed", self.seed) < 2**32 - 1:
+            raise ValueError(f"seed must be in [0, 2**32 - 1), got {self.seed}")
+
+    def _native(self, core: Any) -> tuple[Any, int]:
+        o = core.SamplingOptions()
+        for f in dataclasses.fields(self):
+            if f.name != "seed":
+                setattr(o, f.name, getattr(self, f.name))
+        seed = self.seed if self.seed is not None else secrets.randbelow(2**32 - 1)
+        o.seed = seed
+        return o, seed
+
+
+@dataclasses.dataclass(frozen=True)
+class GenerationStats:
+    """What one generate/chat call did, in the units of seed 002's tables."""
+
+    prompt_tokens: int
+    """Tokens in the prompt."""
+    prompt_tokens_evaluated: int
+    """Prompt tokens actually computed (the rest were reused from the context's cache)."""
+    prompt_ms: float
+    """Time to evaluate the prompt."""
+    generated_tokens: int
+    """Tokens generated (not counting the end-of-generation token)."""
+    generation_ms: float
+    """Time from the end of the prompt to the end of generation."""
+    ttft_ms: float
+    """Time to the first generated token (prompt + first sample)."""
+    seed: int
+    """The sampler seed used (pass it back to reproduce the output)."""
+
+    @property
+    def prompt_tps(self) -> float:
+        """Prompt tokens evaluated per second."""
+        return self.prompt_tokens_evaluated / (self.prompt_ms / 1e3) if self.prompt_ms > 0 else 0.0
+
+    @property
+    def generation_tps(self) -> float:
+        """Generated tokens per second."""
+        return self.generated_tokens / (self.generation_ms / 1e3) if self.generation_ms > 0 else 0.0
+
+    def __str__(self) -> str:
+        return (f"prompt: {self.prompt_tokens} tokens ({self.prompt_tokens_evaluated} evaluated) "
+                f"{self.prompt_tps:.1f} tok/s | generation: {self.generated_tokens} tokens "
+                f"{self.generation_tps:.1f} tok/s | ttft {self.ttft_ms:.0f} ms")
+
+
+@dataclasses.dataclass(frozen=True)
+class Completion:
+    """The result of a non-streaming :meth:`~step35.Model.generate`."""
+
+    text: str
+    """The generated text (stop string excluded)."""
+    tokens: list[int]
+    """The generated token ids."""
+    finish_reason: str
+    """``"stop"`` (end of generation or a stop string), ``"length"`` (max_tokens or a full context), ``"cancelled"``."""
+    stats: GenerationStats
+    """Timings and token counts."""
+
+
+class CompletionStream:
+    """Iterator over generated text pieces (each a whole number of characters).
+
+    Iterating runs the native token loop until the next piece is ready.
+    ``close()`` (or leaving a ``with`` block, or dropping the stream) stops
+    generation within one token and frees the context for the next call.
+    After the stream ends, :attr:`finish_reason`, :attr:`stats` and
+    :attr:`tokens` describe the call.
+    """
+
+    def __init__(self, native: Any, seed: int, context: Context):
+        self._native = native
+        self._seed = seed
+        self._context = context  # keeps the context alive while streaming
+        # The generator must not reference self: a cycle would keep an abandoned
+        # stream (and the context it holds busy) alive until the next GC pass.
+        self._iter = _pieces(native)
+
+    def __iter__(self) -> CompletionStream:
+        return self
+
+    def __next__(self) -> str:
+        return next(self._iter)
+
+    def close(self) -> None:
+        """Stop generating and free the context (idempotent)."""
+        self._iter.close()
+        self._native.close()
+
+    def __enter__(self) -> CompletionStream:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        native = getattr(self, "_native", None)
+        if native is not None:
+            native.close()
+
+    @property
+    def finished(self) -> bool:
+        """True once generation has ended (or the stream was closed)."""
+        return bool(self._native.finished)
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why generation ended (None while it runs)."""
+        return self._native.finish_reason if self._native.finished else None
+
+    @property
+    def tokens(self) -> list[int]:
+        """Token ids generated so far."""
+        return list(self._native.tokens)
+
+    @property
+    def stats(self) -> GenerationStats:
+        """Counts and timings (final once the stream has ended)."""
+        return _stats(self._native, self._seed)
+
+
+def _pieces(native: Any) -> Iterator[str]:
+    """Text pieces from the native loop; the context is freed however iteration ends."""
+    try:
+        while not native.finished:
+            piece = native.step(False)
+            if piece:
+                yield piece
+    finally:
+        native.close()
+
+
+def _stats(native: Any, seed: int) -> GenerationStats:
+    d = native.stats()
+    return GenerationStats(
+        prompt_tokens=int(d["prompt_tokens"]), prompt_tokens_evaluated=int(d["prompt_tokens_evaluated"]),
+        prompt_ms=float(d["prompt_ms"]), generated_tokens=int(d["generated_tokens"]),
+        generation_ms=float(d["generation_ms"]), ttft_ms=float(d["ttft_ms"]), seed=seed,
+    )
+
+
+def check_stop(stop: str | Sequence[str] | None) -> list[str]:
+    """``stop`` as a list of non-empty strings (ValueError otherwise)."""
+    if stop is None:
+        return []
+    if isinstance(stop, str):
+        stop = [stop]
+    out = []
+    for s in stop:
+        if not isinstance(s, str) or not s:
+            raise ValueError(f"stop must be a non-empty string or a list of them, got {s!r}")
+        out.append(s)
+    return out
+
+
+def check_max_tokens(max_tokens: int | None) -> int:
+    """``max_tokens`` validated (None = until the context is full -> -1)."""
+    if max_tokens is None:
+        return -1
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
+        raise ValueError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
+    return max_tokens
+
+
+def start(context: Context, prompt: list[int], *, max_tokens: int | None, sampling: SamplingParams,
+          stop: str | Sequence[str] | None, render_special: bool = True) -> tuple[Any, int]:
+    """Create the native generation (validated) on ``context``; returns it and the seed used."""
+    native_sampling, seed = sampling._native(context._core)
+    native = context._core.Generation(context._handle, prompt, check_max_tokens(max_tokens), native_sampling,
+                                      check_stop(stop), render_special)
+    return native, seed
+
+
+def run(context: Context, prompt: list[int], *, stream: bool, max_tokens: int | None, sampling: SamplingParams,
+        stop: str | Sequence[str] | None) -> Completion | CompletionStream:
+    """Generate from ``prompt`` token ids on ``context``, streaming or not."""
+    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop)
+    if stream:
+        return CompletionStream(native, seed, context)
+    try:
+        text = native.step(True)
+    finally:
+        native.close()
+    return Completion(text=text, tokens=list(native.tokens), finish_reason=native.finish_reason,
+                      stats=_stats(native, seed))
