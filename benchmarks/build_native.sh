@@ -13,8 +13,12 @@ PY=${PYTHON:-python3}
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 "$PY" llama.cpp/materialize.py >&2
 "$PY" -m pip install -q cmake ninja >&2 2>/dev/null || true
-launcher=()
-command -v ccache >/dev/null && launcher=(-DCMAKE_C_COMPILER_LAUNCHER=ccache -DCMAKE_CXX_COMPILER_LAUNCHER=ccache)
+# ggml wraps the compiler in ccache itself (GGML_CCACHE). Use the compilers
+# the wheel build uses so the ccache entries of `pip install .` are reused.
+compilers=()
+if command -v gcc >/dev/null && command -v g++ >/dev/null && [ "$(uname)" = Linux ]; then
+  compilers=(-DCMAKE_C_COMPILER="$(command -v gcc)" -DCMAKE_CXX_COMPILER="$(command -v g++)")
+fi
 if [ "${1:-}" = "--native" ]; then
   dir=build/native-march
   extra=(-DGGML_NATIVE=ON -DGGML_CPU_ALL_VARIANTS=OFF -DSTEP35_BUILD_EXTENSION=OFF)
@@ -24,6 +28,6 @@ else
   extra=(-DSTEP35_BUILD_EXTENSION=OFF)
   targets=(llama-batched-bench llama-completion step35_libs)
 fi
-cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEP35_BUILD_TOOLS=ON "${launcher[@]}" "${extra[@]}" >&2
+cmake -S . -B "$dir" -G Ninja -DCMAKE_BUILD_TYPE=Release -DSTEP35_BUILD_TOOLS=ON "${compilers[@]}" "${extra[@]}" >&2
 cmake --build "$dir" --target "${targets[@]}" >&2
 echo "$dir/bin"
