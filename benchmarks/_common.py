@@ -19,17 +19,10 @@ def native_bin(native: bool = False) -> Path:
 
 
 def bench_model(size: str, quant: str | None) -> Path:
-    """A built-in benchmark model, quantized (cached next to the F16 original) when asked."""
-    import step35
+    """A built-in benchmark model (mid: Q4_K_S unless ``quant`` says otherwise; cached)."""
     from step35 import testing
 
-    src = testing.model_path(size)
-    if not quant:
-        return src
-    dst = src.with_name(f"{src.stem}-{quant}.gguf")
-    if not dst.exists():
-        step35.quantize(src, dst, quant)
-    return dst
+    return testing.bench_model_path(size, quant if quant else "default")
 
 
 def median(xs: list[float]) -> float:

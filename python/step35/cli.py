@@ -324,7 +324,12 @@ def _int_list(text: str) -> list[int]:
 def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
-    path = args.model or _default_model(args.size)
+    if args.model:
+        path = args.model
+    else:
+        from .testing import bench_model_path
+
+        path = str(bench_model_path(args.size, args.quant if args.quant else "default"))
     settings = {"n_kv_max": args.ctx_size or "auto", "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
                 "flash_attn": args.flash_attn, "is_pp_shared": int(args.pps), "n_gpu_layers": args.n_gpu_layers,
                 "n_threads": args.threads or "default", "type_k": args.cache_type_k, "type_v": args.cache_type_v}
@@ -408,6 +413,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("bench", help="batched benchmark (llama-batched-bench's table)")
     s.add_argument("-m", "--model", help="GGUF file (default: the built-in Step 3.5 model of --size)")
     s.add_argument("--size", default="tiny", help="built-in model when there is no -m: tiny, small or mid")
+    s.add_argument("--quant", default=None,
+                   help="quantization of the built-in model (default: Q4_K_S for mid, none for tiny/small)")
     s.add_argument("-c", "--ctx-size", type=int, default=0, help="KV size (default: what the largest row needs)")
     s.add_argument("-b", "--batch-size", type=int, default=2048)
     s.add_argument("-ub", "--ubatch-size", type=int, default=512)

@@ -59,6 +59,8 @@ __all__ = [
     "build_model",
     "cache_dir",
     "chat_template_path",
+    "bench_model_path",
+    "BENCH_QUANT",
     "expected_metadata",
     "expected_tensors",
     "model_path",
@@ -759,6 +761,29 @@ def model_path(size: str | ModelSpec = "tiny", seed: int = 0, *, n_split: int = 
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
     return final[0]
+
+
+#: The quantization each size is benchmarked in (``bench_model_path``).
+BENCH_QUANT: dict[str, str | None] = {"tiny": None, "small": None, "mid": "Q4_K_S"}
+
+
+def bench_model_path(size: str = "tiny", quant: str | None = "default", seed: int = 0) -> pathlib.Path:
+    """A cached benchmark model: ``size`` built by :func:`model_path`, then quantized with llama.cpp.
+
+    ``quant="default"`` uses :data:`BENCH_QUANT` (``mid`` -> ``Q4_K_S``, as users
+    run Step 3.5 Flash); ``None`` keeps the builder's F16. The quantized file is
+    cached beside the original and reused.
+    """
+    src = model_path(size, seed)
+    q = BENCH_QUANT.get(size) if quant == "default" else quant
+    if not q:
+        return src
+    dst = src.with_name(f"{src.stem}-{q.upper()}.gguf")
+    if not dst.is_file():
+        from .quantize import quantize
+
+        quantize(src, dst, q)
+    return dst
 
 
 if __name__ == "__main__":  # pragma: no cover
