@@ -30,7 +30,7 @@ def median(xs: list[float]) -> float:
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:
-    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, **(env or {})}, timeout=timeout)
+    p = subprocess.run(cmd, capture_output=True, text=True, errors="replace", env={**os.environ, **(env or {})}, timeout=timeout)
     if p.returncode != 0:
         sys.stderr.write(p.stdout + p.stderr)
         raise SystemExit(f"command failed ({p.returncode}): {' '.join(cmd)}")

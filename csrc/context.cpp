@@ -42,6 +42,7 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
         ctx_ = llama_init_from_model(model_.get(), p);
     }
     if (!ctx_) fail(ErrorKind::ContextError, "llama.cpp could not create a context with these settings", mark);
+    attach_threadpools((int) llama_n_threads(ctx_), (int) llama_n_threads_batch(ctx_));
 
     if (o.warmup) {
         // A cheap warm-up: one token through the graph, so the first real call
@@ -60,17 +61,46 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
             llama_memory_clear(llama_get_memory(ctx_), true);
         }
         if (rc != 0) {
-            llama_free(ctx_);
-            ctx_ = nullptr;
+            free_native();
             interrupt_.rethrow_if_signalled();
             fail(ErrorKind::ContextError, "the warm-up decode failed (code " + std::to_string(rc) + ")", mark);
         }
     }
 }
 
-ContextHandle::~ContextHandle() {
-    if (ctx_) llama_free(ctx_);
+void ContextHandle::attach_threadpools(int n_threads, int n_threads_batch) {
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    if (!cpu) return;
+    ggml_backend_reg_t reg = ggml_backend_dev_backend_reg(cpu);
+    auto * new_fn = (decltype(ggml_threadpool_new) *) ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_new");
+    pool_free_ = (decltype(ggml_threadpool_free) *) ggml_backend_reg_get_proc_address(reg, "ggml_threadpool_free");
+    if (!new_fn || !pool_free_) return;  // llama.cpp then makes a pool per graph: slower, still correct
+    ggml_threadpool_params tpp = ggml_threadpool_params_default(n_threads);
+    ggml_threadpool_params tpp_batch = ggml_threadpool_params_default(n_threads_batch);
+    if (!ggml_threadpool_params_match(&tpp, &tpp_batch)) {
+        pool_batch_ = new_fn(&tpp_batch);
+        tpp.paused = true;  // as llama.cpp's tools do: only one pool runs at a time
+    }
+    pool_ = new_fn(&tpp);
+    if (!pool_) {
+        if (pool_batch_) pool_free_(pool_batch_);
+        pool_batch_ = nullptr;
+        return;
+    }
+    llama_attach_threadpool(ctx_, pool_, pool_batch_);
 }
+
+void ContextHandle::free_native() {
+    if (ctx_) llama_free(ctx_);
+    ctx_ = nullptr;
+    if (pool_free_) {
+        if (pool_) pool_free_(pool_);
+        if (pool_batch_) pool_free_(pool_batch_);
+    }
+    pool_ = pool_batch_ = nullptr;
+}
+
+ContextHandle::~ContextHandle() { free_native(); }
 
 llama_context * ContextHandle::get() const {
     if (!ctx_) throw Error(ErrorKind::ClosedError, "this Context has been closed");
@@ -80,11 +110,9 @@ llama_context * ContextHandle::get() const {
 void ContextHandle::close() {
     if (busy.load()) throw Error(ErrorKind::ContextBusyError, "cannot close a Context while a call is using it");
     if (!ctx_) return;
-    llama_context * c = ctx_;
-    ctx_ = nullptr;
     history_.clear();
     py::gil_scoped_release nogil;
-    llama_free(c);
+    free_native();
 }
 
 void ContextHandle::clear() {

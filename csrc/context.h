@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "interrupt.h"
+#include "ggml-cpu.h"
 #include "llama.h"
 
 namespace step35 {
@@ -74,8 +75,15 @@ public:
     std::atomic<long long> work_total{0};
 
 private:
+    void attach_threadpools(int n_threads, int n_threads_batch);
+    void free_native();
+
     std::shared_ptr<llama_model> model_;
     llama_context * ctx_ = nullptr;
+    // Persistent CPU worker pools of this context (see CMakeLists: no OpenMP).
+    ggml_threadpool_t pool_ = nullptr;
+    ggml_threadpool_t pool_batch_ = nullptr;
+    void (*pool_free_)(ggml_threadpool_t) = nullptr;
     Interrupt interrupt_;
     std::vector<llama_token> history_;
 };

@@ -483,3 +483,25 @@ def test_prefix_reuse_is_exact_after_the_window_moved(tiny32_path) -> None:
         out = m.generate(shorter, max_tokens=8, temperature=0)
         ref = fresh.generate(shorter, max_tokens=8, temperature=0)
         assert out.tokens == ref.tokens
+
+
+def test_generating_from_a_worker_thread_is_not_slower(tiny_path) -> None:
+    # Servers, GUIs and asyncio.to_thread generate from worker threads. With
+    # ggml's OpenMP build that ran ~15x slower here (libgomp's per-thread pools
+    # stop spinning once they outnumber the cores); contexts now own a ggml
+    # threadpool. Same tokens, and a deliberately loose speed ratio.
+    with step35.Model(tiny_path, context={"n_ctx": 512, "n_threads": 2}) as m:
+        def tps_and_tokens() -> tuple[float, list[int]]:
+            out = m.generate("Threads", max_tokens=64, temperature=0)
+            return out.stats.generation_tps, out.tokens
+
+        main = [tps_and_tokens() for _ in range(3)]
+        worker: list[tuple[float, list[int]]] = []
+        for _ in range(3):
+            t = threading.Thread(target=lambda: worker.append(tps_and_tokens()))
+            t.start()
+            t.join()
+    assert all(toks == main[0][1] for _, toks in main + worker)
+    main_tps = sorted(tps for tps, _ in main)[1]
+    worker_tps = sorted(tps for tps, _ in worker)[1]
+    assert worker_tps > 0.5 * main_tps, (worker_tps, main_tps)
