@@ -87,12 +87,16 @@ def main() -> int:
                   "-c", "4096", "-t", str(threads), "-no-cnv", "--ignore-eos", "--no-display-prompt", "--simple-io"]
     args = json.dumps({"model": model, "prompt": prompt, "n": a.n, "ctx": 4096, "b": 2048, "ub": 512,
                        "t": threads, "fa": "auto", "stream": False})
-    bw, native_tps, ours_tps = [], [], []
+    bw, native_tps, ours_tps = [machine_bandwidth(0.25 if a.quick else 1.0)], [], []
+    ours_cmd = [sys.executable, "-c", STEP35_RUN, args]
     for rep in range(a.reps):
-        bw.append(machine_bandwidth(0.25 if a.quick else 1.0))
-        native_tps.append(parse_native(_both(native_cmd))["decode_tps"])
-        ours_tps.append(json.loads(run([sys.executable, "-c", STEP35_RUN, args]).stdout.strip().splitlines()[-1])["tps"])
+        for name in (("native", "ours") if rep % 2 == 0 else ("ours", "native")):
+            if name == "native":
+                native_tps.append(parse_native(_both(native_cmd))["decode_tps"])
+            else:
+                ours_tps.append(json.loads(run(ours_cmd).stdout.strip().splitlines()[-1])["tps"])
         print(f"rep {rep + 1}/{a.reps} done", file=sys.stderr)
+    bw.append(machine_bandwidth(0.25 if a.quick else 1.0))  # measured before and after, not between runs
     machine = median(bw)
     print(f"model: {model}\nweights: {total / 1e6:.1f} MB, read per token: {act / 1e6:.1f} MB; threads {threads}\n")
     print("(llama-completion: decode time only; step35: decode + sampling)\n")

@@ -10,6 +10,9 @@ Subcommands:
     step35 quantize SRC DST TYPE      quantize a GGUF (Q8_0, Q4_K_S, Q4_K_M, IQ4_XS, ...)
     step35 bench [-m MODEL] [-npp ...] [-ntg ...] [-npl ...]   llama-batched-bench's table
                                       (no -m: the built-in tiny Step 3.5 model)
+    step35 download REPO[:QUANT] [--quant Q] [--include PATTERN] [--revision R]   fetch a GGUF from the Hub
+
+run, chat and bench take -m as a local GGUF or a Hub repo (owner/name[:QUANT]).
 """
 
 from __future__ import annotations
@@ -178,11 +181,20 @@ def _sampling(args: argparse.Namespace) -> dict:
             "repeat_penalty": args.repeat_penalty, "seed": args.seed}
 
 
+def _model_arg(value: str | None) -> str | None:
+    """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first."""
+    from . import hub
+
+    if value and hub.looks_like_repo(value):
+        return str(hub.download(value))
+    return value
+
+
 def _open_model(args: argparse.Namespace):
     from .context import ContextParams
 
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
-    model, _ = _load_with_progress(args.model or _default_model(), n_gpu_layers=args.n_gpu_layers,
+    model, _ = _load_with_progress(_model_arg(args.model) or _default_model(), n_gpu_layers=args.n_gpu_layers,
                                    use_mmap=bool(args.mmap), context=params)
     return model
 
@@ -325,7 +337,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     if args.model:
-        path = args.model
+        path = _model_arg(args.model)
     else:
         from .testing import bench_model_path
 
@@ -354,6 +366,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif fmt == "csv":
         print(bench.to_csv(rows), end="")
+    return 0
+
+
+def cmd_download(args: argparse.Namespace) -> int:
+    from . import hub
+
+    files = hub.download_files(args.repo, args.quant, include=args.include, revision=args.revision,
+                               cache_dir=args.cache_dir, local_files_only=args.offline)
+    for f in files:
+        print(f)
     return 0
 
 
@@ -432,6 +454,15 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mmap", type=int, choices=(0, 1), default=1)
     s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("download", help="download a GGUF (only the chosen quant, whole split sets) from the Hub")
+    s.add_argument("repo", help="owner/name or owner/name:QUANT, e.g. ubergarm/Step-3.5-Flash-GGUF:IQ4_XS")
+    s.add_argument("--quant", help="quantization to fetch, e.g. Q4_K_S or IQ4_XS (matched in file/folder names)")
+    s.add_argument("--include", action="append", help="file name or glob to fetch instead (repeatable)")
+    s.add_argument("--revision", help="branch, tag or commit (default: main)")
+    s.add_argument("--cache-dir", help="Hugging Face cache directory (default: HF_HUB_CACHE / HF_HOME)")
+    s.add_argument("--offline", action="store_true", help="only look in the cache (like HF_HUB_OFFLINE=1)")
+    s.set_defaults(func=cmd_download)
     return p
 
 

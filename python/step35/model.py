@@ -471,3 +471,17 @@ class Model:
             completion = run(ctx, ids, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop)
             return ChatStream(completion, chosen, name)  # type: ignore[arg-type]
         return complete(ctx, ids, chosen, model_name=name, max_tokens=max_tokens, sampling=sampling, stop=stop)
+
+    @classmethod
+    def from_pretrained(cls, repo_id: str, quant: str | None = None, *, include: str | list[str] | None = None,
+                        revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                        local_files_only: bool = False, **model_kwargs: Any) -> Model:
+        """Download ``repo_id`` (``owner/name[:QUANT]`` or a preset) from the Hub and load it.
+
+        See :func:`step35.hub.download`; ``model_kwargs`` go to :class:`Model`.
+        """
+        from .hub import download
+
+        path = download(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
+                        local_files_only=local_files_only)
+        return cls(path, **model_kwargs)

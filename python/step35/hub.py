@@ -1,0 +1,383 @@
+"""Step 3.5 Flash GGUFs from the Hugging Face Hub.
+
+Built on :mod:`huggingface_hub`: files land in its cache (``HF_HOME`` /
+``HF_HUB_CACHE``), interrupted transfers are resumed by its downloader, and
+``HF_HUB_OFFLINE=1`` (or ``local_files_only=True``) resolves everything from
+the cache. ``HF_ENDPOINT`` selects the Hub (read at call time).
+
+A model is named by a repo, optionally with a quant: ``owner/name`` or
+``owner/name:QUANT``. Only the chosen quant's ``.gguf`` files are fetched; a
+split set ``NAME-0000K-of-0000N.gguf`` is always fetched whole. After the
+download every file is verified (size, and the sha256/git hash the Hub lists
+for freshly downloaded files, then the GGUF header), so a corrupt file is
+reported by name, dropped from the cache and never loaded.
+
+    >>> from step35 import hub
+    >>> path = hub.download("ubergarm/Step-3.5-Flash-GGUF")           # preset: IQ4_XS, 4 parts
+    >>> path = hub.download("stepfun-ai/Step-3.5-Flash-Int4")         # preset: Q4_K_S
+    >>> path = hub.download("someone/Some-GGUF:Q8_0")
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import hashlib
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath
+
+from .errors import InvalidModelError, Step35Error
+
+__all__ = ["HubError", "PRESETS", "parse_spec", "looks_like_repo", "resolve", "download"]
+
+
+class HubError(Step35Error):
+    """A model could not be resolved or downloaded from the Hub (the message says what exists)."""
+
+
+@dataclass(frozen=True)
+class Preset:
+    repo_id: str
+    quant: str
+    note: str = ""
+
+
+#: Repos named in the seeds, and the quant each one means by default.
+PRESETS: dict[str, Preset] = {
+    "stepfun-ai/Step-3.5-Flash-Int4": Preset("stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S", "Q4_K_S",
+                                             "StepFun's Q4_K_S (the Int4 repo now resolves here)"),
+    "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S": Preset("stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S", "Q4_K_S",
+                                                    "StepFun's Q4_K_S"),
+    "ubergarm/Step-3.5-Flash-GGUF": Preset("ubergarm/Step-3.5-Flash-GGUF", "IQ4_XS", "ubergarm's IQ4_XS, split in 4"),
+}
+
+_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+# A quantization name inside a file or folder name (Q4_K_S, IQ4_XS, UD-Q4_K_XL, Q8_0, BF16, MXFP4_MOE, ...).
+_QUANT_RE = re.compile(
+    r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8](?:_[0-9A-Z]{1,4})*|BF16|F16|F32|MXFP4(?:_MOE)?|TQ[12]_0))(?![A-Za-z0-9_])",
+    re.IGNORECASE,
+)
+_REPO_RE = re.compile(r"^(?P<repo>[A-Za-z0-9][\w.-]*/[A-Za-z0-9][\w.-]*)(?::(?P<quant>[\w.*?\[\]-]+))?$")
+
+
+def parse_spec(spec: str, quant: str | None = None) -> tuple[str, str | None]:
+    """``owner/name[:QUANT]`` -> ``(repo_id, quant)``; an explicit ``quant`` wins over the suffix."""
+    m = _REPO_RE.match(spec.strip())
+    if not m:
+        raise HubError(f"{spec!r} is not a Hub repo name (expected owner/name or owner/name:QUANT)")
+    return m["repo"], quant or m["quant"]
+
+
+def looks_like_repo(value: str) -> bool:
+    """Whether a ``-m`` value names a Hub repo rather than a local file.
+
+    An existing path, anything ending in ``.gguf`` and anything starting with
+    ``.``, ``/`` or ``~`` is a path.
+    """
+    if not value or value.startswith((".", "/", "~", "\\")) or value.lower().endswith(".gguf"):
+        return False
+    if Path(value).exists():
+        return False
+    return _REPO_RE.match(value) is not None
+
+
+def _quants_in(name: str) -> list[str]:
+    return [q.upper() for q in _QUANT_RE.findall(name)]
+
+
+def _matches_quant(name: str, quant: str) -> bool:
+    pat = re.compile(r"(?<![A-Za-z0-9])" + re.escape(quant) + r"(?![A-Za-z0-9_])", re.IGNORECASE)
+    return pat.search(name) is not None
+
+
+def _model_key(name: str) -> str:
+    """Files of one model share a key: the split-set prefix, or the file name itself."""
+    m = _SPLIT_RE.match(name)
+    return m["prefix"] if m else name
+
+
+def _is_weights(name: str) -> bool:
+    base = PurePosixPath(name).name.lower()
+    return base.endswith(".gguf") and not base.startswith(("mmproj", "imatrix"))
+
+
+@dataclass
+class _Plan:
+    repo_id: str
+    revision: str | None  # the commit to fetch (None: resolved from the cache)
+    files: list[str]
+    meta: dict[str, tuple[int | None, str | None, str | None]] = field(default_factory=dict)  # size, sha256, git sha1
+
+
+def _select(repo_id: str, names: Iterable[str], quant: str | None, include: str | list[str] | None) -> list[str]:
+    names = sorted(set(names))
+    ggufs = [n for n in names if _is_weights(n)]
+    patterns = [include] if isinstance(include, str) else list(include or [])
+    if patterns:
+        chosen = [n for n in names if any(n == p or fnmatch.fnmatchcase(n, p) or
+                                          fnmatch.fnmatchcase(PurePosixPath(n).name, p) for p in patterns)]
+        if not chosen:
+            raise HubError(f"{repo_id}: no file matches {', '.join(patterns)}; it has: {', '.join(names) or 'no files'}")
+        if quant:
+            chosen = [n for n in chosen if _matches_quant(n, quant)]
+    else:
+        chosen = list(ggufs)
+        if not chosen:
+            raise HubError(f"{repo_id} has no .gguf files; it has: {', '.join(names) or 'no files'}")
+        if quant:
+            chosen = [n for n in chosen if _matches_quant(n, quant)]
+    available = sorted({q for n in ggufs for q in _quants_in(n)})
+    if quant and not chosen:
+        raise HubError(f"{repo_id} has no {quant} GGUF; quants available: {', '.join(available) or 'none found'} "
+                       f"(files: {', '.join(ggufs) or 'none'})")
+    # Expand every split part to its whole set, and require the set to be complete in the repo.
+    out: list[str] = []
+    for n in chosen:
+        m = _SPLIT_RE.match(n)
+        if not m:
+            out.append(n)
+            continue
+        count = int(m["count"])
+        parts = [f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+        missing = [p for p in parts if p not in names]
+        if missing:
+            raise HubError(f"{repo_id}: split set {PurePosixPath(m['prefix']).name} is incomplete in the repo "
+                           f"(missing {', '.join(PurePosixPath(p).name for p in missing)})")
+        out.extend(parts)
+    out = sorted(set(out), key=lambda n: (_model_key(n), n))
+    models = sorted({_model_key(n) for n in out if _is_weights(n)})
+    if not patterns and len(models) > 1:
+        quants = sorted({q for n in out for q in _quants_in(n)})
+        if not quant and len(quants) > 1:
+            raise HubError(f"{repo_id} has several quants, pick one with :QUANT or quant=...: {', '.join(quants)}")
+        raise HubError(f"{repo_id}: several GGUF models match{' ' + quant if quant else ''} "
+                       f"({', '.join(PurePosixPath(m).name for m in models)}); pick one with include=PATTERN")
+    return out
+
+
+def _endpoint() -> str | None:
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> str | None:
+    if cache_dir is not None:
+        return os.fspath(cache_dir)
+    if os.environ.get("HF_HUB_CACHE"):
+        return os.environ["HF_HUB_CACHE"]
+    if os.environ.get("HF_HOME"):
+        return os.path.join(os.path.expanduser(os.environ["HF_HOME"]), "hub")
+    return None  # huggingface_hub's default
+
+
+def _offline(local_files_only: bool) -> bool:
+    from huggingface_hub import constants
+
+    env = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    return bool(local_files_only or env or constants.HF_HUB_OFFLINE)
+
+
+def _apply_preset(repo_id: str, quant: str | None) -> tuple[str, str | None]:
+    preset = PRESETS.get(repo_id)
+    if preset is None:
+        return repo_id, quant
+    return preset.repo_id, quant or preset.quant
+
+
+def _cached_names(repo_id: str, revision: str | None, cache_dir: str | None) -> tuple[str | None, list[str]]:
+    """The commit and file names of a cached snapshot (``(None, [])`` when nothing is cached)."""
+    from huggingface_hub import constants
+    from huggingface_hub.file_download import repo_folder_name
+
+    root = Path(cache_dir or constants.HF_HUB_CACHE) / repo_folder_name(repo_id=repo_id, repo_type="model")
+    rev = revision or "main"
+    commit = rev
+    ref = root / "refs" / rev
+    if ref.is_file():
+        commit = ref.read_text().strip()
+    snap = root / "snapshots" / commit
+    if not snap.is_dir():
+        return None, []
+    return commit, [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
+
+
+def _remote_plan(repo_id: str, quant: str | None, include, revision: str | None) -> _Plan:
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
+
+    api = HfApi(endpoint=_endpoint())
+    try:
+        info = api.model_info(repo_id, revision=revision, files_metadata=True)
+    except GatedRepoError as e:
+        raise HubError(f"{repo_id} is gated: accept its terms on the Hub and log in (hf auth login) "
+                       f"[{_first_line(e)}]") from None
+    except RepositoryNotFoundError:
+        known = ", ".join(sorted(PRESETS))
+        raise HubError(f"repo {repo_id} not found on {api.endpoint} (or it is private); "
+                       f"known Step 3.5 Flash GGUF repos: {known}") from None
+    except RevisionNotFoundError:
+        raise HubError(f"{repo_id} has no revision {revision!r} (branches, tags and commit hashes work)") from None
+    siblings = info.siblings or []
+    meta = {}
+    for s in siblings:
+        sha256 = s.lfs.sha256 if s.lfs is not None else None
+        size = s.lfs.size if s.lfs is not None else s.size
+        meta[s.rfilename] = (size, sha256, None if s.lfs is not None else s.blob_id)
+    files = _select(repo_id, meta, quant, include)
+    # Fetch by the user's revision (not info.sha) so huggingface_hub records refs/<revision> for offline use.
+    return _Plan(repo_id, revision, files, {f: meta[f] for f in files})
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+# Where huggingface_hub's connection errors come from (requests in 0.x, httpx in 1.x, httpx2 later).
+_TRANSPORT_MODULES = ("requests", "urllib3", "httpx", "httpcore", "httpx2", "httpcore2")
+
+
+def _plan(repo: str, quant: str | None, include, revision: str | None, cache_dir: str | None,
+          local_files_only: bool) -> _Plan:
+    repo_id, quant = parse_spec(repo, quant)
+    repo_id, quant = _apply_preset(repo_id, quant)
+    if _offline(local_files_only):
+        commit, names = _cached_names(repo_id, revision, cache_dir)
+        if not names:
+            raise HubError(f"offline and {repo_id}{'@' + revision if revision else ''} is not in the cache "
+                           f"({cache_dir or 'the default Hugging Face cache'}); download it once online")
+        return _Plan(repo_id, commit, _select(repo_id, names, quant, include))
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        return _remote_plan(repo_id, quant, include, revision)
+    except HubError:
+        raise
+    except HfHubHTTPError as e:
+        raise HubError(f"{repo_id}: the Hub answered {_first_line(e)}") from None
+    except Exception as e:  # connection-level failure: fall back to the cache, like hf_hub_download does
+        if not (isinstance(e, OSError) or type(e).__module__.split(".")[0] in _TRANSPORT_MODULES):
+            raise
+        commit, names = _cached_names(repo_id, revision, cache_dir)
+        if not names:
+            raise HubError(f"cannot reach the Hub ({type(e).__name__}: {_first_line(e)}) and {repo_id} "
+                           f"is not in the cache") from None
+        return _Plan(repo_id, commit, _select(repo_id, names, quant, include))
+
+
+def resolve(repo: str, quant: str | None = None, include: str | list[str] | None = None,
+            revision: str | None = None) -> list[str]:
+    """The repo files :func:`download` would fetch for ``repo`` (``owner/name[:QUANT]`` or a preset).
+
+    Lists the repo, keeps the ``.gguf`` files of ``quant`` (matched case-insensitively
+    in the file or folder name) or those matching ``include`` (a file name or glob),
+    and expands split parts to whole sets. Raises :class:`HubError` (one line,
+    listing what exists) for a missing repo, revision or quant, an incomplete split
+    set, or several quants with none chosen.
+    """
+    return _plan(repo, quant, include, revision, None, False).files
+
+
+def _hash_ok(path: Path, sha256: str | None, git_sha1: str | None) -> bool:
+    if sha256:
+        h = hashlib.sha256()
+    elif git_sha1:
+        h = hashlib.sha1()
+        h.update(b"blob %d\0" % path.stat().st_size)
+    else:
+        return True
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 24):
+            h.update(chunk)
+    return h.hexdigest() == (sha256 or git_sha1)
+
+
+def _evict(path: Path) -> None:
+    """Remove a corrupt file from the cache (the snapshot link and the blob behind it)."""
+    try:
+        blob = path.resolve()
+        path.unlink(missing_ok=True)
+        if blob != path:
+            blob.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def _verify(plan: _Plan, paths: dict[str, Path], fresh: set[str]) -> None:
+    from .gguf import read_header
+    from .model import model_files
+
+    for name, path in paths.items():
+        size, sha256, git_sha1 = plan.meta.get(name, (None, None, None))
+        problem = None
+        actual = path.stat().st_size
+        if size is not None and actual != size:
+            problem = f"it has {actual} bytes, the Hub lists {size}"
+        elif name in fresh and not _hash_ok(path, sha256, git_sha1):
+            problem = f"its {'sha256' if sha256 else 'git hash'} does not match the Hub's {sha256 or git_sha1}"
+        elif _is_weights(name):
+            try:
+                read_header(path, name=name)
+            except InvalidModelError as e:
+                problem = _first_line(e)
+        if problem:
+            _evict(path)
+            raise HubError(f"downloaded file {name} from {plan.repo_id} is corrupt ({problem}); "
+                           f"removed it from the cache, run again to re-download")
+    for name, path in paths.items():
+        if _is_weights(name):
+            model_files(path)  # FileNotFoundError naming any missing part of a split set
+
+
+def download(repo: str, quant: str | None = None, include: str | list[str] | None = None,
+             revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+             progress: bool = True, local_files_only: bool = False) -> Path:
+    """Download (or find in the cache) a model and return the path of its first file.
+
+    The returned path is what :class:`step35.Model` takes. Only the chosen quant's
+    files are fetched (see :func:`resolve`); the cache is reused; with
+    ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` nothing touches the network.
+    Every file is verified before the path is returned; a corrupt one raises
+    :class:`HubError` naming it and is removed from the cache.
+    """
+    return download_files(repo, quant, include, revision, cache_dir, progress, local_files_only)[0]
+
+
+def download_files(repo: str, quant: str | None = None, include: str | list[str] | None = None,
+                   revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
+                   progress: bool = True, local_files_only: bool = False) -> list[Path]:
+    """Like :func:`download`, but returns every local file (model files first)."""
+    from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    from huggingface_hub.errors import LocalEntryNotFoundError
+    from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
+
+    cache = _cache_dir(cache_dir)
+    offline = _offline(local_files_only)
+    plan = _plan(repo, quant, include, revision, cache, local_files_only)
+    paths: dict[str, Path] = {}
+    fresh: set[str] = set()
+    was_disabled = are_progress_bars_disabled()
+    if not progress and not was_disabled:
+        disable_progress_bars()
+    try:
+        for name in plan.files:
+            cached = try_to_load_from_cache(plan.repo_id, name, cache_dir=cache, revision=plan.revision)
+            try:
+                local = hf_hub_download(plan.repo_id, name, revision=plan.revision, cache_dir=cache,
+                                        endpoint=_endpoint(), local_files_only=offline)
+            except LocalEntryNotFoundError:
+                raise HubError(f"{name} of {plan.repo_id} is not in the cache and the Hub cannot be reached"
+                               f"{' (offline mode)' if offline else ''}") from None
+            except OSError as e:
+                raise HubError(f"downloading {name} from {plan.repo_id} failed: {_first_line(e)}") from None
+            paths[name] = Path(local)
+            if not isinstance(cached, str) or not os.path.exists(cached):
+                fresh.add(name)
+    finally:
+        if not progress and not was_disabled:
+            enable_progress_bars()
+    _verify(plan, paths, fresh)
+    weights = [p for n, p in paths.items() if _is_weights(n)]
+    others = [p for n, p in paths.items() if not _is_weights(n)]
+    return weights + others

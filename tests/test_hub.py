@@ -1,0 +1,280 @@
+"""step35.hub against a loopback fake Hub (tests/fake_hub.py) with the real huggingface_hub client.
+
+The fake serves tiny split GGUFs (``step35.testing.build_model(..., n_split=3)``) under two
+quant names (the same bytes; enough for download tests) plus a README. Nothing here
+touches the network or ``~/.cache``: ``HF_ENDPOINT`` points at the fake and
+``HF_HOME`` at a temporary directory.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ID = "test/Step-Tiny-GGUF"
+Q4 = [f"Q4_K_S/Step-Tiny-Q4_K_S-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+IQ4 = [f"Step-Tiny-IQ4_XS-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+
+
+def _load_fake_hub():
+    # pytest runs with --import-mode=importlib: tests/ is not on sys.path.
+    name = "step35_tests_fake_hub"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_hub.py"))
+    assert spec is not None and spec.loader is not None
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[name] = mod
+    spec.loader.exec_module(mod)
+    return mod
+
+
+fake_hub = _load_fake_hub()
+
+
+def _split(tmp_path_factory: pytest.TempPathFactory, seed: int) -> list[bytes]:
+    from step35.testing import build_model
+
+    files = build_model(tmp_path_factory.mktemp("hub-src") / "tiny.gguf", "tiny", n_split=3, seed=seed)
+    assert len(files) == 3
+    return [f.read_bytes() for f in files]
+
+
+@pytest.fixture(scope="module")
+def split_bytes(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """The IQ4_XS files."""
+    return _split(tmp_path_factory, 0)
+
+
+@pytest.fixture(scope="module")
+def other_bytes(tmp_path_factory: pytest.TempPathFactory) -> list[bytes]:
+    """The Q4_K_S files (other weights, so the Hub's blobs differ, as they would)."""
+    return _split(tmp_path_factory, 1)
+
+
+@pytest.fixture
+def hub(split_bytes, other_bytes, tmp_path, monkeypatch):
+    """A running fake Hub with HF_ENDPOINT/HF_HOME pointed at it and at a tmp cache."""
+    import huggingface_hub.constants as C
+
+    files = {"README.md": b"# Step tiny\n", "imatrix.dat": b"not weights"}
+    files.update(zip(Q4, other_bytes))
+    files.update(zip(IQ4, split_bytes))
+    repos = {
+        REPO_ID: fake_hub.Repo(files),
+        # the preset targets, with the seed file layouts
+        "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S": fake_hub.Repo(
+            {f"step3p5_flash_Q4_K_S-{i:05d}-of-00003.gguf": b for i, b in enumerate(other_bytes, 1)}),
+        "ubergarm/Step-3.5-Flash-GGUF": fake_hub.Repo(
+            {**{f"IQ4_XS/Step-3.5-Flash-IQ4_XS-{i:05d}-of-00003.gguf": b for i, b in enumerate(split_bytes, 1)},
+             "Q8_0/Step-3.5-Flash-Q8_0.gguf": split_bytes[0]}),
+    }
+    fh = fake_hub.FakeHub(repos)
+    url = fh.start()
+    home = tmp_path / "hf"
+    for var in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE", "HF_HUB_CACHE", "HF_TOKEN"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    monkeypatch.setattr(C, "HF_TOKEN_PATH", str(home / "token"))
+    monkeypatch.setattr(C, "HF_STORED_TOKENS_PATH", str(home / "stored_tokens"))
+    try:
+        yield fh
+    finally:
+        fh.stop()
+
+
+def _cached(name: str) -> Path | None:
+    import os
+
+    from huggingface_hub import try_to_load_from_cache
+
+    p = try_to_load_from_cache(REPO_ID, name, cache_dir=os.path.join(os.environ["HF_HOME"], "hub"))
+    return Path(p) if isinstance(p, str) else None
+
+
+def test_repo_spec_parsing(tmp_path, monkeypatch):
+    from step35 import hub
+
+    assert hub.parse_spec("ubergarm/Step-3.5-Flash-GGUF:IQ4_XS") == ("ubergarm/Step-3.5-Flash-GGUF", "IQ4_XS")
+    assert hub.parse_spec("a/b:Q8_0", "Q4_K_S") == ("a/b", "Q4_K_S")
+    assert hub.looks_like_repo("stepfun-ai/Step-3.5-Flash-Int4")
+    assert hub.looks_like_repo("owner/name:Q4_K_S")
+    assert not hub.looks_like_repo("models/step.gguf")
+    assert not hub.looks_like_repo("./a/b")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "owner").mkdir()
+    (tmp_path / "owner" / "model").write_bytes(b"x")
+    assert not hub.looks_like_repo("owner/model")  # an existing local path wins
+    with pytest.raises(hub.HubError):
+        hub.parse_spec("not a repo")
+
+
+def test_presets_resolve_to_the_seed_quants(hub):
+    from step35 import hub as h
+
+    assert h.resolve("stepfun-ai/Step-3.5-Flash-Int4") == [
+        f"step3p5_flash_Q4_K_S-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    assert h.resolve("ubergarm/Step-3.5-Flash-GGUF") == [
+        f"IQ4_XS/Step-3.5-Flash-IQ4_XS-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
+    assert h.resolve("ubergarm/Step-3.5-Flash-GGUF:q8_0") == ["Q8_0/Step-3.5-Flash-Q8_0.gguf"]
+    assert hub.gets() == []  # resolving lists the repo, it fetches nothing
+
+
+def test_downloads_only_the_chosen_quant_and_reuses_the_cache(hub, split_bytes):
+    from step35 import hub as h
+
+    assert h.resolve(REPO_ID, "iq4_xs") == IQ4
+    assert h.resolve(REPO_ID, include="Step-Tiny-IQ4_XS-00002-of-00003.gguf") == IQ4  # one part -> the whole set
+    assert h.resolve(REPO_ID, include="README.md") == ["README.md"]
+    path = h.download(f"{REPO_ID}:IQ4_XS", progress=False)
+    assert path.name == "Step-Tiny-IQ4_XS-00001-of-00003.gguf"
+    assert sorted(hub.gets()) == IQ4
+    touched = {f for _, _, f, _ in hub.log if f}
+    assert not touched & set(Q4 + ["README.md", "imatrix.dat"]), touched  # never even HEADed
+    for name, data in zip(IQ4, split_bytes):
+        assert (path.parent / name).read_bytes() == data
+    # Second run: the cache is reused (metadata checks only, no bytes).
+    n = len(hub.gets())
+    assert h.download(REPO_ID, "IQ4_XS", progress=False) == path
+    assert len(hub.gets()) == n
+    # The other quant lives in its folder; only it is fetched now.
+    q4 = h.download(REPO_ID, "Q4_K_S", progress=False)
+    assert q4.name == "Step-Tiny-Q4_K_S-00001-of-00003.gguf" and q4.parent.name == "Q4_K_S"
+    assert sorted(hub.gets()[n:]) == Q4
+
+
+def test_interrupted_transfer_resumes(hub, split_bytes, caplog, monkeypatch):
+    import huggingface_hub.constants as C
+
+    from step35 import hub as h
+
+    # huggingface_hub writes (and so can resume) in DOWNLOAD_CHUNK_SIZE pieces (10 MB): our parts are
+    # ~190 KB, so use 16 KiB pieces to make the cut land after some were written.
+    monkeypatch.setattr(C, "DOWNLOAD_CHUNK_SIZE", 16384)
+
+    hub.faults[IQ4[1]] = "cut"  # the first GET of part 2 stops half-way and drops the connection
+    path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    part2 = [(p, r) for m, p, f, r in hub.log if m == "GET" and f == IQ4[1]]
+    assert len(part2) == 2, part2
+    assert part2[0][1] is None
+    half = len(split_bytes[1]) // 2
+    resumed_at = int(part2[1][1].removeprefix("bytes=").removesuffix("-"))
+    assert 0 < resumed_at <= half  # the retry asked only for the rest
+    assert (path.parent / IQ4[1]).read_bytes() == split_bytes[1]
+    assert "resume" in caplog.text.lower()
+
+
+@pytest.mark.parametrize("fault", ["garbage", "truncated"])
+def test_corrupt_download_is_detected_and_never_loaded(hub, split_bytes, monkeypatch, fault):
+    import step35
+    import step35._native
+    from step35 import hub as h
+
+    def no_load():
+        raise AssertionError("a corrupt model reached llama.cpp")
+
+    monkeypatch.setattr(step35._native, "core", no_load)
+    hub.faults[IQ4[1]] = fault
+    with pytest.raises(h.HubError, match=r"Step-Tiny-IQ4_XS-00002-of-00003\.gguf .*corrupt") as e:
+        step35.Model.from_pretrained(REPO_ID, quant="IQ4_XS")
+    assert "\n" not in str(e.value)
+    assert _cached(IQ4[1]) is None  # dropped from the cache
+    assert _cached(IQ4[0]) is not None  # good parts stay
+    # Once the Hub serves good bytes, a rerun fetches only the bad part.
+    del hub.faults[IQ4[1]]
+    n = len(hub.gets())
+    path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    assert hub.gets()[n:] == [IQ4[1]]
+    assert (path.parent / IQ4[1]).read_bytes() == split_bytes[1]
+
+
+def test_corrupt_file_in_cache_is_detected_offline(hub, monkeypatch):
+    from step35 import hub as h
+
+    path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    blob = path.resolve()
+    data = bytearray(blob.read_bytes())
+    data[:4] = b"XXXX"
+    blob.write_bytes(bytes(data))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(h.HubError, match=r"Step-Tiny-IQ4_XS-00001-of-00003\.gguf .*corrupt.*not a GGUF"):
+        h.download(REPO_ID, "IQ4_XS", progress=False)
+
+
+def test_second_run_works_offline_from_the_cache(hub, monkeypatch):
+    import step35
+    from step35 import hub as h
+
+    path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    hub.stop()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert h.download(f"{REPO_ID}:IQ4_XS", progress=False) == path
+    with step35.Model.from_pretrained(REPO_ID, "IQ4_XS") as m:
+        assert m.files == [path.parent / n for n in IQ4]
+    with pytest.raises(h.HubError, match="offline and test/nope is not in the cache"):
+        h.download("test/nope:Q4_K_S")
+    with pytest.raises(h.HubError, match=r"no Q4_K_S GGUF; quants available: IQ4_XS \(files: Step-Tiny-IQ4_XS-00001"):
+        h.download(REPO_ID, "Q4_K_S")  # only what the cache holds
+    # No HF_HUB_OFFLINE, server gone: falls back to the cache too.
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    assert h.download(REPO_ID, "IQ4_XS", progress=False) == path
+    assert h.download(REPO_ID, "IQ4_XS", local_files_only=True, progress=False) == path
+
+
+def test_missing_repo_or_quant_is_a_one_line_error_listing_what_exists(hub):
+    from step35 import hub as h
+
+    with pytest.raises(h.HubError) as e:
+        h.download(REPO_ID)
+    assert str(e.value) == f"{REPO_ID} has several quants, pick one with :QUANT or quant=...: IQ4_XS, Q4_K_S"
+    with pytest.raises(h.HubError) as e:
+        h.download(f"{REPO_ID}:Q8_0")
+    assert str(e.value).startswith(f"{REPO_ID} has no Q8_0 GGUF; quants available: IQ4_XS, Q4_K_S (files: ")
+    assert "\n" not in str(e.value)
+    with pytest.raises(h.HubError) as e:
+        h.download("test/does-not-exist:Q4_K_S")
+    msg = str(e.value)
+    assert "\n" not in msg and "repo test/does-not-exist not found on " + hub.url in msg
+    assert "ubergarm/Step-3.5-Flash-GGUF" in msg and "stepfun-ai/Step-3.5-Flash-Int4" in msg
+    with pytest.raises(h.HubError, match="has no revision 'v9'"):
+        h.download(REPO_ID, "IQ4_XS", revision="v9")
+    with pytest.raises(h.HubError, match=r"no file matches \*\.safetensors; it has: "):
+        h.download(REPO_ID, include="*.safetensors")
+    assert hub.gets() == []
+
+
+def test_cli_download_and_run_with_a_repo(hub, capsys, split_bytes):
+    from step35 import cli
+
+    assert cli.main(["download", REPO_ID, "--quant", "iq4_xs"]) == 0
+    out = capsys.readouterr().out.split()
+    assert [Path(p).name for p in out] == IQ4
+    assert Path(out[0]).read_bytes() == split_bytes[0]
+    assert cli.main(["download", f"{REPO_ID}:Q4_K_S", "--include", "README.md"]) == 1  # README has no Q4_K_S
+    assert cli.main(["download", REPO_ID, "--include", "README.md"]) == 0
+    assert Path(capsys.readouterr().out.strip()).read_bytes() == b"# Step tiny\n"
+    assert cli.main(["download", "test/nope"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("step35: error: repo test/nope not found") and err.count("\n") == 1
+    # -m takes repo:QUANT (already cached: no new transfer)
+    n = len(hub.gets())
+    assert cli.main(["run", "-m", f"{REPO_ID}:IQ4_XS", "-p", "hi", "-n", "2", "--temp", "0", "-c", "256",
+                     "--hide-reasoning"]) == 0
+    assert len(hub.gets()) == n
+
+
+def test_from_pretrained_loads_the_split_model(hub, tiny_split):
+    import step35
+
+    with step35.Model.from_pretrained(REPO_ID, quant="Q4_K_S") as m:
+        assert [f.name for f in m.files] == [Path(n).name for n in Q4]
+        assert m.architecture == "step35"
+        with step35.Model(tiny_split[0]) as ref:
+            assert m.n_params == ref.n_params and m.n_layer == ref.n_layer
+        assert len(m.tokenize("hello")) > 0
