@@ -505,3 +505,14 @@ def test_generating_from_a_worker_thread_is_not_slower(tiny_path) -> None:
     main_tps = sorted(tps for tps, _ in main)[1]
     worker_tps = sorted(tps for tps, _ in worker)[1]
     assert worker_tps > 0.5 * main_tps, (worker_tps, main_tps)
+
+
+def test_closing_the_model_while_a_stream_is_open(tiny_path) -> None:
+    m = step35.Model(tiny_path, context={"n_ctx": 256})
+    stream = m.generate("Keep going", max_tokens=20, temperature=0, stream=True)
+    first = next(stream)
+    m.close()  # does not raise; the stream keeps its context and the weights alive
+    rest = "".join(stream)
+    assert stream.finish_reason in ("length", "stop") and isinstance(first + rest, str)
+    with pytest.raises(step35.ClosedError):
+        m.generate("x", max_tokens=1)

@@ -142,7 +142,12 @@ class Model:
         ctx = getattr(self, "_context", None)
         if ctx is not None:
             self._context = None
-            ctx.close()
+            from .errors import ContextBusyError
+
+            try:
+                ctx.close()
+            except ContextBusyError:
+                pass  # an open stream holds it (and the weights); both are freed when it ends
         handle = getattr(self, "_handle", None)
         if handle is not None:
             handle.close()
