@@ -3,7 +3,8 @@
 # SAME pinned, patched source and the same CMake configuration as the wheel
 # (shared libs, GGML_BACKEND_DL, all CPU variants), so a comparison measures
 # the binding and nothing else. With --native, build a -march=native variant
-# instead (GGML_NATIVE=ON, one CPU backend) for the portable-vs-native check.
+# instead (GGML_NATIVE=ON, one CPU backend linked in: ggml does not allow
+# GGML_NATIVE with GGML_BACKEND_DL) for the portable-vs-native check.
 #
 #   bash benchmarks/build_native.sh            -> build/native-tools/bin/
 #   bash benchmarks/build_native.sh --native   -> build/native-march/bin/
@@ -21,7 +22,7 @@ if command -v gcc >/dev/null && command -v g++ >/dev/null && [ "$(uname)" = Linu
 fi
 if [ "${1:-}" = "--native" ]; then
   dir=build/native-march
-  extra=(-DGGML_NATIVE=ON -DGGML_CPU_ALL_VARIANTS=OFF -DSTEP35_BUILD_EXTENSION=OFF)
+  extra=(-DGGML_NATIVE=ON -DGGML_CPU_ALL_VARIANTS=OFF -DSTEP35_BACKEND_DL=OFF -DSTEP35_BUILD_EXTENSION=OFF)
   targets=(llama-batched-bench llama-completion step35_libs)
 else
   dir=build/native-tools
