@@ -8,31 +8,14 @@ touches the network or ``~/.cache``: ``HF_ENDPOINT`` points at the fake and
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from pathlib import Path
 
+import fake_hub  # tests/ is on pythonpath (pyproject.toml)
 import pytest
 
 REPO_ID = "test/Step-Tiny-GGUF"
 Q4 = [f"Q4_K_S/Step-Tiny-Q4_K_S-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
 IQ4 = [f"Step-Tiny-IQ4_XS-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
-
-
-def _load_fake_hub():
-    # pytest runs with --import-mode=importlib: tests/ is not on sys.path.
-    name = "step35_tests_fake_hub"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("fake_hub.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod
-    spec.loader.exec_module(mod)
-    return mod
-
-
-fake_hub = _load_fake_hub()
 
 
 def _split(tmp_path_factory: pytest.TempPathFactory, seed: int) -> list[bytes]:

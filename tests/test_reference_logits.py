@@ -25,11 +25,9 @@ GPT-2's vocabulary) and torch + transformers (tests/requirements.txt); no networ
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import platform
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,22 +35,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-
-
-def _load_reference_module():
-    # pytest runs with --import-mode=importlib: tests/ is not on sys.path.
-    name = "step35_tests_reference"
-    if name in sys.modules:
-        return sys.modules[name]
-    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name("reference_step35.py"))
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[name] = mod  # dataclasses resolve annotations through sys.modules
-    spec.loader.exec_module(mod)
-    return mod
-
-
-R = _load_reference_module()
+import reference_step35 as R  # tests/ is on pythonpath (pyproject.toml)
 
 if not R.LLAMA_SRC.is_dir():
     pytest.skip(

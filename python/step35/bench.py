@@ -271,12 +271,6 @@ def to_csv(rows: Iterable[BenchRow]) -> str:
     return buf.getvalue()
 
 
-def default_threads() -> int:
-    """Threads llama.cpp would use by default here (for the header line)."""
-    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, n)
-
-
 def describe(path: str | os.PathLike[str], params: dict[str, Any]) -> str:
     """The settings line printed above the table."""
     return f"model: {Path(os.fspath(path)).name} | " + ", ".join(f"{k} = {v}" for k, v in params.items())

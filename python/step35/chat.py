@@ -9,13 +9,12 @@ each tool's JSON schema.
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .chat_template import render_chat, validate_messages, validate_tools
+from .chat_template import render_chat, validate_tools
 from .generation import CompletionStream, GenerationStats, SamplingParams, _stats, start
 from .toolcalls import ChatStreamParser, parse_output
 
@@ -57,9 +56,8 @@ def select_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) ->
 
 def build_prompt(template: str, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None, *,
                  bos_token: str, eos_token: str, **extra: Any) -> str:
-    """The rendered prompt (messages and tools validated first; ValueError on bad input)."""
-    validate_messages(messages)
-    return render_chat(template, [dict(m) for m in messages], tools=tools, add_generation_prompt=True,
+    """The rendered prompt (render_chat validates messages and tools first; ValueError on bad input)."""
+    return render_chat(template, messages, tools=tools, add_generation_prompt=True,  # type: ignore[arg-type]
                        bos_token=bos_token, eos_token=eos_token, **extra)
 
 
@@ -178,7 +176,3 @@ class ChatStream:
         """Counts and timings of the call."""
         return self._stream.stats
 
-
-def arguments_json(call: Mapping[str, Any]) -> Any:
-    """The decoded arguments of an OpenAI tool call dict."""
-    return json.loads(call["function"]["arguments"])

@@ -378,13 +378,11 @@ class Model:
             ContextOverflowError: the prompt does not fit in the context.
             ContextBusyError: the context is used by an unfinished stream or another thread.
         """
-        from .generation import SamplingParams, check_max_tokens, check_stop, run
+        from .generation import SamplingParams, run
 
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
                                   presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
-        check_max_tokens(max_tokens)
-        check_stop(stop)
         ids = self._prompt_tokens(prompt, add_special, parse_special)
         ctx = context if context is not None else self.context
         return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop)
@@ -392,11 +390,19 @@ class Model:
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                     **template_vars: Any) -> str:
         """The prompt text :meth:`chat` sends for ``messages`` and ``tools`` (rendered by the GGUF's template)."""
+        return self._render_chat(messages, tools, **template_vars)[0]
+
+    def _render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
+                     **template_vars: Any) -> tuple[str, bool]:
+        """The chat prompt, and whether tokenizing it must add BOS (the template may write it itself)."""
         from .chat import build_prompt
 
         special = self.special_tokens
-        return build_prompt(self._template(), messages, tools, bos_token=self._token_text(special.get("bos")),
-                            eos_token=self._token_text(special.get("eos")), **template_vars)
+        bos_text = self._token_text(special.get("bos"))
+        prompt = build_prompt(self._template(), messages, tools, bos_token=bos_text,
+                              eos_token=self._token_text(special.get("eos")), **template_vars)
+        add_bos = bool(special.get("add_bos")) and not (bos_text and prompt.startswith(bos_text))
+        return prompt, add_bos
 
     def _template(self) -> str:
         template = self.chat_template
@@ -457,18 +463,13 @@ class Model:
             ToolCallParseError: the model wrote a tool call that cannot be parsed.
         """
         from .chat import ChatStream, complete, select_tools
-        from .generation import SamplingParams, check_max_tokens, check_stop, run
+        from .generation import SamplingParams, run
 
         sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
                                   repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
                                   frequency_penalty=frequency_penalty, seed=seed)
-        check_max_tokens(max_tokens)
-        check_stop(stop)
         chosen = select_tools(tools, tool_choice)
-        prompt = self.chat_prompt(messages, chosen, **template_vars)
-        bos = self.special_tokens.get("bos")
-        bos_text = self._token_text(bos)
-        add_bos = bool(self.special_tokens.get("add_bos")) and not (bos_text and prompt.startswith(bos_text))
+        prompt, add_bos = self._render_chat(messages, chosen, **template_vars)
         ids = self.tokenize(prompt, add_special=add_bos, parse_special=True)
         ctx = context if context is not None else self.context
         name = self.path.name
