@@ -68,7 +68,7 @@ struct Progress {
 };
 
 std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_layers, bool use_mmap, bool use_mlock,
-                       bool vocab_only, bool check_tensors, int main_gpu, py::object progress) {
+                       bool vocab_only, bool check_tensors, int main_gpu, py::object progress, bool no_alloc) {
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
     params.main_gpu = main_gpu;
@@ -76,6 +76,12 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
     params.check_tensors = check_tensors;
     if (use_mmap) params.load_mode = use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
     else params.load_mode = use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE;
+    if (no_alloc) {
+        // Memory planning (step35/fit.py): read the header, place every tensor
+        // and record buffer sizes, but allocate and read nothing.
+        params.no_alloc = true;
+        params.load_mode = LLAMA_LOAD_MODE_NONE;
+    }
     Progress state{std::move(progress)};
     params.progress_callback = &Progress::call;
     params.progress_callback_user_data = &state;
@@ -240,8 +246,9 @@ void register_model(py::module_ & m) {
 
     m.def("load_model", &load_model, py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("use_mmap") = true,
           py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("check_tensors") = false,
-          py::arg("main_gpu") = 0, py::arg("progress") = py::none(),
-          "Load a GGUF (the first file of a split set loads them all). GIL released while loading.");
+          py::arg("main_gpu") = 0, py::arg("progress") = py::none(), py::arg("no_alloc") = false,
+          "Load a GGUF (the first file of a split set loads them all). GIL released while loading.\n"
+          "no_alloc=True only plans the buffers (for memory estimates; such a model cannot run).");
 }
 
 }  // namespace step35

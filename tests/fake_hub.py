@@ -9,7 +9,7 @@ Endpoints (what ``HfApi.model_info`` and ``hf_hub_download`` request):
   ``X-Repo-Commit``, ``ETag``, ``Content-Length``; LFS files (``.gguf``) answer
   302 to an absolute ``http://localhost:PORT/cdn/{sha256}`` URL with ``X-Linked-Etag``/``X-Linked-Size``,
   like the real Hub's CDN redirect.
-- ``GET /cdn/{sha256}``: the bytes, honouring ``Range: bytes=N-`` (206).
+- ``GET /cdn/{sha256}``: the bytes, honouring ``Range: bytes=N-`` and ``bytes=N-M`` (206).
 
 Every request is logged in ``FakeHub.log`` as ``(method, path, filename, range)``.
 ``faults[filename]`` makes a file misbehave: ``"cut"`` (send half the body once, then
@@ -200,17 +200,20 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _bytes(self, repo_id: str, fname: str, head: bool, extra: dict[str, str] | None = None) -> None:
         data = self.fake.served(repo_id, fname)
-        start = 0
+        start, end = 0, len(data) - 1
         rng = self.headers.get("Range")
         if rng and rng.startswith("bytes="):
-            start = int(rng[len("bytes="):].split("-", 1)[0] or 0)
-        body = data[start:]
+            first, _, last = rng[len("bytes="):].partition("-")
+            start = int(first or 0)
+            if last:
+                end = min(int(last), end)
+        body = data[start:end + 1]
         headers = {**(extra or {}), "Accept-Ranges": "bytes", "Content-Length": str(len(body)),
                    "Content-Type": "application/octet-stream"}
         code = 200
         if rng:
             code = 206
-            headers["Content-Range"] = f"bytes {start}-{len(data) - 1}/{len(data)}"
+            headers["Content-Range"] = f"bytes {start}-{end}/{len(data)}"
         if not head and self.fake.faults.get(fname) == "cut":
             del self.fake.faults[fname]  # only once
             self.send_response(code)

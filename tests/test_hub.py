@@ -261,3 +261,29 @@ def test_from_pretrained_loads_the_split_model(hub, tiny_split):
         with step35.Model(tiny_split[0]) as ref:
             assert m.n_params == ref.n_params and m.n_layer == ref.n_layer
         assert len(m.tokenize("hello")) > 0
+
+
+def test_fit_plans_a_repo_from_its_headers_only(hub, split_bytes, tiny_split, monkeypatch):
+    from step35 import fit
+    from step35 import hub as h
+
+    monkeypatch.setattr(h, "HEADER_PROBE", 4096)  # these parts are small: probe small, as for 50 GB parts
+
+    remote = fit.plan(f"{REPO_ID}:IQ4_XS", n_ctx=2048, kv_contexts=())
+    local = fit.plan(tiny_split[0], n_ctx=2048, kv_contexts=())
+    assert remote.model == f"{REPO_ID}:IQ4_XS"
+    assert (remote.weights, remote.kv, remote.compute) == (local.weights, local.kv, local.compute)
+    gets = [(f, rng) for m, p, f, rng in hub.log if m == "GET" and f and not p.startswith("/api/")]
+    assert {f for f, _ in gets} == set(IQ4)  # only the chosen quant, every part
+    assert all(rng and rng.startswith("bytes=0-") for _, rng in gets)  # range requests only
+    fetched = {f: int(rng.split("-")[1]) + 1 for f, rng in gets}
+    assert fetched[IQ4[1]] < len(split_bytes[1]) and fetched[IQ4[2]] < len(split_bytes[2])
+    assert all(_cached(n) is None for n in IQ4)  # nothing was downloaded into the cache
+    # the CLI makes the same plan before a download, and refuses before fetching a byte more
+    from step35.cli import main
+
+    n = len(hub.log)
+    assert main(["fit", "-m", f"{REPO_ID}:IQ4_XS", "--memory", "256M"]) == 2
+    assert main(["run", "-m", f"{REPO_ID}:IQ4_XS", "-p", "hi", "-n", "1"]) == 0  # fits here: downloads, runs
+    assert all(_cached(n) is not None for n in IQ4)
+    assert len(hub.log) > n

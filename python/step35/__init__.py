@@ -26,6 +26,7 @@ from .errors import (
     ContextOverflowError,
     DecodeError,
     InvalidModelError,
+    MemoryFitError,
     ModelLoadError,
     QuantizeError,
     Step35Error,
@@ -53,6 +54,7 @@ __all__ = [
     "ContextOverflowError",
     "DecodeError",
     "QuantizeError",
+    "MemoryFitError",
     "Context",
     "ContextParams",
     "SamplingParams",
@@ -62,10 +64,11 @@ __all__ = [
     "quantize",
     "QUANT_TYPES",
     "testing",
+    "fit",
 ]
 
 # Imported on first use (they pull in numpy): name -> submodule.
-_LAZY = {"testing": ".testing", "Context": ".context", "ContextParams": ".context"}
+_LAZY = {"testing": ".testing", "fit": ".fit", "Context": ".context", "ContextParams": ".context"}
 
 
 def __getattr__(name: str):
@@ -74,5 +77,5 @@ def __getattr__(name: str):
         import importlib
 
         mod = importlib.import_module(_LAZY[name], __name__)
-        return mod if name == "testing" else getattr(mod, name)
+        return mod if name in ("testing", "fit") else getattr(mod, name)
     raise AttributeError(f"module 'step35' has no attribute {name!r}")

@@ -205,7 +205,8 @@ def run(
                            flash_attn=flash_attn, type_k=type_k, type_v=type_v, n_threads=n_threads,
                            n_threads_batch=n_threads_batch, kv_unified=kv_unified, warmup=False)
     own = not isinstance(model, Model)
-    m = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap) if own else model
+    # context=params: the memory check made when loading plans for this benchmark's context
+    m = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, context=params) if own else model
     display = _Progress(progress)
     rows: list[BenchRow] = []
     try:

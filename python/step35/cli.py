@@ -156,6 +156,8 @@ def _add_context_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--no-warmup", action="store_true")
     g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     g.add_argument("--mmap", type=int, choices=(0, 1), default=1)
+    g.add_argument("--no-fit-check", action="store_true",
+                   help="skip the memory plan made before loading (see `step35 fit`)")
 
 
 def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
@@ -181,11 +183,22 @@ def _sampling(args: argparse.Namespace) -> dict:
             "repeat_penalty": args.repeat_penalty, "seed": args.seed}
 
 
-def _model_arg(value: str | None) -> str | None:
-    """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first."""
+def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1) -> str | None:
+    """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
+
+    With context ``params`` the memory plan is made from the repo's headers
+    before the download, so a model that cannot fit is refused before fetching it.
+    """
     from . import hub
 
-    if value and hub.looks_like_repo(value):
+    if value and hub.looks_like_repo(value) and not Path(value).exists():
+        if params is not None:
+            from . import fit
+
+            fit.check(value, n_ctx=params.n_ctx, type_k=params.type_k, type_v=params.type_v,
+                      swa_full=params.swa_full, n_batch=params.n_batch, n_ubatch=params.n_ubatch,
+                      n_seq_max=params.n_seq_max, kv_unified=params.kv_unified, flash_attn=params.flash_attn,
+                      n_gpu_layers=n_gpu_layers, kv_contexts=())
         return str(hub.download(value))
     return value
 
@@ -194,8 +207,10 @@ def _open_model(args: argparse.Namespace):
     from .context import ContextParams
 
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
-    model, _ = _load_with_progress(_model_arg(args.model) or _default_model(), n_gpu_layers=args.n_gpu_layers,
-                                   use_mmap=bool(args.mmap), context=params)
+    check = not args.no_fit_check
+    path = _model_arg(args.model, params if check else None, args.n_gpu_layers) or _default_model()
+    model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), context=params,
+                                   check_memory=check)
     return model
 
 
@@ -369,6 +384,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_bytes(value: str) -> int:
+    units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30,
+             "TI": 1 << 40}
+    v = value.strip().upper().removesuffix("B")
+    num = v.rstrip("KMGTI")
+    try:
+        return int(float(num) * units[v[len(num):]])
+    except (ValueError, KeyError):
+        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 128G, 96GiB, 64000M)") from None
+
+
+def cmd_fit(args: argparse.Namespace) -> int:
+    from . import fit
+
+    p = fit.plan(args.model or _default_model(), quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k,
+                 type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
+                 n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
+                 flash_attn=args.flash_attn, memory=args.memory, kv_contexts=args.kv_table)
+    print(json.dumps(p.to_dict(), indent=2) if args.json else p)
+    return 0 if p.fits else 2
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
@@ -454,6 +491,26 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mmap", type=int, choices=(0, 1), default=1)
     s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
     s.set_defaults(func=cmd_bench)
+
+    s = sub.add_parser("fit", help="will it fit? memory plan (weights, KV cache, compute) before loading or "
+                                   "downloading; exit status 2 when it does not fit")
+    s.add_argument("-m", "--model", help="GGUF file, any part of a split set, or a Hub repo owner/name[:QUANT] "
+                                         "(only its headers are fetched)")
+    s.add_argument("--quant", help="quantization, for a repo")
+    s.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length (0 = the model's)")
+    s.add_argument("-b", "--batch-size", type=int, default=2048)
+    s.add_argument("-ub", "--ubatch-size", type=int, default=512)
+    s.add_argument("-np", "--parallel", type=int, default=1, help="parallel sequences")
+    s.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
+    s.add_argument("-ctk", "--cache-type-k", default="f16")
+    s.add_argument("-ctv", "--cache-type-v", default="f16")
+    s.add_argument("--swa-full", action="store_true")
+    s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    s.add_argument("--memory", type=_parse_bytes, help="plan for this much RAM instead of this machine's (e.g. 128G)")
+    s.add_argument("--kv-table", type=_int_list, default=[16384, 65536, 262144],
+                   help="context lengths of the KV-cache table (default 16384,65536,262144)")
+    s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("download", help="download a GGUF (only the chosen quant, whole split sets) from the Hub")
     s.add_argument("repo", help="owner/name or owner/name:QUANT, e.g. ubergarm/Step-3.5-Flash-GGUF:IQ4_XS")

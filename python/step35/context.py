@@ -252,6 +252,23 @@ class Context:
         """Threads used for prompt processing."""
         return int(self._handle.n_threads_batch)
 
+    def memory(self) -> dict[str, int]:
+        """Bytes llama.cpp holds for this context's model and the context itself,
+        summed over devices: ``{"model": weights, "context": KV cache, "compute": buffers}``.
+        :meth:`memory_breakdown` has them per buffer type."""
+        out = {"model": 0, "context": 0, "compute": 0}
+        for row in self.memory_breakdown():
+            for k in out:
+                out[k] += int(row[k])
+        return out
+
+    def memory_breakdown(self) -> list[dict[str, Any]]:
+        """Per buffer type (``CPU``, ``CPU_REPACK``, ``CUDA0``, ...): bytes of weights
+        (``model``), KV cache (``context``) and compute buffers (``compute``)."""
+        from ._native import core
+
+        return list(core().memory_breakdown(self._handle))
+
     @property
     def tokens(self) -> list[int]:
         """The tokens of sequence 0 held in the KV cache (reused as a prompt prefix)."""

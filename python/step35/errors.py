@@ -22,6 +22,7 @@ __all__ = [
     "ContextOverflowError",
     "DecodeError",
     "QuantizeError",
+    "MemoryFitError",
 ]
 
 
@@ -75,3 +76,15 @@ class DecodeError(Step35Error):
 
 class QuantizeError(Step35Error):
     """llama.cpp could not quantize the model; the message includes its reason."""
+
+
+class MemoryFitError(Step35Error, MemoryError):
+    """The model and context would not fit in this machine's memory.
+
+    The message holds the plan (what needs how much, where) and what would fit;
+    ``.plan`` is the :class:`step35.fit.FitPlan`.
+    """
+
+    def __init__(self, message: str, plan: object = None):
+        super().__init__(message)
+        self.plan = plan

@@ -27,6 +27,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from .errors import InvalidModelError, Step35Error
 
@@ -381,3 +382,90 @@ def download_files(repo: str, quant: str | None = None, include: str | list[str]
     weights = [p for n, p in paths.items() if _is_weights(n)]
     others = [p for n, p in paths.items() if not _is_weights(n)]
     return weights + others
+
+
+def _range_get(url: str, n: int) -> bytes:
+    from huggingface_hub import get_session
+    from huggingface_hub.utils import build_hf_headers, hf_raise_for_status
+
+    session = get_session()
+    headers = {**build_hf_headers(), "Range": f"bytes=0-{n - 1}"}
+    # huggingface_hub 0.x hands out a requests.Session, 1.x an httpx(2) client
+    follow = {"follow_redirects": True} if "httpx" in type(session).__module__ else {"allow_redirects": True}
+    r = session.get(url, headers=headers, timeout=60, **follow)
+    hf_raise_for_status(r)
+    return r.content[:n]  # a server that ignores Range sends everything; keep what was asked for
+
+
+#: Bytes asked for first when reading a remote GGUF header (then 4x more until it parses).
+HEADER_PROBE = 256 << 10
+
+
+def read_remote_header(repo_id: str, name: str, revision: str | None = None, *,
+                       first: int | None = None, limit: int = 256 << 20) -> tuple[bytes, Any]:
+    """Fetch just the GGUF header of one repo file with HTTP range requests.
+
+    Starts with ``first`` bytes and asks for four times more until the header
+    parses (Step 3.5 Flash's first split, with its 128K-token vocabulary, needs
+    a few MiB); gives up past ``limit``. Returns (the bytes fetched, the header).
+    """
+    import io
+
+    from huggingface_hub import hf_hub_url
+
+    from .gguf import read_header
+
+    url = hf_hub_url(repo_id, name, revision=revision, endpoint=_endpoint())
+    n = first or HEADER_PROBE
+    while True:
+        data = _range_get(url, n)
+        try:
+            return data, read_header(io.BytesIO(data), name=name)
+        except InvalidModelError:
+            if len(data) < n or n >= limit:  # the whole file, or too much: really corrupt
+                raise
+            n *= 4
+
+
+def header_stubs(repo: str, quant: str | None, where: Path,
+                 revision: str | None = None) -> tuple[list[Path], list[Any], str]:
+    """Sparse local stand-ins for a repo's model files, for memory planning before a download.
+
+    For every model file of the chosen quant (a split set: every part) the header
+    is read (from the cache when the file is there, else over HTTP range
+    requests), written to ``where`` under the file's name and extended sparsely
+    to the file's real size, so llama.cpp can plan a ``no_alloc`` load of it.
+    Returns (stub paths, headers, a label naming the repo and quant).
+    """
+    from huggingface_hub import try_to_load_from_cache
+
+    from .gguf import read_header
+
+    repo_id, q = _apply_preset(*parse_spec(repo, quant))
+    cache = _cache_dir(None)
+    p = _plan(repo, quant, None, revision, cache, False)
+    label = f"{repo_id}:{q}" if q else repo_id
+    files, headers = [], []
+    for name in p.files:
+        if not _is_weights(name):
+            continue
+        stub = where / PurePosixPath(name).name
+        cached = try_to_load_from_cache(p.repo_id, name, cache_dir=cache, revision=p.revision)
+        if isinstance(cached, str) and os.path.exists(cached):
+            size = os.path.getsize(cached)
+            header = read_header(cached, name=name)
+            with open(cached, "rb") as f:
+                data = f.read(header.header_size)
+        else:
+            size = p.meta.get(name, (None, None, None))[0]
+            if size is None:
+                raise HubError(f"{name} of {p.repo_id}: the Hub does not list its size; cannot plan it")
+            data, header = read_remote_header(p.repo_id, name, p.revision)
+        with open(stub, "wb") as f:
+            f.write(data)
+            f.truncate(max(size, len(data)))
+        files.append(stub)
+        headers.append(header)
+    if not files:
+        raise HubError(f"{p.repo_id}: no .gguf model files selected")
+    return files, headers, label

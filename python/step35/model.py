@@ -91,10 +91,16 @@ class Model:
         context: settings of the default context that :meth:`generate` and
             :meth:`chat` use (a :class:`~step35.ContextParams` or a dict of its
             fields, e.g. ``{"n_ctx": 32768, "type_k": "q8_0"}``); created on first use.
+        check_memory: before loading, plan the memory of the weights plus the
+            default context (:func:`step35.fit.plan`: exact weight and KV-cache
+            bytes, llama.cpp's compute buffers, on this machine's RAM/GPUs) and
+            refuse with the plan, and what would fit, instead of running out of
+            memory. ``False`` (or ``STEP35_NO_FIT_CHECK=1``) skips it.
 
     Raises:
         FileNotFoundError: the file, or part of a split set, is missing.
         InvalidModelError: not a GGUF file, corrupt, or an unsupported early-fork GGUF.
+        MemoryFitError: the model and its default context would not fit (see ``check_memory``).
         ModelLoadError: llama.cpp refused the model (its reason is in the message).
     """
 
@@ -110,6 +116,7 @@ class Model:
         check_tensors: bool = False,
         main_gpu: int = 0,
         context: ContextParams | dict[str, Any] | None = None,
+        check_memory: bool = True,
     ) -> None:
         self.files: list[Path] = model_files(path)
         """Every file of the model (one, or each part of a split set)."""
@@ -119,6 +126,19 @@ class Model:
         _check_family(self._header, self.path)
         if not isinstance(n_gpu_layers, int):
             raise ValueError(f"n_gpu_layers must be an int, got {n_gpu_layers!r}")
+        from .context import ContextParams
+
+        self._context_params = ContextParams.coerce(context)
+        self._context: Context | None = None
+        if check_memory and not vocab_only:
+            from . import fit
+
+            if not fit._skip_check():
+                c = self._context_params
+                fit.check(self.path, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
+                          n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
+                          flash_attn=c.flash_attn,
+                          n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, kv_contexts=())
         from ._native import core
 
         self._handle = core().load_model(
@@ -131,10 +151,6 @@ class Model:
             main_gpu=int(main_gpu),
             progress=progress,
         )
-        from .context import ContextParams
-
-        self._context_params = ContextParams.coerce(context)
-        self._context: Context | None = None
 
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:

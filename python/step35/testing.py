@@ -68,6 +68,10 @@ __all__ = [
     "split_paths",
     "vocab_path",
     "write_fork_era_model",
+    "write_header_only_model",
+    "STEP35_FLASH",
+    "FLASH_N_VOCAB",
+    "HEADER_RECIPES",
 ]
 
 #: Bump whenever the bytes produced for an unchanged spec/seed change (cache key).
@@ -100,6 +104,12 @@ _DTYPES: dict[str, tuple[int, int, int]] = {
     "f32": (_GGML_F32, 1, 4),
     "f16": (_GGML_F16, 1, 2),
     "q8_0": (_GGML_Q8_0, 32, 34),
+    # only in header-only files (write_header_only_model): no data is generated
+    "q4_K": (12, 256, 144),
+    "q5_K": (13, 256, 176),
+    "q6_K": (14, 256, 210),
+    "iq4_xs": (23, 256, 136),
+    "bf16": (30, 1, 2),
 }
 _FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype ALL_F32 / MOSTLY_F16 / MOSTLY_Q8_0
 
@@ -618,7 +628,9 @@ def _pad(n: int) -> int:
 
 
 def _write_gguf(f: BinaryIO, kvs: Sequence[_KV], tensors: Sequence[TensorSpec],
-                data: Callable[[TensorSpec], bytes]) -> None:
+                data: Callable[[TensorSpec], bytes] | None) -> None:
+    """Write one GGUF file; ``data=None`` writes the header only and extends the
+    file (sparsely: no disk space used) to the size the tensor data would take."""
     head = [struct.pack("<4sIQQ", b"GGUF", 3, len(tensors), len(kvs))]
     head += [_pack_kv(kv) for kv in kvs]
     off = 0
@@ -631,6 +643,9 @@ def _write_gguf(f: BinaryIO, kvs: Sequence[_KV], tensors: Sequence[TensorSpec],
     blob = b"".join(head)
     f.write(blob)
     f.write(b"\0" * (_pad(len(blob)) - len(blob)))
+    if data is None:
+        f.truncate(_pad(len(blob)) + off)
+        return
     for ts in tensors:
         b = data(ts)
         if len(b) != ts.nbytes:
@@ -673,11 +688,15 @@ def build_model(
     Each file is written to a temporary name and renamed into place.
     """
     spec = resolve_spec(size)
-    vocab = _vocab()
-    plan = _tensor_plan(spec, len(vocab.tokens))
+    plan = _tensor_plan(spec, len(_vocab().tokens))
+    kvs = _metadata(spec, seed, legacy_fork_keys)
+    return _write_set(path, kvs, plan, n_split, lambda ts: _tensor_bytes(ts, spec, seed))
+
+
+def _write_set(path: str | os.PathLike[str], kvs: list[_KV], plan: list[TensorSpec], n_split: int,
+               data: Callable[[TensorSpec], bytes] | None) -> list[pathlib.Path]:
     if not 1 <= n_split <= min(len(plan), 99999):
         raise ValueError(f"n_split must be between 1 and {len(plan)}")
-    kvs = _metadata(spec, seed, legacy_fork_keys)
     paths = split_paths(path, n_split)
     paths[0].parent.mkdir(parents=True, exist_ok=True)
 
@@ -687,7 +706,6 @@ def build_model(
         chunks.append(plan[start:start + s])
         start += s
 
-    data = lambda ts: _tensor_bytes(ts, spec, seed)  # noqa: E731
     # write the first file last: if it exists, the whole set does
     for i in reversed(range(n_split)):
         file_kvs = (kvs if i == 0 else []) + (_split_kvs(i, n_split, len(plan)) if n_split > 1 else [])
@@ -713,6 +731,97 @@ def write_fork_era_model(path: str | os.PathLike[str], size: str | ModelSpec = "
     those keys (so it would run without the clamps); step35 should reject such files.
     """
     return build_model(path, size, seed=seed, legacy_fork_keys=True)[0]
+
+
+# --------------------------------------------------------------------------- header-only real shapes
+
+#: Step 3.5 Flash's real shapes (stepfun-ai/Step-3.5-Flash config): 45 trunk
+#: layers (3 dense, 42 MoE with 288 routed experts top-8 + a shared expert),
+#: hidden 4096, head dim 128, 64 query heads on full-attention layers and 96 on
+#: sliding-window layers (window 512), 8 KV heads everywhere, 3:1 sliding/full,
+#: 256K training context with llama3 RoPE scaling, 128,896-token vocabulary
+#: (:data:`FLASH_N_VOCAB`). Too big to build with random weights: use
+#: :func:`write_header_only_model`. The MTP heads are not included (the
+#: published GGUFs' sizes do not include them either: 196.81B parameters).
+STEP35_FLASH = ModelSpec(
+    name="step35-flash", n_layer=45, n_embd=4096, head_dim=128,
+    n_head_full=64, n_head_swa=96, n_head_kv_full=8, n_head_kv_swa=8,
+    n_ff=11264, n_ff_exp=1280, n_ff_shexp=1280, n_expert=288, n_expert_used=8,
+    n_dense_lead=3, sliding_window=512, n_ctx_train=262144,
+    swiglu_clamp_exp=_clamps(45, {43: 7.0, 44: 7.0}),
+    swiglu_clamp_shexp=_clamps(45, {43: 16.0, 44: 16.0}),
+    rope_llama3=(2.0, 1.0, 32.0, 131072), dtype="f16", embd_dtype="f16",
+)
+FLASH_N_VOCAB = 128896
+
+
+def _recipe_q4_k_s(ts: TensorSpec, n_layer: int) -> str:
+    # llama.cpp's Q4_K_S rules as they apply to this model: Q4_K everywhere,
+    # Q6_K for the output head, Q5_K for attn_v of the first 4 layers and for
+    # ffn_down(_exps/_shexp) of the first n_layer/8 layers.
+    name = ts.name
+    if name == "output.weight":
+        return "q6_K"
+    if name.startswith("blk."):
+        il = int(name.split(".")[1])
+        if name.endswith("attn_v.weight") and il < 4:
+            return "q5_K"
+        if ".ffn_down" in name and il < n_layer // 8:
+            return "q5_K"
+    return "q4_K"
+
+
+def _recipe_iq4_xs(ts: TensorSpec, n_layer: int) -> str:
+    # ubergarm-style: routed experts IQ4_XS, everything else (attention, shared
+    # expert, dense FFN, embeddings, output head) Q8_0.
+    return "iq4_xs" if "_exps." in ts.name else "q8_0"
+
+
+#: Recipes for :func:`write_header_only_model`: quant name -> (per-tensor type rule, llama_ftype).
+HEADER_RECIPES: dict[str, tuple[Callable[[TensorSpec, int], str], int]] = {
+    "Q4_K_S": (_recipe_q4_k_s, 14),
+    "IQ4_XS": (_recipe_iq4_xs, 30),
+}
+
+
+def write_header_only_model(path: str | os.PathLike[str], recipe: str = "Q4_K_S", *,
+                            spec: ModelSpec = STEP35_FLASH, n_vocab: int = FLASH_N_VOCAB,
+                            n_split: int = 1) -> list[pathlib.Path]:
+    """Write a GGUF (set) with a real header and no tensor data.
+
+    The tensor table has the shapes of ``spec`` (default: the real Step 3.5
+    Flash) typed by ``recipe`` (a key of :data:`HEADER_RECIPES`; weight
+    matrices only: norms, router and biases stay F32). Each file is extended
+    sparsely to its full size, so the files take no disk space, llama.cpp
+    accepts them for a ``no_alloc`` (memory-planning) load, and
+    :func:`step35.fit.plan` works on them; they cannot be run. The vocabulary
+    is the builder's, padded with placeholder tokens to ``n_vocab``.
+    """
+    try:
+        rule, ftype = HEADER_RECIPES[recipe]
+    except KeyError:
+        raise ValueError(f"unknown recipe {recipe!r}; choose one of {sorted(HEADER_RECIPES)}") from None
+    v = _vocab()
+    if n_vocab < len(v.tokens):
+        raise ValueError(f"n_vocab must be at least {len(v.tokens)}")
+    plan = []
+    for ts in _tensor_plan(spec, n_vocab):
+        if len(ts.shape) >= 2 and ts.dtype != "f32":
+            ts = TensorSpec(ts.name, ts.shape, rule(ts, spec.n_layer), ts.init, ts.scale)
+        plan.append(ts)
+    pad = n_vocab - len(v.tokens)
+    kvs = []
+    for kv in _metadata(spec, 0, False):
+        if kv.key == "tokenizer.ggml.tokens":
+            kv = _KV(kv.key, kv.vtype, list(kv.value) + [f"<|placeholder_{i}|>" for i in range(pad)], kv.subtype)
+        elif kv.key == "tokenizer.ggml.token_type":
+            kv = _KV(kv.key, kv.vtype, list(kv.value) + [4] * pad, kv.subtype)
+        elif kv.key == "general.file_type":
+            kv = _KV(kv.key, kv.vtype, ftype)
+        elif kv.key == "general.name":
+            kv = _KV(kv.key, kv.vtype, f"{spec.name}-{recipe}-header-only")
+        kvs.append(kv)
+    return _write_set(path, kvs, plan, n_split, None)
 
 
 # --------------------------------------------------------------------------- cache
