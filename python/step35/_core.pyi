@@ -59,6 +59,7 @@ def load_model(
     check_tensors: bool = False,
     main_gpu: int = 0,
     progress: Callable[[float], bool | None] | None = None,
+    no_alloc: bool = False,
 ) -> ModelHandle: ...
 
 class ContextOptions:
@@ -105,6 +106,7 @@ class ContextHandle:
              chunk: int = 0) -> Any: ...
 
 def new_context(model: ModelHandle, options: ContextOptions) -> ContextHandle: ...
+def memory_breakdown(context: ContextHandle) -> list[dict[str, Any]]: ...
 
 class SamplingOptions:
     temperature: float
