@@ -165,7 +165,8 @@ def test_corrupt_download_is_detected_and_never_loaded(hub, split_bytes, monkeyp
     monkeypatch.setattr(step35._native, "core", no_load)
     hub.faults[IQ4[1]] = fault
     with pytest.raises(h.HubError, match=r"Step-Tiny-IQ4_XS-00002-of-00003\.gguf .*corrupt") as e:
-        step35.Model.from_pretrained(REPO_ID, quant="IQ4_XS")
+        # (the memory plan, made from the headers before downloading, is tested in test_fit*)
+        step35.Model.from_pretrained(REPO_ID, quant="IQ4_XS", check_memory=False)
     assert "\n" not in str(e.value)
     assert _cached(IQ4[1]) is None  # dropped from the cache
     assert _cached(IQ4[0]) is not None  # good parts stay
@@ -287,3 +288,14 @@ def test_fit_plans_a_repo_from_its_headers_only(hub, split_bytes, tiny_split, mo
     assert main(["run", "-m", f"{REPO_ID}:IQ4_XS", "-p", "hi", "-n", "1"]) == 0  # fits here: downloads, runs
     assert all(_cached(n) is not None for n in IQ4)
     assert len(hub.log) > n
+
+
+def test_from_pretrained_refuses_before_downloading_what_cannot_fit(hub, monkeypatch):
+    import step35
+    from step35 import fit
+
+    monkeypatch.setattr(fit, "system_memory", lambda: (2 << 30, 1 << 30))
+    with pytest.raises(step35.MemoryFitError):
+        step35.Model.from_pretrained(REPO_ID, "IQ4_XS")
+    assert all(_cached(n) is None for n in IQ4)
+    assert all(rng for m, p, f, rng in hub.log if m == "GET" and f and not p.startswith("/api/"))  # headers only

@@ -193,12 +193,9 @@ def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1) -> str | 
 
     if value and hub.looks_like_repo(value) and not Path(value).exists():
         if params is not None:
-            from . import fit
+            from .fit import check_context
 
-            fit.check(value, n_ctx=params.n_ctx, type_k=params.type_k, type_v=params.type_v,
-                      swa_full=params.swa_full, n_batch=params.n_batch, n_ubatch=params.n_ubatch,
-                      n_seq_max=params.n_seq_max, kv_unified=params.kv_unified, flash_attn=params.flash_attn,
-                      n_gpu_layers=n_gpu_layers, kv_contexts=())
+            check_context(value, params, n_gpu_layers=n_gpu_layers)
         return str(hub.download(value))
     return value
 

@@ -52,6 +52,7 @@ __all__ = [
     "system_memory",
     "plan",
     "check",
+    "check_context",
 ]
 
 _MiB = 1 << 20
@@ -566,3 +567,15 @@ def check(model: str | os.PathLike[str], **kw: Any) -> FitPlan:
             "Change the settings as suggested, or skip this check with check_memory=False "
             "(CLI: --no-fit-check; environment: STEP35_NO_FIT_CHECK=1).", p)
     return p
+
+
+def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: int = -1, main_gpu: int = 0,
+                  quant: str | None = None) -> FitPlan | None:
+    """:func:`check` for a :class:`~step35.ContextParams`; does nothing (None) when
+    ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Model` and the CLI call."""
+    if _skip_check():
+        return None
+    c = params
+    return check(model, quant=quant, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
+                 n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
+                 flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, kv_contexts=())

@@ -460,7 +460,10 @@ def header_stubs(repo: str, quant: str | None, where: Path,
             size = p.meta.get(name, (None, None, None))[0]
             if size is None:
                 raise HubError(f"{name} of {p.repo_id}: the Hub does not list its size; cannot plan it")
-            data, header = read_remote_header(p.repo_id, name, p.revision)
+            try:
+                data, header = read_remote_header(p.repo_id, name, p.revision)
+            except InvalidModelError as e:
+                raise HubError(f"{name} of {p.repo_id} on the Hub is corrupt or not a GGUF: {_first_line(e)}") from None
         with open(stub, "wb") as f:
             f.write(data)
             f.truncate(max(size, len(data)))

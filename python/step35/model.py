@@ -131,14 +131,9 @@ class Model:
         self._context_params = ContextParams.coerce(context)
         self._context: Context | None = None
         if check_memory and not vocab_only:
-            from . import fit
+            from .fit import check_context
 
-            if not fit._skip_check():
-                c = self._context_params
-                fit.check(self.path, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
-                          n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
-                          flash_attn=c.flash_attn,
-                          n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, kv_contexts=())
+            check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu)
         from ._native import core
 
         self._handle = core().load_model(
@@ -501,9 +496,18 @@ class Model:
         """Download ``repo_id`` (``owner/name[:QUANT]`` or a preset) from the Hub and load it.
 
         See :func:`step35.hub.download`; ``model_kwargs`` go to :class:`Model`.
+        Unless ``check_memory=False``, the memory plan is made from the repo's
+        headers first, so a model that cannot fit raises
+        :class:`~step35.errors.MemoryFitError` before anything is downloaded.
         """
         from .hub import download
 
+        if model_kwargs.get("check_memory", True) and not local_files_only and include is None and revision is None:
+            from .context import ContextParams
+            from .fit import check_context
+
+            check_context(repo_id, ContextParams.coerce(model_kwargs.get("context")), quant=quant,
+                          n_gpu_layers=model_kwargs.get("n_gpu_layers", -1))
         path = download(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
                         local_files_only=local_files_only)
         return cls(path, **model_kwargs)
