@@ -281,8 +281,9 @@ class Pool:
 
     @property
     def fits(self) -> bool:
-        """Whether the need leaves the margin (:data:`MARGIN_FIXED` + :data:`MARGIN_FRACTION`) free."""
-        return self.need <= _usable(self.available)
+        """Whether the need leaves the margin (:data:`MARGIN_FIXED` + :data:`MARGIN_FRACTION`) free.
+        A device that reports no memory at all (some drivers) is not judged."""
+        return self.total == 0 or self.need <= _usable(self.available)
 
 
 def _pools(memory: int | None) -> tuple[Pool, dict[str, Pool]]:
