@@ -82,3 +82,100 @@ def test_broken_plugins_are_reported_never_fatal(tmp_path: Path) -> None:
     assert "plugin failed to initialize: libcudart.so.12" in out
     assert "* " in out  # the CPU variant is still chosen and loaded
     assert r.stderr.count("RuntimeWarning") == 3
+
+
+# ---- plugin policy (step35.plugins): what a CUDA / Vulkan plugin reports ----
+
+def _driver_loadable() -> bool:
+    import ctypes
+
+    try:
+        ctypes.CDLL("nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1")
+    except OSError:
+        return False
+    return True
+
+
+def test_cuda_plugin_reports_the_missing_driver(tmp_path: Path) -> None:
+    """A CUDA plugin on a machine without the NVIDIA driver: a reason, a warning, the CPU still works."""
+    lib = tmp_path / "plugin_lib"
+    lib.mkdir()
+    (lib / ("ggml-cuda.dll" if sys.platform == "win32" else "libggml-cuda.so")).write_bytes(b"\x7fELF stand-in")
+    _fake_plugin(tmp_path, "step35-cuda12", step35.__version__, "fake_cuda",
+                 "from pathlib import Path\n"
+                 "def libraries():\n"
+                 "    from step35.plugins import cuda_libraries\n"
+                 f"    return cuda_libraries(Path({str(lib)!r}), 12)\n", "cuda")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "step35", "info"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert f"cuda [step35-cuda12 {step35.__version__} (plugin)]" in r.stdout, r.stdout
+    if _driver_loadable():  # a machine with the driver: the stand-in library is what fails
+        assert "no NVIDIA driver found" not in r.stdout
+    else:
+        assert "CUDA plugin installed, no NVIDIA driver found (libcuda.so.1 cannot be loaded" in r.stdout \
+            or "CUDA plugin installed, no NVIDIA driver found (nvcuda.dll" in r.stdout
+        assert r.stderr.count("RuntimeWarning") == 1
+    assert "* " in r.stdout  # the CPU variant is still chosen and loaded
+
+
+def test_cuda_runtime_missing_names_the_wheels(tmp_path: Path, monkeypatch) -> None:
+    from step35 import plugins
+
+    (tmp_path / "libggml-cuda.so").write_bytes(b"")
+    (tmp_path / "ggml-cuda.dll").write_bytes(b"")
+    monkeypatch.setattr(plugins, "_driver_problem", lambda: None)
+    monkeypatch.setattr(plugins, "_site_dirs", lambda: [])
+    monkeypatch.setattr(plugins, "_open", lambda name: f"{name}: cannot open shared object file")
+    try:
+        plugins.cuda_libraries(tmp_path, 12)
+    except plugins.PluginUnavailable as e:
+        msg = str(e)
+    else:
+        raise AssertionError("no error")
+    assert "CUDA 12 runtime is incomplete" in msg
+    assert "pip install nvidia-cuda-runtime-cu12 nvidia-cublas-cu12" in msg
+    assert isinstance(plugins.PluginUnavailable("x"), step35.BackendLoadError)
+
+
+def test_cuda_runtime_preloaded_from_nvidia_wheels(tmp_path: Path, monkeypatch) -> None:
+    """CUDA 13 wheels share nvidia/cu13/lib: cudart, then cuBLASLt, then cuBLAS, by full path."""
+    from step35 import plugins
+
+    if sys.platform == "win32":
+        return  # the Windows layout (bin/, add_dll_directory) is exercised by the wheel matrix
+    libdir = tmp_path / "plugin"
+    libdir.mkdir()
+    (libdir / "libggml-cuda.so").write_bytes(b"")
+    wheel = tmp_path / "site" / "nvidia" / "cu13" / "lib"
+    wheel.mkdir(parents=True)
+    for f in ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13"):
+        (wheel / f).write_bytes(b"")
+    opened: list[str] = []
+    monkeypatch.setattr(plugins, "_driver_problem", lambda: None)
+    monkeypatch.setattr(plugins, "_site_dirs", lambda: [tmp_path / "site"])
+    monkeypatch.setattr(plugins, "_open", lambda name: opened.append(name))
+    got = plugins.cuda_libraries(libdir, 13)
+    assert got == [str(libdir / "libggml-cuda.so")]
+    assert opened == [str(wheel / f) for f in ("libcudart.so.13", "libcublasLt.so.13", "libcublas.so.13")]
+    assert plugins.note(got[0]) == f"CUDA 13 runtime from NVIDIA's wheels ({wheel})"
+
+
+def test_vulkan_without_a_loader_and_a_damaged_plugin(tmp_path: Path, monkeypatch) -> None:
+    from step35 import plugins
+
+    try:
+        plugins.vulkan_libraries(tmp_path)
+    except plugins.PluginUnavailable as e:
+        assert "is missing: the plugin is damaged; reinstall it" in str(e)
+    else:
+        raise AssertionError("no error")
+    (tmp_path / ("ggml-vulkan.dll" if sys.platform == "win32" else "libggml-vulkan.so")).write_bytes(b"")
+    monkeypatch.setattr(plugins, "_open", lambda name: f"{name}: cannot open shared object file")
+    try:
+        plugins.vulkan_libraries(tmp_path)
+    except plugins.PluginUnavailable as e:
+        assert "Vulkan plugin installed, no Vulkan loader found" in str(e)
+        assert "apt install libvulkan1 mesa-vulkan-drivers" in str(e)
+    else:
+        raise AssertionError("no error")

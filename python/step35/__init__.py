@@ -28,6 +28,7 @@ from .errors import (
     InvalidModelError,
     MemoryFitError,
     ModelLoadError,
+    PluginUnavailable,
     QuantizeError,
     Step35Error,
     TokenizeError,
@@ -46,6 +47,7 @@ __all__ = [
     "ModelLoadError",
     "InvalidModelError",
     "BackendLoadError",
+    "PluginUnavailable",
     "ClosedError",
     "TokenizeError",
     "Cancelled",
@@ -65,10 +67,14 @@ __all__ = [
     "QUANT_TYPES",
     "testing",
     "fit",
+    "plugins",
+    "presets",
 ]
 
 # Imported on first use (they pull in numpy): name -> submodule.
-_LAZY = {"testing": ".testing", "fit": ".fit", "Context": ".context", "ContextParams": ".context"}
+_LAZY = {"testing": ".testing", "fit": ".fit", "presets": ".presets",
+         "Context": ".context", "ContextParams": ".context"}
+_LAZY_MODULES = {"testing", "fit", "presets"}
 
 
 def __getattr__(name: str):
@@ -77,5 +83,5 @@ def __getattr__(name: str):
         import importlib
 
         mod = importlib.import_module(_LAZY[name], __name__)
-        return mod if name in ("testing", "fit") else getattr(mod, name)
+        return mod if name in _LAZY_MODULES else getattr(mod, name)
     raise AttributeError(f"module 'step35' has no attribute {name!r}")

@@ -23,6 +23,8 @@ from types import ModuleType
 from typing import Any
 
 from ._native import LIB_DIR, PACKAGE_DIR
+from .errors import PluginUnavailable
+from .plugins import note as plugin_note
 
 ENTRY_POINT_GROUP = "step35.backends"
 
@@ -145,7 +147,7 @@ def _load_other_bundled(core: ModuleType, lib_dir: Path) -> None:
         _load_one(core, name, path, "core")
 
 
-def _load_one(core: ModuleType, name: str, path: Path, source: str) -> None:
+def _load_one(core: ModuleType, name: str, path: Path, source: str, note: str = "") -> None:
     score, error = core.score_backend(str(path))
     if error is not None and score < 0 and "ggml_backend_score" not in error:
         _failed.append(FailedBackend(name, str(path), source, f"cannot open {path.name}: {error}"))
@@ -160,7 +162,7 @@ def _load_one(core: ModuleType, name: str, path: Path, source: str) -> None:
     except Exception as e:
         _failed.append(FailedBackend(name, str(path), source, str(e)))
         return
-    _loaded.append(LoadedBackend(reg_name, str(path), source))
+    _loaded.append(LoadedBackend(reg_name, str(path), source, note=note))
 
 
 def _load_plugins(core: ModuleType, version: str) -> None:
@@ -168,7 +170,7 @@ def _load_plugins(core: ModuleType, version: str) -> None:
         return
     for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
         dist = getattr(ep, "dist", None)
-        source = f"{dist.name if dist else ep.value} (plugin)"
+        source = f"{dist.name} {dist.version} (plugin)" if dist else f"{ep.value} (plugin)"
         if dist is not None and dist.version != version:
             _failed.append(FailedBackend(
                 ep.name, None, source,
@@ -178,11 +180,14 @@ def _load_plugins(core: ModuleType, version: str) -> None:
         try:
             provider = ep.load()
             paths = [Path(p) for p in provider()]
+        except PluginUnavailable as e:  # no driver / runtime: the plugin says why
+            _failed.append(FailedBackend(ep.name, None, source, str(e)))
+            continue
         except Exception as e:
             _failed.append(FailedBackend(ep.name, None, source, f"plugin failed to initialize: {e}"))
             continue
         for p in paths:
-            _load_one(core, ep.name, p, source)
+            _load_one(core, ep.name, p, source, note=plugin_note(str(p)))
 
 
 def initialize(core: ModuleType, lib_dir: Path = LIB_DIR) -> None:

@@ -1,7 +1,7 @@
 """The ``step35`` command line.
 
 Subcommands:
-    step35 info [-m MODEL] [--json]   version, llama.cpp commit, backends/devices (and a model summary)
+    step35 info [-m MODEL] [--json] [--preset NAME]   version, llama.cpp commit, backends/devices, platform preset (and a model summary)
     step35 load [-m MODEL]            load a model with a progress bar and print its properties
                                       (no -m: the built-in tiny Step 3.5 model)
     step35 testmodel [--size S] [-o DIR] [--split N]   write a built-in tiny Step 3.5 GGUF
@@ -34,13 +34,10 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-def _print_backends(as_json: bool) -> None:
+def _print_backends() -> None:
     from ._backends import backends
 
     r = backends()
-    if as_json:
-        print(json.dumps(r.to_dict(), indent=2))
-        return
     print(f"step35 {r.version}")
     print(f"llama.cpp {r.llama_commit} (patches: {', '.join(r.patches) if r.patches else 'none'})")
     print("backends loaded:")
@@ -111,8 +108,35 @@ def _default_model(size: str = "tiny") -> Path:
     return model_path(size)
 
 
+def _print_preset(args: argparse.Namespace) -> None:
+    from . import presets
+
+    if args.preset:
+        preset = presets.get(args.preset)
+        print(f"\nplatform preset {preset.name}: {preset.describe()}")
+        return
+    preset = presets.detect()
+    if preset is None:
+        print(f"\nplatform preset: this machine is none of the validated platforms "
+              f"({', '.join(presets.PRESETS)}; see one with `step35 info --preset NAME`)")
+    else:
+        print(f"\nplatform preset {preset.name} (recognised): {preset.describe()}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
-    _print_backends(args.json)
+    if args.json:
+        from dataclasses import asdict
+
+        from . import presets
+        from ._backends import backends
+
+        preset = presets.get(args.preset) if args.preset else presets.detect()
+        out = backends().to_dict()
+        out["preset"] = None if preset is None else {k: v for k, v in asdict(preset).items() if k != "match"}
+        print(json.dumps(out, indent=2))
+    else:
+        _print_backends()
+        _print_preset(args)
     if args.model:
         model, dt = _load_with_progress(args.model, n_gpu_layers=args.n_gpu_layers)
         with model:
@@ -155,7 +179,8 @@ def _add_context_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--swa-full", action="store_true")
     g.add_argument("--no-warmup", action="store_true")
     g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
-    g.add_argument("--mmap", type=int, choices=(0, 1), default=1)
+    g.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
+                   help="memory-map the weights: 1 (default; a bare --mmap, as in llama.cpp's tools) or 0")
     g.add_argument("--no-fit-check", action="store_true",
                    help="skip the memory plan made before loading (see `step35 fit`)")
 
@@ -423,12 +448,16 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-m", "--model", help="also load this GGUF and summarize it")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--preset", metavar="NAME",
+                   help="show this validated platform's install line and settings "
+                        "(mac-m4-max, dgx-spark, ryzen-ai-max-395) instead of the detected one")
     s.set_defaults(func=cmd_info)
 
     s = sub.add_parser("load", help="load a model (default: the built-in tiny one) and print its properties")
     s.add_argument("-m", "--model", help="GGUF file or any part of a split set")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
-    s.add_argument("--mmap", type=int, choices=(0, 1), default=1, help="memory-map the weights (default 1)")
+    s.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
+                   help="memory-map the weights (default 1)")
     s.set_defaults(func=cmd_load)
 
     s = sub.add_parser("testmodel", help="write a built-in tiny Step 3.5 GGUF (for tests and demos)")
@@ -485,7 +514,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-tb", "--threads-batch", type=int, default=None)
     s.add_argument("-kvu", "--kv-unified", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
-    s.add_argument("--mmap", type=int, choices=(0, 1), default=1)
+    s.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
+                   help="memory-map the weights: 1 (default; a bare --mmap, as in llama-batched-bench) or 0")
     s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
     s.set_defaults(func=cmd_bench)
 

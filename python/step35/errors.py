@@ -13,6 +13,7 @@ __all__ = [
     "ModelLoadError",
     "InvalidModelError",
     "BackendLoadError",
+    "PluginUnavailable",
     "ClosedError",
     "TokenizeError",
     "Cancelled",
@@ -40,6 +41,10 @@ class InvalidModelError(ModelLoadError, ValueError):
 
 class BackendLoadError(Step35Error):
     """A compute backend library could not be loaded (missing driver/runtime, version skew)."""
+
+
+class PluginUnavailable(BackendLoadError):
+    """An installed backend plugin cannot run here (no driver, no runtime); the message says why and what to do."""
 
 
 class ClosedError(Step35Error, ValueError):

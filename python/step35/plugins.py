@@ -1,0 +1,159 @@
+"""What backend plugin wheels call to hand their library to step35.
+
+A plugin wheel (``step35-cuda12``, ``step35-cuda13``, ``step35-vulkan``) holds
+one ggml backend module and a tiny package whose ``libraries()`` function is
+registered in the ``step35.backends`` entry-point group. That function calls
+:func:`cuda_libraries` or :func:`vulkan_libraries` here, so the policy (which
+runtime to preload, what a missing driver looks like, what to tell the user)
+lives in the core and is the same for every plugin.
+
+A plugin that cannot work on this machine raises :class:`PluginUnavailable`;
+``step35.backends()`` / ``step35 info`` then show its message as the reason,
+and everything else keeps working.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import sys
+from importlib import util
+from pathlib import Path
+
+from .errors import PluginUnavailable
+
+__all__ = ["PluginUnavailable", "backend_module", "cuda_libraries", "note", "vulkan_libraries"]
+
+# What a plugin function learned while preparing a library (e.g. where the CUDA
+# runtime came from), by library path; shown beside the loaded backend.
+_notes: dict[str, str] = {}
+
+
+def note(library: str) -> str:
+    """The note recorded for a plugin library, or ''."""
+    return _notes.get(str(library), "")
+
+
+def backend_module(lib_dir: Path, name: str) -> Path:
+    """The file of ggml backend module ``name`` (``cuda``, ``vulkan``) in ``lib_dir``."""
+    file = f"ggml-{name}.dll" if sys.platform == "win32" else f"libggml-{name}.so"
+    path = Path(lib_dir) / file
+    if not path.is_file():
+        raise PluginUnavailable(f"{path} is missing: the plugin is damaged; reinstall it")
+    return path
+
+
+def _open(name: str) -> str | None:
+    """dlopen ``name`` for the whole process; None on success, else the loader's reason."""
+    try:
+        ctypes.CDLL(name, mode=getattr(os, "RTLD_GLOBAL", 0))
+    except OSError as e:
+        return str(e)
+    return None
+
+
+# ---- CUDA -------------------------------------------------------------------
+
+# Where NVIDIA's wheels put the runtime libraries, relative to site-packages:
+# CUDA 12 wheels use one folder per component, CUDA 13 wheels share nvidia/cu13.
+_CUDA_WHEEL_DIRS = {
+    12: ("nvidia/cuda_runtime", "nvidia/cublas"),
+    13: ("nvidia/cu13",),
+}
+_CUDA_WHEELS = {
+    12: "nvidia-cuda-runtime-cu12 nvidia-cublas-cu12",
+    13: "nvidia-cuda-runtime nvidia-cublas",
+}
+
+
+def _cuda_runtime_files(major: int) -> list[str]:
+    """Runtime libraries in load order (cuBLAS needs cuBLASLt, both need cudart)."""
+    if sys.platform == "win32":
+        return [f"cudart64_{major}.dll", f"cublasLt64_{major}.dll", f"cublas64_{major}.dll"]
+    return [f"libcudart.so.{major}", f"libcublasLt.so.{major}", f"libcublas.so.{major}"]
+
+
+def _site_dirs() -> list[Path]:
+    spec = util.find_spec("nvidia")
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return [Path(p).parent for p in spec.submodule_search_locations]
+
+
+def _wheel_runtime(major: int) -> dict[str, Path]:
+    """Runtime libraries found in NVIDIA's wheels: file name -> path."""
+    found: dict[str, Path] = {}
+    sub = "bin" if sys.platform == "win32" else "lib"
+    for site in _site_dirs():
+        for rel in _CUDA_WHEEL_DIRS.get(major, ()):
+            folder = site / rel / sub
+            for f in _cuda_runtime_files(major):
+                if f not in found and (folder / f).is_file():
+                    found[f] = folder / f
+    return found
+
+
+def _driver_problem() -> str | None:
+    lib = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    reason = _open(lib)
+    if reason is None:
+        return None
+    return (f"CUDA plugin installed, no NVIDIA driver found ({lib} cannot be loaded: {reason}). "
+            "Install the NVIDIA driver (or use a machine with an NVIDIA GPU); the CPU backend still works")
+
+
+def cuda_libraries(lib_dir: Path, cuda_major: int) -> list[str]:
+    """Check the driver, preload the CUDA runtime and cuBLAS, return the CUDA backend module.
+
+    The runtime comes from NVIDIA's wheels when they are installed (the plugin
+    depends on them), else from a system CUDA of the same major version found
+    by the dynamic loader (``LD_LIBRARY_PATH``, ``ldconfig``, ``PATH`` on Windows).
+    Raises :class:`PluginUnavailable` with the reason and the fix.
+    """
+    module = backend_module(lib_dir, "cuda")
+    problem = _driver_problem()
+    if problem:
+        raise PluginUnavailable(problem)
+    wheel = _wheel_runtime(cuda_major)
+    if sys.platform == "win32":
+        for folder in {p.parent for p in wheel.values()}:
+            os.add_dll_directory(str(folder))
+    missing = []
+    for f in _cuda_runtime_files(cuda_major):
+        target = str(wheel[f]) if f in wheel else f
+        reason = _open(target)
+        if reason is not None:
+            missing.append(f"{f} ({reason})")
+    if missing:
+        raise PluginUnavailable(
+            f"CUDA plugin installed, but the CUDA {cuda_major} runtime is incomplete: cannot load "
+            + ", ".join(missing)
+            + f". Install NVIDIA's wheels (`pip install {_CUDA_WHEELS.get(cuda_major, 'the CUDA runtime')}`,"
+            f" which `pip install step35[cuda]` does) or a CUDA {cuda_major} toolkit")
+    folders = sorted({str(p.parent) for p in wheel.values()})
+    _notes[str(module)] = (f"CUDA {cuda_major} runtime from NVIDIA's wheels ({', '.join(folders)})" if folders
+                           else f"CUDA {cuda_major} runtime from the system (no NVIDIA runtime wheels installed)")
+    return [str(module)]
+
+
+# ---- Vulkan -----------------------------------------------------------------
+
+def vulkan_libraries(lib_dir: Path) -> list[str]:
+    """Check for a Vulkan loader and return the Vulkan backend module.
+
+    Raises :class:`PluginUnavailable` when no loader is installed (the GPU
+    driver provides it; on Linux also the ``libvulkan1`` package).
+    """
+    module = backend_module(lib_dir, "vulkan")
+    if sys.platform == "win32":
+        loader = "vulkan-1.dll"
+    elif sys.platform == "darwin":
+        loader = "libvulkan.1.dylib"
+    else:
+        loader = "libvulkan.so.1"
+    reason = _open(loader)
+    if reason is not None:
+        raise PluginUnavailable(
+            f"Vulkan plugin installed, no Vulkan loader found ({loader}: {reason}). Install your GPU "
+            "driver's Vulkan support (Linux: `apt install libvulkan1 mesa-vulkan-drivers` or the vendor driver)")
+    return [str(module)]
