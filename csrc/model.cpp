@@ -5,10 +5,13 @@
 
 #include <pybind11/stl.h>
 
+#include <optional>
+
 #include <string>
 #include <vector>
 
 #include "errors.h"
+#include "ggml-backend.h"
 #include "log.h"
 
 namespace py = pybind11;
@@ -68,10 +71,24 @@ struct Progress {
 };
 
 std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_layers, bool use_mmap, bool use_mlock,
-                       bool vocab_only, bool check_tensors, int main_gpu, py::object progress, bool no_alloc) {
+                       bool vocab_only, bool check_tensors, int main_gpu, py::object progress, bool no_alloc,
+                       std::optional<std::vector<std::string>> devices) {
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
     params.main_gpu = main_gpu;
+    // Devices to use, by ggml name (CUDA0, Vulkan1, ...): a NULL-terminated
+    // list that outlives the load. Empty = CPU only. Unknown names are
+    // rejected in Python (step35/model.py) with the list of devices.
+    std::vector<ggml_backend_dev_t> devs;
+    if (devices) {
+        for (const auto & name : *devices) {
+            ggml_backend_dev_t dev = ggml_backend_dev_by_name(name.c_str());
+            if (!dev) throw py::value_error("no device named '" + name + "'");
+            devs.push_back(dev);
+        }
+        devs.push_back(nullptr);
+        params.devices = devs.data();
+    }
     params.vocab_only = vocab_only;
     params.check_tensors = check_tensors;
     if (use_mmap) params.load_mode = use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
@@ -247,7 +264,9 @@ void register_model(py::module_ & m) {
     m.def("load_model", &load_model, py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("use_mmap") = true,
           py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("check_tensors") = false,
           py::arg("main_gpu") = 0, py::arg("progress") = py::none(), py::arg("no_alloc") = false,
+          py::arg("devices") = py::none(),
           "Load a GGUF (the first file of a split set loads them all). GIL released while loading.\n"
+          "devices: ggml device names to use (None: every GPU; []: CPU only).\n"
           "no_alloc=True only plans the buffers (for memory estimates; such a model cannot run).");
 }
 

@@ -52,7 +52,10 @@ if ! ls "$home"/lib*/stubs/libcuda.so "$home"/targets/*/lib/stubs/libcuda.so >/d
   mkdir -p "$stub"
   echo "/* link-time stand-in for the NVIDIA driver library */" > "$stub/stub.c"
   cc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$stub/libcuda.so" "$stub/stub.c"
-  args+=(-C "cmake.define.CUDA_cuda_driver_LIBRARY=$stub/libcuda.so")
+  # The stub exports nothing, so the linker must keep it without being asked
+  # for a symbol (else the module would not name libcuda.so.1 at all).
+  args+=(-C "cmake.define.CUDA_cuda_driver_LIBRARY=$stub/libcuda.so"
+         -C "cmake.define.CMAKE_MODULE_LINKER_FLAGS=-Wl,--no-as-needed")
 fi
 mkdir -p dist/plugins
 rm -f dist/plugins/step35_cuda"$major"-*.whl

@@ -212,3 +212,17 @@ def test_cli_error_is_one_line_not_a_traceback(tmp_path: Path) -> None:
                        capture_output=True, text=True)
     assert r.returncode == 1
     assert "Traceback" not in r.stderr and "missing.gguf" in r.stderr
+
+
+def test_devices_are_checked_by_name(tiny_path: Path) -> None:
+    """devices=[] is CPU only; an unknown name is a ValueError listing the devices there are."""
+    with step35.Model(tiny_path, devices=[]) as m:
+        assert m.generate("Hi", max_tokens=2, temperature=0).tokens
+    gpus = [d["name"] for b in step35.backends().loaded for d in b.devices if d["type"] != "cpu"]
+    with pytest.raises(ValueError, match="no device named 'CUDA9'; the devices here are ") as e:
+        step35.Model(tiny_path, devices=["CUDA9"])
+    if not gpus:
+        assert "none besides the CPU (no GPU backend loaded)" in str(e.value)
+    r = subprocess.run([sys.executable, "-m", "step35", "run", "-m", str(tiny_path), "-p", "Hi", "-n", "2",
+                        "-dev", "CUDA9"], capture_output=True, text=True)
+    assert r.returncode != 0 and "no device named 'CUDA9'" in r.stderr and "Traceback" not in r.stderr

@@ -155,3 +155,14 @@ def test_greedy_tokens_equal_cpu_fp32(tiny_path: Path, cpu_reference, tmp_path: 
     print(f"\nVulkan (lavapipe, fp32) vs CPU, prompt + {N_GEN} generated positions: max rel. logit error "
           f"{rel.max():.2e} (tolerance {LOGIT_TOL:.0e})")
     assert rel.max() <= LOGIT_TOL
+
+
+def test_device_selection(tiny_path: Path) -> None:
+    """devices=[...] picks GPUs by the names step35.backends() lists; [] keeps everything on the CPU."""
+    with step35.Model(tiny_path, devices=["Vulkan0"], context=CONTEXT) as m, m.new_context(CONTEXT) as ctx:
+        assert sum(p["model"] for p in ctx.memory_breakdown() if p["buffer_type"] == "Vulkan0") > 0
+    with step35.Model(tiny_path, devices=[], context=CONTEXT) as m, m.new_context(CONTEXT) as ctx:
+        parts = ctx.memory_breakdown()
+        assert all((p["device"] or "").startswith("CPU") or p["device"] is None for p in parts), parts
+    with pytest.raises(ValueError, match="no device named 'Vulkan7'; the devices here are Vulkan0"):
+        step35.Model(tiny_path, devices=["Vulkan7"])

@@ -60,6 +60,7 @@ def load_model(
     main_gpu: int = 0,
     progress: Callable[[float], bool | None] | None = None,
     no_alloc: bool = False,
+    devices: list[str] | None = None,
 ) -> ModelHandle: ...
 
 class ContextOptions:

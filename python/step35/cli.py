@@ -179,6 +179,8 @@ def _add_context_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--swa-full", action="store_true")
     g.add_argument("--no-warmup", action="store_true")
     g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    g.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+                   help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     g.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
                    help="memory-map the weights: 1 (default; a bare --mmap, as in llama.cpp's tools) or 0")
     g.add_argument("--no-fit-check", action="store_true",
@@ -208,7 +210,12 @@ def _sampling(args: argparse.Namespace) -> dict:
             "repeat_penalty": args.repeat_penalty, "seed": args.seed}
 
 
-def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1) -> str | None:
+def _device_list(value: str) -> list[str]:
+    """``-dev`` as llama.cpp takes it: comma-separated names, or ``none``."""
+    return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
+
+
+def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None) -> str | None:
     """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
 
     With context ``params`` the memory plan is made from the repo's headers
@@ -220,7 +227,7 @@ def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1) -> str | 
         if params is not None:
             from .fit import check_context
 
-            check_context(value, params, n_gpu_layers=n_gpu_layers)
+            check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices)
         return str(hub.download(value))
     return value
 
@@ -230,9 +237,9 @@ def _open_model(args: argparse.Namespace):
 
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
-    path = _model_arg(args.model, params if check else None, args.n_gpu_layers) or _default_model()
+    path = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device) or _default_model()
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), context=params,
-                                   check_memory=check)
+                                   check_memory=check, devices=args.device)
     return model
 
 
@@ -381,6 +388,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         path = str(bench_model_path(args.size, args.quant if args.quant else "default"))
     settings = {"n_kv_max": args.ctx_size or "auto", "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
                 "flash_attn": args.flash_attn, "is_pp_shared": int(args.pps), "n_gpu_layers": args.n_gpu_layers,
+                "devices": ",".join(args.device) if args.device is not None else "all",
                 "n_threads": args.threads or "default", "type_k": args.cache_type_k, "type_v": args.cache_type_v}
     fmt = args.output_format
     if fmt == "md":
@@ -398,7 +406,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      n_batch=args.batch_size, n_ubatch=args.ubatch_size, flash_attn=args.flash_attn,
                      type_k=args.cache_type_k, type_v=args.cache_type_v, n_threads=args.threads,
                      n_threads_batch=args.threads_batch, kv_unified=args.kv_unified,
-                     n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), on_row=on_row)
+                     n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), devices=args.device, on_row=on_row)
     if fmt == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif fmt == "csv":
@@ -423,7 +431,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     p = fit.plan(args.model or _default_model(), quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k,
                  type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
                  n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
-                 flash_attn=args.flash_attn, memory=args.memory, kv_contexts=args.kv_table)
+                 flash_attn=args.flash_attn, memory=args.memory, kv_contexts=args.kv_table, devices=args.device)
     print(json.dumps(p.to_dict(), indent=2) if args.json else p)
     return 0 if p.fits else 2
 
@@ -514,6 +522,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-tb", "--threads-batch", type=int, default=None)
     s.add_argument("-kvu", "--kv-unified", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+                   help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     s.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
                    help="memory-map the weights: 1 (default; a bare --mmap, as in llama-batched-bench) or 0")
     s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
@@ -533,6 +543,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-ctv", "--cache-type-v", default="f16")
     s.add_argument("--swa-full", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+                   help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     s.add_argument("--memory", type=_parse_bytes, help="plan for this much RAM instead of this machine's (e.g. 128G)")
     s.add_argument("--kv-table", type=_int_list, default=[16384, 65536, 262144],
                    help="context lengths of the KV-cache table (default 16384,65536,262144)")

@@ -411,11 +411,12 @@ def _remote_source(spec: str, quant: str | None) -> _Source:
     return _Source(label, files, headers, tmp)
 
 
-def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any) -> list[dict[str, Any]]:
+def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any,
+              devices: list[str] | None = None) -> list[dict[str, Any]]:
     from ._native import core
 
     c = core()
-    m = c.load_model(str(path), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True)
+    m = c.load_model(str(path), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices)
     try:
         opts = ctx.replace(warmup=False)._native(c)
         h = c.new_context(m, opts)
@@ -440,7 +441,7 @@ def _layer_bytes(headers: Iterable[Any]) -> dict[int, int]:
 def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int = 4096, type_k: str = "f16",
          type_v: str = "f16", n_gpu_layers: int = -1, swa_full: bool = False, n_batch: int = 2048,
          n_ubatch: int = 512, n_seq_max: int = 1, kv_unified: bool = True, flash_attn: str | bool = "auto",
-         main_gpu: int = 0, n_outputs: int | None = None,
+         main_gpu: int = 0, n_outputs: int | None = None, devices: Sequence[str] | None = None,
          memory: int | None = None, kv_contexts: Sequence[int] = (16384, 65536, 262144)) -> FitPlan:
     """Plan the memory of ``model`` with this context on this machine.
 
@@ -449,8 +450,9 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     pretends the machine has that many bytes of RAM (for "would it fit on a
     128 GB Mac?"). ``n_outputs`` is the most logits rows one call returns
     (default ``n_seq_max``: generation; scoring a whole prompt needs one per
-    token). The other arguments are the context's (see
-    :class:`~step35.ContextParams`); ``n_ctx=0`` means the training context.
+    token). ``devices`` restricts the GPUs as :class:`~step35.Model` does. The
+    other arguments are the context's (see :class:`~step35.ContextParams`);
+    ``n_ctx=0`` means the training context.
     """
     from .context import ContextParams
     from .hub import looks_like_repo
@@ -468,7 +470,10 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
         kv = kv_cache_bytes(meta, n_ctx, ctx.type_k, ctx.type_v, swa_full=swa_full, n_seq_max=n_seq_max,
                             kv_unified=ctx.kv_unified, n_ubatch=n_ubatch, flash_attn=ctx.flash_attn != "off")
         weights = weight_bytes(src.headers)
-        breakdown = _simulate(src.files[0], n_gpu_layers, main_gpu, ctx.replace(n_ctx=kv.n_ctx))
+        from .model import _device_names
+
+        breakdown = _simulate(src.files[0], n_gpu_layers, main_gpu, ctx.replace(n_ctx=kv.n_ctx),
+                              _device_names(devices))
     finally:
         if src.tmpdir:
             shutil.rmtree(src.tmpdir, ignore_errors=True)
@@ -571,7 +576,7 @@ def check(model: str | os.PathLike[str], **kw: Any) -> FitPlan:
 
 
 def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: int = -1, main_gpu: int = 0,
-                  quant: str | None = None) -> FitPlan | None:
+                  quant: str | None = None, devices: Sequence[str] | None = None) -> FitPlan | None:
     """:func:`check` for a :class:`~step35.ContextParams`; does nothing (None) when
     ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Model` and the CLI call."""
     if _skip_check():
@@ -579,4 +584,5 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
     c = params
     return check(model, quant=quant, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
                  n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
-                 flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, kv_contexts=())
+                 flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, devices=devices,
+                 kv_contexts=())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +57,23 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
     return [p]
 
 
+def _device_names(devices: Sequence[str] | None) -> list[str] | None:
+    """Check ``devices`` against the loaded backends' GPUs; ValueError names the ones there are."""
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        devices = [d for d in devices.split(",") if d]
+    from ._backends import backends
+
+    known = [d["name"] for b in backends().loaded for d in b.devices if d["type"] != "cpu"]
+    wrong = [d for d in devices if d not in known]
+    if wrong:
+        raise ValueError(f"no device named {', '.join(map(repr, wrong))}; the devices here are "
+                         f"{', '.join(known) if known else 'none besides the CPU (no GPU backend loaded)'}; "
+                         "see `step35 info`")
+    return list(devices)
+
+
 def _check_family(header: GGUFHeader, path: Path) -> None:
     arch = header.architecture
     fork = [k for k in header.metadata if arch and any(k == f"{arch}.{suffix}" for suffix in _FORK_ERA_KEYS)]
@@ -88,6 +105,9 @@ class Model:
         vocab_only: load only the tokenizer (fast; no weights).
         check_tensors: validate tensor data while loading (slow).
         main_gpu: the device index used when the whole model goes on one GPU.
+        devices: the GPUs to use, by name as :func:`step35.backends` lists them
+            (``["CUDA0"]``, ``["Vulkan0", "Vulkan1"]``); ``None`` (default) uses
+            every GPU of every loaded backend, ``[]`` only the CPU.
         context: settings of the default context that :meth:`generate` and
             :meth:`chat` use (a :class:`~step35.ContextParams` or a dict of its
             fields, e.g. ``{"n_ctx": 32768, "type_k": "q8_0"}``); created on first use.
@@ -115,6 +135,7 @@ class Model:
         vocab_only: bool = False,
         check_tensors: bool = False,
         main_gpu: int = 0,
+        devices: Sequence[str] | None = None,
         context: ContextParams | dict[str, Any] | None = None,
         check_memory: bool = True,
     ) -> None:
@@ -126,6 +147,7 @@ class Model:
         _check_family(self._header, self.path)
         if not isinstance(n_gpu_layers, int):
             raise ValueError(f"n_gpu_layers must be an int, got {n_gpu_layers!r}")
+        device_list = _device_names(devices)
         from .context import ContextParams
 
         self._context_params = ContextParams.coerce(context)
@@ -133,7 +155,8 @@ class Model:
         if check_memory and not vocab_only:
             from .fit import check_context
 
-            check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu)
+            check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
+                          devices=device_list)
         from ._native import core
 
         self._handle = core().load_model(
@@ -145,6 +168,7 @@ class Model:
             check_tensors=bool(check_tensors),
             main_gpu=int(main_gpu),
             progress=progress,
+            devices=device_list,
         )
 
     # -- lifetime -------------------------------------------------------------
@@ -507,7 +531,8 @@ class Model:
             from .fit import check_context
 
             check_context(repo_id, ContextParams.coerce(model_kwargs.get("context")), quant=quant,
-                          n_gpu_layers=model_kwargs.get("n_gpu_layers", -1))
+                          n_gpu_layers=model_kwargs.get("n_gpu_layers", -1),
+                          devices=_device_names(model_kwargs.get("devices")))
         path = download(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
                         local_files_only=local_files_only)
         return cls(path, **model_kwargs)
