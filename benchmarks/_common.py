@@ -18,10 +18,19 @@ def native_bin(native: bool = False) -> Path:
     return REPO / out.stdout.strip().splitlines()[-1]
 
 
-def bench_model(size: str, quant: str | None) -> Path:
-    """A built-in benchmark model (mid: Q4_K_S unless ``quant`` says otherwise; cached)."""
+def bench_model(size: str, quant: str | None, f32: bool = False) -> Path:
+    """A built-in benchmark model (mid: Q4_K_S unless ``quant`` says otherwise; cached).
+
+    ``f32``: the size's F32 variant (every weight and the embeddings F32, not
+    quantized), e.g. issue 6's "tiny Step 3.5 model (hidden 64, f32)".
+    """
+    import dataclasses
+
     from step35 import testing
 
+    if f32:
+        spec = testing.SIZES[size]
+        return testing.model_path(dataclasses.replace(spec, name=f"{spec.name}-f32", dtype="f32", embd_dtype="f32"))
     return testing.bench_model_path(size, quant if quant else "default")
 
 

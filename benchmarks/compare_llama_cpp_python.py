@@ -10,7 +10,7 @@ llama-cpp-python is not a dependency of step35: point --lcp-python at an
 interpreter that has it (pip install llama-cpp-python==0.3.36; it builds
 from source, 10-20 minutes on 2 cores).
 
-    python benchmarks/compare_llama_cpp_python.py --lcp-python .venv-lcp/bin/python --size tiny
+    python benchmarks/compare_llama_cpp_python.py --lcp-python .venv-lcp/bin/python --size tiny [--f32]
     python benchmarks/compare_llama_cpp_python.py --lcp-python .venv-lcp/bin/python --size mid -n 128
     python benchmarks/compare_llama_cpp_python.py --lcp-python .venv-lcp/bin/python --quick
 """
@@ -57,6 +57,7 @@ def main() -> int:
     ap.add_argument("--lcp-python", required=True, help="a Python interpreter with llama-cpp-python installed")
     ap.add_argument("--size", default="tiny")
     ap.add_argument("--quant", default=None)
+    ap.add_argument("--f32", action="store_true", help="the size's F32 variant (issue 6: tiny, hidden 64, f32)")
     ap.add_argument("-m", "--model")
     ap.add_argument("-p", "--prompt", default="Once upon a time, in a quiet village by the sea, there lived")
     ap.add_argument("-n", type=int, default=256)
@@ -73,7 +74,7 @@ def main() -> int:
     from step35.context import default_threads
 
     threads = a.threads or default_threads()
-    model = a.model or str(bench_model(a.size, a.quant))
+    model = a.model or str(bench_model(a.size, a.quant, f32=a.f32))
     args = json.dumps({"model": model, "prompt": a.prompt, "n": a.n, "ctx": a.ctx, "b": a.b, "ub": a.ub,
                        "t": threads})
     cmds = {"llama-cpp-python": [a.lcp_python, "-c", LCP_RUN, args], "step35": [sys.executable, "-c", STEP35_RUN, args]}
