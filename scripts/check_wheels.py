@@ -77,7 +77,8 @@ def audit(wheel: Path) -> bool:
         r = subprocess.run(cmd, capture_output=True, text=True, env=env)
         repaired = sorted(p.name for p in Path(out).glob("*.whl"))
         if r.returncode != 0 or not repaired:
-            print(f"  FAIL: auditwheel repair: {r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode}")
+            why = r.stderr.strip().splitlines()[-1] if r.stderr.strip() else r.returncode
+            print(f"  FAIL: auditwheel repair: {why}")
             ok = False
         else:
             print(f"  auditwheel repair (excluding {', '.join(sorted(want)) or 'nothing'}): {repaired[0]}")

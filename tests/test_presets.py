@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-
 from step35 import presets
 from step35.cli import build_parser
 

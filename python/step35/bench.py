@@ -31,9 +31,9 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FuturesTimeout
-from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 

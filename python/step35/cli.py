@@ -1,7 +1,8 @@
 """The ``step35`` command line.
 
 Subcommands:
-    step35 info [-m MODEL] [--json] [--preset NAME]   version, llama.cpp commit, backends/devices, platform preset (and a model summary)
+    step35 info [-m MODEL] [--json] [--preset NAME]   version, llama.cpp commit, backends/devices,
+                                      platform preset (and a model summary)
     step35 load [-m MODEL]            load a model with a progress bar and print its properties
                                       (no -m: the built-in tiny Step 3.5 model)
     step35 testmodel [--size S] [-o DIR] [--split N]   write a built-in tiny Step 3.5 GGUF

@@ -73,8 +73,8 @@ PRESETS: dict[str, Preset] = {p.name: p for p in (
         bench=f"step35 bench {_MODEL} {_SHORT} -npp 0,2048,8192,16384 -ntg 128 -npl 1",
         long_context=(f"GGML_CUDA_ENABLE_UNIFIED_MEMORY=1 step35 bench {_MODEL} -c 262150 -b 2048 -ub 1024 "
                       "-ctk q8_0 -ctv q8_0 -npp 0,2048,8192,16384,32768,65536,262144 -ntg 128 -npl 1"),
-        notes=("Long contexts can run out of memory: GGML_CUDA_ENABLE_UNIFIED_MEMORY=1 and a q8_0 KV cache help, and so "
-               "does dropping the page cache first: sudo sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches'.",),
+        notes=("Long contexts can run out of memory: GGML_CUDA_ENABLE_UNIFIED_MEMORY=1 and a q8_0 KV cache help, "
+               "and so does dropping the page cache first: sudo sh -c 'sync; echo 3 > /proc/sys/vm/drop_caches'.",),
         match=(r"\bGB10\b", r"DGX Spark"),
         system="Linux",
     ),
