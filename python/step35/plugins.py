@@ -129,7 +129,8 @@ def cuda_libraries(lib_dir: Path, cuda_major: int) -> list[str]:
             f"CUDA plugin installed, but the CUDA {cuda_major} runtime is incomplete: cannot load "
             + ", ".join(missing)
             + f". Install NVIDIA's wheels (`pip install {_CUDA_WHEELS.get(cuda_major, 'the CUDA runtime')}`,"
-            f" which `pip install step35[cuda]` does) or a CUDA {cuda_major} toolkit")
+            f" which `pip install step35[{'cuda' if cuda_major == 12 else f'cuda{cuda_major}'}]` does)"
+            f" or a CUDA {cuda_major} toolkit")
     folders = sorted({str(p.parent) for p in wheel.values()})
     _notes[str(module)] = (f"CUDA {cuda_major} runtime from NVIDIA's wheels ({', '.join(folders)})" if folders
                            else f"CUDA {cuda_major} runtime from the system (no NVIDIA runtime wheels installed)")
