@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import os
 import statistics
 import subprocess
@@ -32,6 +33,31 @@ def bench_model(size: str, quant: str | None, f32: bool = False) -> Path:
         spec = testing.SIZES[size]
         return testing.model_path(dataclasses.replace(spec, name=f"{spec.name}-f32", dtype="f32", embd_dtype="f32"))
     return testing.bench_model_path(size, quant if quant else "default")
+
+
+def add_generation_args(ap: argparse.ArgumentParser) -> None:
+    """The model, prompt, context and repetition flags of the generation comparisons."""
+    ap.add_argument("--size", default="tiny", help="built-in model: tiny, small or mid")
+    ap.add_argument("--quant", default=None, help="quantize the built-in model first (e.g. Q4_K_S)")
+    ap.add_argument("--f32", action="store_true", help="the size's F32 variant (issue 6: tiny, hidden 64, f32)")
+    ap.add_argument("-m", "--model", help="a GGUF instead of a built-in model")
+    ap.add_argument("-p", "--prompt", default="Once upon a time, in a quiet village by the sea, there lived")
+    ap.add_argument("-n", type=int, default=256)
+    ap.add_argument("-c", "--ctx", type=int, default=4096)
+    ap.add_argument("-b", type=int, default=2048)
+    ap.add_argument("-ub", type=int, default=512)
+    ap.add_argument("-t", "--threads", type=int, default=None)
+    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--quick", action="store_true", help="16 tokens, 1 repetition (CI smoke run)")
+
+
+def generation_setup(a: argparse.Namespace) -> tuple[int, str]:
+    """Apply --quick; return (threads, model path) for :func:`add_generation_args`' flags."""
+    if a.quick:
+        a.n, a.reps = 16, 1
+    from step35.context import default_threads
+
+    return a.threads or default_threads(), a.model or str(bench_model(a.size, a.quant, f32=a.f32))
 
 
 def median(xs: list[float]) -> float:

@@ -21,7 +21,7 @@ import json
 import re
 import sys
 
-from _common import bench_model, median, native_bin, run
+from _common import add_generation_args, generation_setup, median, native_bin, run
 
 STEP35_RUN = r"""
 import json, sys, step35
@@ -57,27 +57,11 @@ def parse_native(log: str) -> dict[str, float]:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--quant", default=None)
-    ap.add_argument("-m", "--model")
-    ap.add_argument("-p", "--prompt", default="Once upon a time, in a quiet village by the sea, there lived")
-    ap.add_argument("-n", type=int, default=256)
-    ap.add_argument("-c", "--ctx", type=int, default=4096)
-    ap.add_argument("-b", type=int, default=2048)
-    ap.add_argument("-ub", type=int, default=512)
+    add_generation_args(ap)
     ap.add_argument("-fa", default="auto")
-    ap.add_argument("-t", "--threads", type=int, default=None)
     ap.add_argument("--stream", action="store_true", help="time step35 as a stream (one Python step per piece)")
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
     a = ap.parse_args()
-    if a.quick:
-        a.n, a.reps = 16, 1
-
-    from step35.context import default_threads
-
-    threads = a.threads or default_threads()
-    model = a.model or str(bench_model(a.size, a.quant))
+    threads, model = generation_setup(a)
     bindir = native_bin()
     native_cmd = [str(bindir / "llama-completion"), "-m", model, "-p", a.prompt, "-n", str(a.n), "--temp", "0",
                   "-c", str(a.ctx), "-b", str(a.b), "-ub", str(a.ub), "-fa", a.fa, "-t", str(threads),

@@ -21,7 +21,7 @@ import argparse
 import json
 import sys
 
-from _common import bench_model, median, run
+from _common import add_generation_args, generation_setup, median, run
 
 LCP_RUN = r"""
 import json, sys, time
@@ -55,26 +55,9 @@ with step35.Model(a["model"], context={"n_ctx": a["ctx"], "n_batch": a["b"], "n_
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--lcp-python", required=True, help="a Python interpreter with llama-cpp-python installed")
-    ap.add_argument("--size", default="tiny")
-    ap.add_argument("--quant", default=None)
-    ap.add_argument("--f32", action="store_true", help="the size's F32 variant (issue 6: tiny, hidden 64, f32)")
-    ap.add_argument("-m", "--model")
-    ap.add_argument("-p", "--prompt", default="Once upon a time, in a quiet village by the sea, there lived")
-    ap.add_argument("-n", type=int, default=256)
-    ap.add_argument("-c", "--ctx", type=int, default=4096)
-    ap.add_argument("-b", type=int, default=2048)
-    ap.add_argument("-ub", type=int, default=512)
-    ap.add_argument("-t", "--threads", type=int, default=None)
-    ap.add_argument("--reps", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
+    add_generation_args(ap)
     a = ap.parse_args()
-    if a.quick:
-        a.n, a.reps = 16, 1
-
-    from step35.context import default_threads
-
-    threads = a.threads or default_threads()
-    model = a.model or str(bench_model(a.size, a.quant, f32=a.f32))
+    threads, model = generation_setup(a)
     args = json.dumps({"model": model, "prompt": a.prompt, "n": a.n, "ctx": a.ctx, "b": a.b, "ub": a.ub,
                        "t": threads})
     cmds = {"llama-cpp-python": [a.lcp_python, "-c", LCP_RUN, args], "step35": [sys.executable, "-c", STEP35_RUN, args]}
