@@ -294,7 +294,6 @@ void register_context(py::module_ & m) {
     py::class_<ContextHandle, std::shared_ptr<ContextHandle>>(m, "ContextHandle", "A llama.cpp context (use step35.Context).")
         .def("close", &ContextHandle::close)
         .def_property_readonly("closed", &ContextHandle::closed)
-        .def_property_readonly("busy", [](const ContextHandle & c) { return c.busy.load(); })
         .def_property_readonly("progress",
                                [](const ContextHandle & c) {
                                    return py::make_tuple(c.work_done.load(), c.work_total.load());

@@ -151,7 +151,6 @@ public:
         d["generated_tokens"] = n_gen_;
         d["generation_ms"] = t_gen_ms_;
         d["ttft_ms"] = ttft_ms_;
-        d["stop"] = stop_hit_.empty() ? py::object(py::none()) : py::object(py::str(stop_hit_));
         return d;
     }
 
@@ -228,7 +227,6 @@ private:
             }
             if (ctx_->history().size() + 1 >= n_ctx) {
                 finish("length");
-                context_full_ = true;
                 break;
             }
             undecoded_ = tok;
@@ -255,10 +253,7 @@ private:
         size_t best = std::string::npos;
         for (const auto & s : stop_) {
             size_t at = pending_.find(s);
-            if (at != std::string::npos && at < best) {
-                best = at;
-                stop_hit_ = s;
-            }
+            if (at != std::string::npos && at < best) best = at;
         }
         if (best == std::string::npos) return false;
         pending_.resize(best);
@@ -325,9 +320,7 @@ private:
 
     bool prompt_done_ = false;
     bool finished_ = false;
-    bool context_full_ = false;
     std::string finish_reason_;
-    std::string stop_hit_;
     llama_token undecoded_ = LLAMA_TOKEN_NULL;
     std::string pending_;
     std::vector<llama_token> generated_;
@@ -336,8 +329,6 @@ private:
     clock_type::time_point t_gen_start_;
     double t_prompt_ms_ = 0.0, t_gen_ms_ = 0.0, ttft_ms_ = 0.0;
 
-public:
-    bool context_full() const { return context_full_; }
 };
 
 }  // namespace
@@ -365,7 +356,6 @@ void register_generate(py::module_ & m) {
         .def("close", &Generation::close, "Stop and free the context for the next call.")
         .def_property_readonly("finished", &Generation::finished)
         .def_property_readonly("finish_reason", &Generation::finish_reason)
-        .def_property_readonly("context_full", &Generation::context_full)
         .def_property_readonly("tokens", &Generation::tokens)
         .def("stats", &Generation::stats);
 }

@@ -65,17 +65,6 @@ std::vector<LogLine> log_since(unsigned long long mark, int min_level) {
 
 void register_log(py::module_ & m) {
     install_log_capture();
-    m.def("log_mark", &log_mark, "Sequence number the next captured log line will get.");
-    m.def(
-        "log_lines",
-        [](unsigned long long since, int min_level) {
-            py::list out;
-            for (const auto & l : log_since(since, min_level))
-                out.append(py::make_tuple(l.seq, l.level, py::bytes(l.text)));
-            return out;
-        },
-        py::arg("since") = 0, py::arg("min_level") = 0,
-        "Captured llama.cpp log lines as (seq, level, bytes) since a mark.");
     m.def(
         "set_log_echo_level",
         [](int level) {

@@ -124,18 +124,6 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
         std::shared_ptr<llama_model>(raw, [](llama_model * m) { llama_model_free(m); }));
 }
 
-std::string meta_string(int32_t (*fn)(const llama_model *, int32_t, char *, size_t),
-                        const llama_model * m, int32_t i) {
-    std::vector<char> buf(256);
-    int32_t n = fn(m, i, buf.data(), buf.size());
-    if (n < 0) return {};
-    if ((size_t) n >= buf.size()) {
-        buf.resize((size_t) n + 1);
-        fn(m, i, buf.data(), buf.size());
-    }
-    return std::string(buf.data(), (size_t) n);
-}
-
 py::object utf8(const std::string & s) {
     return py::reinterpret_steal<py::object>(PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace"));
 }
@@ -238,15 +226,6 @@ void register_model(py::module_ & m) {
                 if (!t) return py::none();
                 return utf8(t);
             }, py::arg("name") = nullptr, "The GGUF's chat template (or a named one), None if absent.")
-        .def("metadata", [](const ModelHandle & h) {
-                auto model = h.get();
-                py::dict d;
-                int32_t n = llama_model_meta_count(model.get());
-                for (int32_t i = 0; i < n; ++i)
-                    d[utf8(meta_string(llama_model_meta_key_by_index, model.get(), i))] =
-                        utf8(meta_string(llama_model_meta_val_str_by_index, model.get(), i));
-                return d;
-            }, "Metadata as llama.cpp renders it (strings; long arrays abbreviated).")
         .def("special_tokens", [](const ModelHandle & h) {
                 const llama_vocab * v = llama_model_get_vocab(h.get().get());
                 py::dict d;

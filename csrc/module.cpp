@@ -36,7 +36,4 @@ PYBIND11_MODULE(_core, m) {
         llama_backend_init();
     }, "Initialize llama.cpp (call after the backends are loaded).");
     m.def("system_info", [] { return std::string(llama_print_system_info()); });
-    m.def("supports_gpu_offload", &llama_supports_gpu_offload);
-    m.def("supports_mmap", &llama_supports_mmap);
-    m.def("supports_mlock", &llama_supports_mlock);
 }

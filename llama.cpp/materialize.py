@@ -4,7 +4,8 @@
 One step, idempotent, offline once cached:
 
 1. obtain the registry sdist named in ``pin.toml`` (from the cache, from
-   ``$STEP35_LLAMA_SDIST``, or with ``pip download``),
+   ``$STEP35_LLAMA_SDIST``, or with ``pip download`` run in a clean
+   environment, so that it works under any build frontend),
 2. verify its sha256 against the pin (a mismatch is a hard error),
 3. extract only what the build and the converter need (``KEEP`` below),
 4. apply ``patches/series`` in order (a patch that does not apply stops
@@ -132,8 +133,54 @@ def read_stamp(source: Path) -> dict | None:
         return None
 
 
+# Variables a PEP 517 frontend sets for *our* build. Inherited by the inner pip,
+# they make it look for llama-cpp-python's build backend in our backend-path
+# (pyproject_hooks), import packages from our build environment (PYTHONPATH)
+# or share our build's tracker. The user's own PIP_* settings are kept.
+_FRONTEND_VARS = ("PYTHONPATH", "PYTHONHOME", "PIP_BUILD_TRACKER", "PIP_REQ_TRACKER",
+                  "PEP517_BACKEND_PATH")
+_FRONTEND_PREFIXES = ("_PYPROJECT_HOOKS_",)
+# uv's index settings, for users who build with `uv pip install .` / `uv build`:
+# the inner pip honours them when the matching PIP_* variable is not set.
+_UV_TO_PIP = (("UV_DEFAULT_INDEX", "PIP_INDEX_URL"), ("UV_INDEX_URL", "PIP_INDEX_URL"),
+              ("UV_INDEX", "PIP_EXTRA_INDEX_URL"), ("UV_EXTRA_INDEX_URL", "PIP_EXTRA_INDEX_URL"),
+              ("UV_FIND_LINKS", "PIP_FIND_LINKS"))
+
+
+def download_env(environ: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment for the inner ``pip download``: the caller's, minus what a
+    build frontend set for our own build, plus uv's index settings as pip's."""
+    env = dict(os.environ if environ is None else environ)
+    for key in list(env):
+        if key in _FRONTEND_VARS or key.startswith(_FRONTEND_PREFIXES):
+            del env[key]
+    for uv_key, pip_key in _UV_TO_PIP:
+        if env.get(uv_key) and not env.get(pip_key):
+            env[pip_key] = env[uv_key].replace(",", " ")
+    return env
+
+
+def pip_command() -> list[str]:
+    """How to run pip: from the directory of the pip this interpreter imports.
+
+    Inside an isolated build environment pip may be importable only through the
+    PYTHONPATH that :func:`download_env` removes; pip runs from its own
+    directory (``python <site-packages>/pip``) without it.
+    """
+    try:
+        import pip
+    except ImportError:
+        return [sys.executable, "-m", "pip"]
+    return [sys.executable, str(Path(pip.__file__).resolve().parent)]
+
+
 def obtain_sdist(pin: dict, log) -> Path:
-    """Return a path to the registry sdist whose sha256 matches the pin."""
+    """Return a path to the registry sdist whose sha256 matches the pin.
+
+    The download runs pip (so that the user's index, mirrors, proxies,
+    certificates and pip.conf apply) in a clean environment: see
+    :func:`download_env`.
+    """
     reg = pin["registry"]
     want = reg["sha256"].lower()
     override = os.environ.get("STEP35_LLAMA_SDIST")
@@ -151,13 +198,15 @@ def obtain_sdist(pin: dict, log) -> Path:
         with tempfile.TemporaryDirectory(dir=cached.parent) as tmp:
             # --no-binary for this one package only: ":all:" would also force pip to
             # compile its build tools (cmake...) from source to read its metadata.
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", reg["package"],
-                   "-d", tmp, spec]
-            res = subprocess.run(cmd, capture_output=True, text=True)
+            cmd = pip_command() + ["download", "--no-deps", "--no-binary", reg["package"],
+                                   "--disable-pip-version-check", "-d", tmp, spec]
+            res = subprocess.run(cmd, capture_output=True, text=True, env=download_env())
             got = Path(tmp) / reg["filename"]
             if res.returncode != 0 or not got.is_file():
                 raise MaterializeError(
-                    f"could not download {spec} with pip from the package index:\n{res.stderr[-2000:]}\n"
+                    f"could not download {spec} with pip from the package index "
+                    f"({' '.join(cmd[1:3])} exited with {res.returncode}):\n"
+                    f"{(res.stderr or res.stdout)[-2000:]}\n"
                     f"If you are offline, put {reg['filename']} at {cached} "
                     "or point STEP35_LLAMA_SDIST at it."
                 )

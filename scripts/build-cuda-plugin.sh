@@ -7,10 +7,14 @@
 # Needs a CUDA toolkit of that major version (nvcc; CUDA_HOME or /usr/local/cuda-N.x
 # or nvcc on PATH). When the toolkit has no cuBLAS (a compiler-only install), the
 # cuBLAS headers and libraries are taken from NVIDIA's wheel on PyPI (the wheel the
-# plugin depends on at run time), unpacked into build/cuda<N>-cublas.
+# plugin depends on at run time): the installed one if PYTHON has it (offline), else
+# downloaded from PyPI; either is copied into build/cuda<N>-cublas.
+# PYTHON picks the interpreter (default python3); STEP35_PLUGIN_NO_ISOLATION=1 builds
+# without build isolation, offline, with the build tools PYTHON already has.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 major=${1:?usage: build-cuda-plugin.sh 12|13 [CUDA architectures]}
+PY=${PYTHON:-python3}
 archs=${2:-}
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1} CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-8G}
 
@@ -29,13 +33,19 @@ if ! ls "$home"/lib*/libcublas.so* "$home"/targets/*/lib/libcublas.so* >/dev/nul
   extra=$PWD/build/cuda$major-cublas
   if [ "$major" = 12 ]; then wheel=nvidia-cublas-cu12; sub=nvidia/cublas; else wheel="nvidia-cublas==$major.*"; sub=nvidia/cu$major; fi
   if [ ! -f "$extra/include/cublas_v2.h" ]; then
-    echo "== cuBLAS headers/libraries from PyPI ($wheel) into $extra"
-    tmp=$(mktemp -d)
-    python3 -m pip download -q --no-deps "$wheel" -d "$tmp"
-    python3 -m zipfile -e "$tmp"/*.whl "$tmp/x"
     mkdir -p "$extra"; rm -rf "$extra/include" "$extra/lib"
-    cp -r "$tmp/x/$sub/include" "$tmp/x/$sub/lib" "$extra/"
-    rm -rf "$tmp"
+    installed=$("$PY" -c "import nvidia, os, sys; [print(os.path.join(p, sys.argv[1])) for p in nvidia.__path__ if os.path.isfile(os.path.join(p, sys.argv[1], 'include', 'cublas_v2.h'))]" "${sub#nvidia/}" 2>/dev/null | head -1 || true)
+    if [ -n "$installed" ]; then
+      echo "== cuBLAS headers/libraries from the installed wheel ($installed) into $extra"
+      cp -r "$installed/include" "$installed/lib" "$extra/"
+    else
+      echo "== cuBLAS headers/libraries from PyPI ($wheel) into $extra"
+      tmp=$(mktemp -d)
+      "$PY" -m pip download -q --no-deps "$wheel" -d "$tmp"
+      "$PY" -m zipfile -e "$tmp"/*.whl "$tmp/x"
+      cp -r "$tmp/x/$sub/include" "$tmp/x/$sub/lib" "$extra/"
+      rm -rf "$tmp"
+    fi
   fi
   ln -sf "libcublas.so.$major" "$extra/lib/libcublas.so"
   ln -sf "libcublasLt.so.$major" "$extra/lib/libcublasLt.so"
@@ -60,5 +70,8 @@ fi
 mkdir -p dist/plugins
 rm -f dist/plugins/step35_cuda"$major"-*.whl
 t0=$(date +%s)
-python3 -m pip wheel "backends/cuda$major" --no-deps -w dist/plugins "${args[@]}" ${STEP35_PIP_ARGS:-}
+isolation=()
+[ -n "${STEP35_PLUGIN_NO_ISOLATION:-}" ] && isolation=(--no-build-isolation --no-index)
+# shellcheck disable=SC2086
+"$PY" -m pip wheel "backends/cuda$major" --no-deps "${isolation[@]}" -w dist/plugins "${args[@]}" ${STEP35_PIP_ARGS:-}
 echo "== built $(ls dist/plugins/step35_cuda"$major"-*.whl) in $(( $(date +%s) - t0 )) s (architectures: ${archs:-release list})"

@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
-# Build the sdist, report its size, and build + import a wheel from it with
-# the llama.cpp download made impossible (empty cache, bogus override path):
-# the sdist must carry the trimmed, patched source itself.
+# Build the sdist with the latest `build`, report its size, and build + import
+# a wheel from it with uv (the other frontend users run) and the llama.cpp
+# download made impossible (empty cache, bogus override path): the sdist must
+# carry the trimmed, patched source itself.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
 export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 rm -rf dist/sdist && mkdir -p dist/sdist
-"$PY" -m pip install -q build
-"$PY" -m build --sdist -o dist/sdist . >/dev/null
+BUILD_PY=$(bash scripts/build-env.sh)
+"$BUILD_PY" -m build --sdist -o dist/sdist . >/dev/null
 sdist=$(ls dist/sdist/step35-*.tar.gz)
 size=$(stat -c %s "$sdist")
 echo "sdist: $sdist $((size / 1024)) KiB"
@@ -24,7 +25,7 @@ rm -f "$listing"
 
 empty=$(mktemp -d)
 STEP35_CACHE="$empty" STEP35_LLAMA_SDIST="$empty/no-such-file.tar.gz" \
-  "$PY" -m pip wheel --no-deps -w dist/sdist "$sdist"
+  "$(dirname "$BUILD_PY")/uv" build --python "$BUILD_PY" --wheel -o dist/sdist "$sdist"
 rm -rf .venv-sdist && "$PY" -m venv .venv-sdist
 .venv-sdist/bin/pip install -q dist/sdist/step35-*.whl
 (cd "$empty" && "$OLDPWD/.venv-sdist/bin/step35" info >"$empty/info.txt")

@@ -13,12 +13,13 @@ t0=$(date +%s)
 
 # shellcheck disable=SC2207
 vk_args=($(bash scripts/vulkan-sdk.sh))
+BUILD_PY=$(bash scripts/build-env.sh)
 if ! ls dist/wheel/step35-*.whl >/dev/null 2>&1; then
-  mkdir -p dist/wheel && "$PY" -m pip wheel . --no-deps -w dist/wheel
+  mkdir -p dist/wheel && "$BUILD_PY" -m build --wheel -o dist/wheel .
 fi
 core=$(ls dist/wheel/step35-*.whl)
 mkdir -p dist/plugins && rm -f dist/plugins/step35_vulkan-*.whl
-"$PY" -m pip wheel backends/vulkan --no-deps -w dist/plugins "${vk_args[@]}"
+"$BUILD_PY" -m build --wheel -o dist/plugins backends/vulkan "${vk_args[@]}"
 plugin=$(ls dist/plugins/step35_vulkan-*.whl)
 t1=$(date +%s)
 echo "== $plugin ($(du -h "$plugin" | cut -f1)) built in $((t1 - t0)) s"

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
-# Build the step35 wheel (reusing build/ and ccache), install it into a FRESH
-# virtual environment, and run the test suite against the installed wheel
-# (never against the source tree). Extra arguments go to pytest, e.g.
+# Build the step35 wheel with the latest pip and `build` (a fresh .venv-build;
+# build/ and ccache are reused), install it into a FRESH virtual environment,
+# and run the test suite against the installed wheel (never against the source
+# tree). Extra arguments go to pytest, e.g.
 #   bash scripts/test.sh -m "not slow"
+# STEP35_CACHE=$(mktemp -d) makes the build fetch the pinned llama.cpp sdist
+# from the package index (cold path); STEP35_BUILD_ARGS go to `python -m build`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
@@ -11,7 +14,10 @@ export CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-5G}
 
 t0=$(date +%s)
 rm -rf dist/wheel && mkdir -p dist/wheel
-"$PY" -m pip wheel . --no-deps -w dist/wheel ${STEP35_PIP_ARGS:-}
+BUILD_PY=$(bash scripts/build-env.sh --fresh)
+echo "== build frontend: $("$BUILD_PY" -m pip --version | cut -d' ' -f1-2), build $("$BUILD_PY" -m build --version | cut -d' ' -f2)"
+# shellcheck disable=SC2086
+"$BUILD_PY" -m build --wheel -o dist/wheel . ${STEP35_BUILD_ARGS:-}
 wheel=$(ls dist/wheel/step35-*.whl)
 t1=$(date +%s)
 echo "== wheel: $wheel ($(du -h "$wheel" | cut -f1)), built in $((t1 - t0)) s"

@@ -14,8 +14,8 @@ def test_cpu_backend_loaded_from_package_lib_dir() -> None:
     r = step35.backends()
     cpu = [b for b in r.loaded if b.name == "CPU"]
     assert len(cpu) == 1, r
-    lib = Path(step35.__file__).resolve().parent / "lib"
-    assert Path(cpu[0].library).resolve().parent == lib
+    lib = Path(step35.__file__).absolute().parent / "lib"
+    assert Path(cpu[0].library).parent == lib
     assert any(d["type"] == "cpu" for d in cpu[0].devices)
     assert r.version == step35.__version__
     assert r.llama_commit == "0c1e57098"
@@ -82,6 +82,28 @@ def test_broken_plugins_are_reported_never_fatal(tmp_path: Path) -> None:
     assert "plugin failed to initialize: libcudart.so.12" in out
     assert "* " in out  # the CPU variant is still chosen and loaded
     assert r.stderr.count("RuntimeWarning") == 3
+
+
+def test_version_skew_names_the_extra_of_that_plugin(tmp_path: Path) -> None:
+    """A skewed CUDA 13 plugin is fixed by step35[cuda13]; step35[cuda] would install CUDA 12."""
+    _fake_plugin(tmp_path, "step35-cuda13", "0.0.0.dev1", "old_cuda13", "def libraries():\n    return []\n", "cuda13")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    r = subprocess.run([sys.executable, "-m", "step35", "info"], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert "version skew: step35-cuda13 0.0.0.dev1" in r.stdout
+    assert "`pip install step35[cuda13]`" in r.stdout and "step35[cuda]`" not in r.stdout
+
+
+def test_install_hints_match_the_extras_in_pyproject() -> None:
+    """Every plugin extra of the core distribution is the one the hint names (one home for the mapping)."""
+    from importlib import metadata
+
+    from step35.plugins import PLUGIN_EXTRAS, install_hint
+
+    requires = metadata.requires("step35") or []
+    for dist, extra in PLUGIN_EXTRAS.items():
+        assert any(r.startswith(f"{dist}==") and f'extra == "{extra}"' in r for r in requires), (dist, requires)
+        assert install_hint(dist) == f"pip install step35[{extra}]"
 
 
 # ---- plugin policy (step35.plugins): what a CUDA / Vulkan plugin reports ----
@@ -179,3 +201,28 @@ def test_vulkan_without_a_loader_and_a_damaged_plugin(tmp_path: Path, monkeypatc
         assert "apt install libvulkan1 mesa-vulkan-drivers" in str(e)
     else:
         raise AssertionError("no error")
+
+
+def test_a_cpu_variant_can_be_forced() -> None:
+    """STEP35_CPU_VARIANT loads that variant (one this CPU can run) instead of the best one."""
+    import os
+
+    runnable = sorted((v for v in step35.backends().cpu_variants if v.score > 0), key=lambda v: v.score)
+    forced = runnable[0].name  # the lowest this CPU runs: never the default choice where there are two
+    code = "import step35; r = step35.backends(); print(r.cpu_variant); print(r.loaded[0].note)"
+    env = {**os.environ, "STEP35_CPU_VARIANT": forced}
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+    variant, note = r.stdout.splitlines()[:2]
+    assert variant == forced and "forced by STEP35_CPU_VARIANT" in note, r.stdout
+
+
+def test_an_unknown_forced_cpu_variant_is_reported() -> None:
+    import os
+
+    env = {**os.environ, "STEP35_CPU_VARIANT": "pentium2"}
+    code = "import step35; print(step35.backends().cpu_variant)"
+    r = subprocess.run([sys.executable, "-W", "default", "-c", code], capture_output=True, text=True, env=env,
+                       check=True)
+    best = step35.backends().cpu_variant
+    assert r.stdout.strip() == best
+    assert "STEP35_CPU_VARIANT=pentium2 cannot be used: no such variant" in r.stderr, r.stderr

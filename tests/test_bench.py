@@ -97,6 +97,8 @@ def test_cli_run_rejects_bad_parameters(model_cache) -> None:
     assert r.returncode == 1 and "top_p" in r.stderr
     r = _cli("run", "-p", "x", "-n", "-3")
     assert r.returncode == 1 and "max_tokens" in r.stderr
+    r = _cli("run", "-p", "x", "--repeat-last-n", "-5")  # the chat path takes every sampling setting
+    assert r.returncode == 1 and "repeat_last_n" in r.stderr
 
 
 def test_cli_chat_session(model_cache) -> None:

@@ -245,7 +245,9 @@ def test_tojson_does_not_escape_and_takes_options() -> None:
 def test_raise_exception_strftime_now_loopcontrols_and_trim() -> None:
     with pytest.raises(jinja2.TemplateError, match="bad role"):
         chat_template.render_chat("{{ raise_exception('bad role') }}", ONE)
-    assert chat_template.render_chat("{{ strftime_now('%Y') }}", ONE) == str(datetime.now().year)
+    before = datetime.now().year
+    year = chat_template.render_chat("{{ strftime_now('%Y') }}", ONE)
+    assert year in {str(before), str(datetime.now().year)}  # a run across New Year's midnight
     assert chat_template.render_chat(
         "{% for i in range(9) %}{% if i == 3 %}{% break %}{% endif %}{% if i == 1 %}{% continue %}{% endif %}"
         "{{ i }}{% endfor %}", ONE) == "02"

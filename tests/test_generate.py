@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import _thread
+import contextlib
+import dataclasses
+import inspect
+import sys
 import threading
 import time
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
 
 import step35
-from step35 import ContextOverflowError, ContextBusyError
+from step35 import ContextOverflowError, ContextBusyError, generation
+from step35 import chat as chat_module
 
 
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -90,6 +96,9 @@ def test_bad_tokens_and_overflow(tiny_model) -> None:
             ctx.eval([1, "x"])  # type: ignore[list-item]
         with pytest.raises(ContextOverflowError, match="256"):
             ctx.eval([1] * 300)
+        for seq_id in (1, -1, 2**40):  # n_seq_max is 1
+            with pytest.raises(ValueError, match=r"seq_id must be in \[0, 0\]"):
+                ctx.eval([1], seq_id=seq_id)
         assert ctx.eval([1, 2, 3]).shape[0] == 3  # still usable
 
 
@@ -104,6 +113,26 @@ def test_context_params_validation(tiny_model) -> None:
         tiny_model.new_context(n_ctx=-1)
     with pytest.raises(ValueError, match="unknown context setting"):
         step35.Model.new_context(tiny_model, {"n_context": 5})
+
+
+#: What the native side takes for each integer context setting (csrc/context.h
+#: ContextOptions: uint32 sizes, int32 thread counts; batches are int32 in
+#: llama_batch_init; llama.cpp's LLAMA_MAX_SEQ is 256).
+CONTEXT_INT_RANGES = {"n_ctx": (0, 2**32 - 1), "n_batch": (1, 2**31 - 1), "n_ubatch": (1, 2**31 - 1),
+                      "n_seq_max": (1, 256), "n_threads": (1, 2**31 - 1), "n_threads_batch": (1, 2**31 - 1)}
+
+
+def test_every_integer_context_setting_is_range_checked(tiny_model) -> None:
+    # new_context(n_ctx=2**40) used to surface pybind's "incompatible function arguments".
+    ints = [f.name for f in dataclasses.fields(step35.ContextParams) if "int" in str(f.type)]
+    assert sorted(ints) == sorted(CONTEXT_INT_RANGES)
+    for name, (lo, hi) in CONTEXT_INT_RANGES.items():
+        for bad in (lo - 1, hi + 1, 2**40, -(2**40)):
+            with pytest.raises(ValueError, match=rf"^{name} must be in \[{lo}, {hi}\], got {bad}$"):
+                tiny_model.new_context(**{name: bad})
+        for ok in (lo, hi):  # the limits themselves are allowed
+            batch = {"n_batch": ok, "n_ubatch": ok} if name in ("n_batch", "n_ubatch") else {}
+            assert getattr(step35.ContextParams(**{name: ok, **batch}), name) == ok
 
 
 def test_quantized_kv_cache(tiny32_path, text_tokens) -> None:
@@ -154,28 +183,39 @@ def test_greedy_is_deterministic_and_independent_of_batching(tiny32_path) -> Non
 def test_greedy_follows_the_logits(model) -> None:
     prompt = model.tokenize("Hello world, this is")
     out = model.generate(prompt, max_tokens=8, temperature=0)
-    seq = list(prompt)
-    lg = model.logits(seq + out.tokens)
-    for i, tok in enumerate(out.tokens):
-        assert int(lg[len(prompt) - 1 + i].argmax()) == tok
+    assert out.tokens
+    # The same computation as the generation (the prompt in one batch, then one
+    # token at a time, last row only): batched logits of the whole sequence use
+    # other kernels, whose rounding can flip a near-tie of this random model.
+    with model.new_context(n_ctx=512) as ctx:
+        rows = [ctx.eval(prompt, logits="last")[0]]
+        rows += [ctx.eval([tok], logits="last")[0] for tok in out.tokens[:-1]]
+    assert [int(r.argmax()) for r in rows] == out.tokens
+
+
+def _fresh(model, prompt, **kw):
+    """``model.generate`` on an emptied cache: a reused prefix decodes the last
+    prompt token alone, whose logits may round differently from the batched pass."""
+    model.context.clear()
+    return model.generate(prompt, **kw)
 
 
 def test_seed_determinism(model) -> None:
     kw = dict(max_tokens=48, temperature=1.5, top_k=0, top_p=1.0, min_p=0.0)
-    a = model.generate("A", seed=1234, **kw)
-    b = model.generate("A", seed=1234, **kw)
-    c = model.generate("A", seed=4321, **kw)
+    a = _fresh(model, "A", seed=1234, **kw)
+    b = _fresh(model, "A", seed=1234, **kw)
+    c = _fresh(model, "A", seed=4321, **kw)
     assert a.tokens == b.tokens and a.text == b.text
-    assert a.tokens != c.tokens
+    assert len(a.tokens) > 1 and a.tokens != c.tokens
     assert a.stats.seed == 1234
-    d = model.generate("A", **kw)
-    assert model.generate("A", seed=d.stats.seed, **kw).tokens == d.tokens
+    d = _fresh(model, "A", **kw)  # unseeded: the seed drawn is reported and reproduces it
+    assert _fresh(model, "A", seed=d.stats.seed, **kw).tokens == d.tokens
 
 
 def test_max_tokens_and_stats(model) -> None:
     out = model.generate("Hi", max_tokens=0)
     assert out.text == "" and out.tokens == [] and out.finish_reason == "length"
-    out = model.generate("Hi there", max_tokens=12, temperature=0)
+    out = _fresh(model, "Hi there", max_tokens=12, temperature=0)
     st = out.stats
     assert st.prompt_tokens == len(model.tokenize("Hi there"))
     assert st.generated_tokens == len(out.tokens) <= 12
@@ -184,13 +224,15 @@ def test_max_tokens_and_stats(model) -> None:
     assert "tok/s" in str(st)
 
 
-def test_prompt_prefix_is_reused(model) -> None:
-    a = model.generate("The same long prompt prefix, then one", max_tokens=4, temperature=0)
-    b = model.generate("The same long prompt prefix, then two", max_tokens=4, temperature=0)
+def test_prompt_prefix_is_reused(tiny32_path) -> None:
+    # F32 weights: the reused prefix was computed in another batch than a fresh
+    # run computes it, and F16 rounding could flip a greedy near-tie.
+    with step35.Model(tiny32_path, context={"n_ctx": 512}) as model:
+        a = model.generate("The same long prompt prefix, then one", max_tokens=4, temperature=0)
+        b = model.generate("The same long prompt prefix, then two", max_tokens=4, temperature=0)
     assert a.stats.prompt_tokens_evaluated == a.stats.prompt_tokens
     assert b.stats.prompt_tokens_evaluated < b.stats.prompt_tokens
-    fresh = step35.Model(model.path, context={"n_ctx": 512})
-    with fresh:
+    with step35.Model(tiny32_path, context={"n_ctx": 512}) as fresh:
         assert fresh.generate("The same long prompt prefix, then two", max_tokens=4, temperature=0).tokens == b.tokens
 
 
@@ -210,12 +252,12 @@ def _find_boundary_stop(model, tokens: list[int]) -> tuple[str, str]:
 
 
 def test_stop_string_across_token_boundary(model) -> None:
-    full = model.generate("Once upon a time", max_tokens=60, temperature=0)
+    full = _fresh(model, "Once upon a time", max_tokens=60, temperature=0)
     stop, before = _find_boundary_stop(model, full.tokens)
-    out = model.generate("Once upon a time", max_tokens=60, temperature=0, stop=["zzzzqqq", stop])
+    out = _fresh(model, "Once upon a time", max_tokens=60, temperature=0, stop=["zzzzqqq", stop])
     assert out.text == before
     assert out.finish_reason == "stop"
-    pieces = list(model.generate("Once upon a time", max_tokens=60, temperature=0, stop=stop, stream=True))
+    pieces = list(_fresh(model, "Once upon a time", max_tokens=60, temperature=0, stop=stop, stream=True))
     assert "".join(pieces) == before
     assert all(stop not in p for p in pieces)
 
@@ -226,14 +268,14 @@ def test_streaming_equals_non_streaming_and_never_splits_characters(model) -> No
     kw = dict(max_tokens=64, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
     prompt = "中文和表情符号 😀 🎉 混合在一起:"
     for seed in range(40):
-        out = model.generate(prompt, seed=seed, **kw)
+        out = _fresh(model, prompt, seed=seed, **kw)
         split = any(0 < len(model.token_to_piece(t)) and
                     not _is_complete_utf8(model.token_to_piece(t)) for t in out.tokens)
         if split:
             break
     else:
         pytest.fail("no seed produced a character split across tokens")
-    stream = model.generate(prompt, seed=seed, stream=True, **kw)
+    stream = _fresh(model, prompt, seed=seed, stream=True, **kw)
     pieces = list(stream)
     assert "".join(pieces) == out.text
     assert out.text == model.detokenize_bytes(out.tokens).decode("utf-8", "replace")
@@ -260,62 +302,132 @@ def test_closing_a_stream_frees_the_context(model) -> None:
     stream.close()
     assert stream.finished and stream.finish_reason == "cancelled"
     assert model.generate("another", max_tokens=2, temperature=0).finish_reason in ("length", "stop")
-    # Dropping an unfinished stream also frees it.
-    s2 = model.generate("Tell me a story", max_tokens=200, stream=True)
+    # Dropping an unfinished stream also frees it (greedy on a fresh cache: the
+    # same first piece as above, never an end of generation before it).
+    s2 = _fresh(model, "Tell me a story", max_tokens=200, temperature=0, stream=True)
     next(s2)
     del s2
-    assert model.generate("again", max_tokens=2).tokens is not None
+    assert model.generate("again", max_tokens=2, temperature=0).tokens is not None
 
 
 def test_break_out_of_a_for_loop_frees_the_context(model) -> None:
-    for i, _ in enumerate(model.generate("Count", max_tokens=100, stream=True)):
+    # Greedy on a fresh cache: the same output twice, long enough that the loop does break.
+    n_pieces = len(list(_fresh(model, "Count", max_tokens=100, temperature=0, stream=True)))
+    assert n_pieces > 3
+    for i, _ in enumerate(_fresh(model, "Count", max_tokens=100, temperature=0, stream=True)):
         if i == 2:
             break
+    assert i == 2
     model.generate("ok", max_tokens=1)
 
 
-def test_gil_is_released_while_generating(model) -> None:
-    counter = 0
-    done = threading.Event()
+# Interrupting a generation, deterministically: the generation is one that cannot
+# end on its own for thousands of tokens (a seed found to fill the whole context
+# without EOS), and the interrupt is sent once the main thread is inside the
+# native token loop (seen from its Python frame), not by a wall-clock timer.
 
-    def spin() -> None:
-        nonlocal counter
+ENDLESS_PROMPT = "Go on forever"
+_STEP_LINE = next(n for n, line in enumerate(inspect.getsourcelines(generation.run)[0],
+                                             inspect.getsourcelines(generation.run)[1])
+                  if "native.step(True)" in line)
+
+
+@pytest.fixture(scope="module")
+def endless(tiny_path):
+    """A model, seeded sampling settings whose generation from ENDLESS_PROMPT fills its
+    whole 2048-token context without EOS, and how many tokens the context then holds.
+
+    Seeded sampling on a fresh cache is deterministic, so the same call generates
+    those 2000+ tokens again (one thread: a spinning threadpool on a loaded
+    machine would make this slow, and this is about stopping, not speed).
+    """
+    with step35.Model(tiny_path, context={"n_ctx": 2048, "n_threads": 1}) as m:
+        for seed in range(20):
+            kw = {"max_tokens": None, "temperature": 1.0, "seed": seed}
+            m.context.clear()
+            if m.generate(ENDLESS_PROMPT, **kw).finish_reason == "length":
+                full = len(m.context.tokens)
+                assert full >= 2000
+                m.context.clear()
+                yield m, kw, full
+                return
+        pytest.fail("no seed in 20 generated 2000 tokens without EOS")
+
+
+@contextlib.contextmanager
+def _once_inside_the_native_loop(action: Callable[[], None]) -> Iterator[threading.Event]:
+    """While the block runs, a thread calls ``action`` as soon as the main thread is inside
+    a non-streaming generation's native loop (its frame waits on ``native.step(True)``).
+
+    Yields an event set when it did. Seeing that frame at all needs the GIL, which
+    the main thread only gives up there by running native code without it. The
+    thread is stopped when the block ends, so it can never fire in a later test.
+    """
+    assert threading.current_thread() is threading.main_thread()
+    main = threading.main_thread().ident
+    fired, done = threading.Event(), threading.Event()
+
+    def watch() -> None:
         while not done.is_set():
-            counter += 1
+            frame = sys._current_frames().get(main)
+            if frame is not None and frame.f_code is generation.run.__code__ and frame.f_lineno == _STEP_LINE:
+                fired.set()
+                action()
+                return
+            time.sleep(0.001)
 
-    t = threading.Thread(target=spin)
+    t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
-        t0 = time.perf_counter()
-        before = counter
-        out = model.generate("Spin", max_tokens=150, temperature=0)
-        dt = time.perf_counter() - t0
-        during = counter - before
+        yield fired
     finally:
         done.set()
         t.join()
-    assert out.stats.generated_tokens > 0
-    # The other thread got real work done while the native loop ran.
-    assert during > 1000, (during, dt)
 
 
-def test_ctrl_c_stops_a_long_generation(tiny_path) -> None:
-    with step35.Model(tiny_path, context={"n_ctx": 8192}) as m:
-        timer = threading.Timer(0.3, _thread.interrupt_main)
-        timer.start()
-        t0 = time.perf_counter()
-        with pytest.raises(KeyboardInterrupt):
-            m.generate("Go on forever", max_tokens=None, temperature=1.0, top_k=0, min_p=0.0, top_p=1.0)
-        assert time.perf_counter() - t0 < 5
-        timer.cancel()
-        assert m.generate("after", max_tokens=2).finish_reason in ("length", "stop")
+def test_gil_is_released_while_generating(endless) -> None:
+    m, kw, full = endless
+    ctx = m.context
+    ctx.clear()
+    spins = 0
+
+    def spin_then_cancel() -> None:
+        nonlocal spins
+        for _ in range(200_000):  # Python work on this thread while the main thread generates
+            spins += 1
+        ctx.cancel()
+
+    with _once_inside_the_native_loop(spin_then_cancel) as fired:
+        out = m.generate(ENDLESS_PROMPT, **kw)
+    assert fired.is_set() and spins == 200_000
+    # The generation was still running when the other thread had done its work:
+    # it ended by that thread's cancel, long before the context was full.
+    assert out.finish_reason == "cancelled"
+    assert len(ctx.tokens) < full
 
 
-def test_cancel_from_another_thread(model) -> None:
-    ctx = model.context
-    threading.Timer(0.2, ctx.cancel).start()
-    out = model.generate("Go", max_tokens=None, temperature=1.0, min_p=0.0)
-    assert out.finish_reason in ("cancelled", "length", "stop")
+def test_ctrl_c_stops_a_long_generation(endless) -> None:
+    m, kw, full = endless
+    m.context.clear()
+    t0 = time.perf_counter()
+    with _once_inside_the_native_loop(_thread.interrupt_main) as fired, pytest.raises(KeyboardInterrupt):
+        m.generate(ENDLESS_PROMPT, **kw)
+    assert fired.is_set()
+    # Stopped mid-generation (the same seed fills the context when left alone).
+    assert len(m.context.tokens) < full
+    assert time.perf_counter() - t0 < 60  # generous: the native loop checks for signals every 50 ms
+    assert m.generate("after", max_tokens=2).finish_reason in ("length", "stop")
+
+
+def test_cancel_from_another_thread(endless) -> None:
+    m, kw, full = endless
+    ctx = m.context
+    ctx.clear()
+    with _once_inside_the_native_loop(ctx.cancel) as fired:
+        out = m.generate(ENDLESS_PROMPT, **kw)
+    assert fired.is_set()
+    assert out.finish_reason == "cancelled"
+    assert len(ctx.tokens) < full and len(out.tokens) < full
 
 
 @pytest.mark.parametrize(
@@ -331,11 +443,78 @@ def test_cancel_from_another_thread(model) -> None:
         ({"seed": -5}, "seed"),
         ({"stop": [""]}, "stop"),
         ({"temperature": float("nan")}, "temperature"),
+        ({"top_k": 2**31}, "top_k"),
+        ({"repeat_last_n": -2}, "repeat_last_n"),
+        ({"repeat_last_n": 2**40}, "repeat_last_n"),
+        ({"max_tokens": 2**64}, "max_tokens"),
     ],
 )
-def test_invalid_parameters_name_themselves(model, kwargs, name) -> None:
+@pytest.mark.parametrize("call", ["generate", "chat"])
+def test_invalid_parameters_name_themselves(model, call, kwargs, name) -> None:
     with pytest.raises(ValueError, match=name):
-        model.generate("x", **kwargs)
+        if call == "generate":
+            model.generate("x", **kwargs)
+        else:
+            model.chat([{"role": "user", "content": "x"}], **kwargs)
+    assert model.context.tokens == []  # refused before anything was decoded
+
+
+#: The parameters of generate and chat that are not sampling settings.
+NOT_SAMPLING = {
+    "generate": ["prompt", "max_tokens", "stop", "stream", "add_special", "parse_special", "context"],
+    "chat": ["messages", "tools", "tool_choice", "stream", "max_tokens", "stop", "context", "template_kwargs"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(NOT_SAMPLING))
+def test_generate_and_chat_take_exactly_the_sampling_params_fields(method) -> None:
+    fields = dataclasses.fields(step35.SamplingParams)
+    params = dict(inspect.signature(getattr(step35.Model, method)).parameters)
+    del params["self"]
+    assert not [p for p in params.values() if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
+    sampling = [p for name, p in params.items() if name not in NOT_SAMPLING[method]]
+    assert [p.name for p in sampling] == [f.name for f in fields]  # all of them, in the same order
+    for p, f in zip(sampling, fields, strict=True):
+        assert p.kind is p.KEYWORD_ONLY, p
+        assert (p.default, p.annotation) == (f.default, f.type), p
+    assert sorted(set(params) - {f.name for f in fields}) == sorted(NOT_SAMPLING[method])
+
+
+def test_generate_and_chat_pass_every_sampling_setting(model, monkeypatch) -> None:
+    settings = {"temperature": 0.5, "top_k": 7, "top_p": 0.9, "min_p": 0.1, "repeat_penalty": 1.2,
+                "repeat_last_n": 16, "presence_penalty": 0.3, "frequency_penalty": 0.4, "seed": 99}
+    assert set(settings) == {f.name for f in dataclasses.fields(step35.SamplingParams)}
+    expected = step35.SamplingParams(**settings)
+    assert all(getattr(expected, k) != f.default for k, f in step35.SamplingParams.__dataclass_fields__.items())
+    seen = []
+    monkeypatch.setattr(generation, "run", lambda *a, sampling, **kw: seen.append(sampling))
+    monkeypatch.setattr(chat_module, "complete", lambda *a, sampling, **kw: seen.append(sampling))
+    model.generate("x", **settings)
+    model.chat([{"role": "user", "content": "x"}], **settings)
+    assert seen == [expected, expected]
+
+
+def test_chat_rejects_misspelt_arguments(model) -> None:
+    msgs = [{"role": "user", "content": "Hi"}]
+    with pytest.raises(TypeError, match="temprature"):
+        model.chat(msgs, temprature=0)  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="greeting"):
+        model.chat_prompt(msgs, greeting="hi")  # type: ignore[call-arg]
+    assert model.context.tokens == []
+
+
+def test_template_kwargs_reach_the_template(model, monkeypatch) -> None:
+    monkeypatch.setattr(model, "_template", lambda: "{{ greeting }}|{{ messages|length }}|<|im_start|>assistant")
+    msgs = [{"role": "user", "content": "Hi"}]
+    assert model.chat_prompt(msgs, template_kwargs={"greeting": "hello"}) == "hello|1|<|im_start|>assistant"
+    assert model.chat_prompt(msgs) == "|1|<|im_start|>assistant"
+    r = model.chat(msgs, max_tokens=1, temperature=0, template_kwargs={"greeting": "hello"})
+    assert r["usage"]["prompt_tokens"] == len(model.tokenize("hello|1|<|im_start|>assistant", parse_special=True))
+    for reserved in ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token"):
+        with pytest.raises(ValueError, match=f"template_kwargs may not set '{reserved}'"):
+            model.chat(msgs, template_kwargs={reserved: 1})
+    with pytest.raises(TypeError, match="template_kwargs must be a dict"):
+        model.chat_prompt(msgs, template_kwargs=["greeting"])  # type: ignore[arg-type]
 
 
 def test_prompt_longer_than_context(tiny_path) -> None:
@@ -393,6 +572,7 @@ def test_chat_response_shape(model) -> None:
 def test_chat_stream_matches_non_streaming(model) -> None:
     msgs = [{"role": "user", "content": "Hello"}]
     r = model.chat(msgs, max_tokens=30, temperature=0, tools=TOOLS)
+    model.context.clear()  # not a reused prefix: its last token alone could round a greedy near-tie differently
     chunks = list(model.chat(msgs, max_tokens=30, temperature=0, tools=TOOLS, stream=True))
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
     assert chunks[-1]["choices"][0]["finish_reason"] == r["choices"][0]["finish_reason"]
@@ -492,6 +672,7 @@ def test_generating_from_a_worker_thread_is_not_slower(tiny_path) -> None:
     # threadpool. Same tokens, and a deliberately loose speed ratio.
     with step35.Model(tiny_path, context={"n_ctx": 512, "n_threads": 2}) as m:
         def tps_and_tokens() -> tuple[float, list[int]]:
+            m.context.clear()  # every run computes the same thing (no reused prefix)
             out = m.generate("Threads", max_tokens=64, temperature=0)
             return out.stats.generation_tps, out.tokens
 
@@ -504,7 +685,8 @@ def test_generating_from_a_worker_thread_is_not_slower(tiny_path) -> None:
     assert all(toks == main[0][1] for _, toks in main + worker)
     main_tps = sorted(tps for tps, _ in main)[1]
     worker_tps = sorted(tps for tps, _ in worker)[1]
-    assert worker_tps > 0.5 * main_tps, (worker_tps, main_tps)
+    # The bug was a ~15x slowdown; 4x of slack for a machine shared with other work.
+    assert worker_tps > 0.25 * main_tps, (worker_tps, main_tps)
 
 
 def test_closing_the_model_while_a_stream_is_open(tiny_path) -> None:

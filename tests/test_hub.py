@@ -156,13 +156,13 @@ def test_interrupted_transfer_resumes(hub, split_bytes, caplog, monkeypatch):
 @pytest.mark.parametrize("fault", ["garbage", "truncated"])
 def test_corrupt_download_is_detected_and_never_loaded(hub, split_bytes, monkeypatch, fault):
     import step35
-    import step35._native
+    import step35._backends
     from step35 import hub as h
 
     def no_load():
         raise AssertionError("a corrupt model reached llama.cpp")
 
-    monkeypatch.setattr(step35._native, "core", no_load)
+    monkeypatch.setattr(step35._backends, "core", no_load)
     hub.faults[IQ4[1]] = fault
     with pytest.raises(h.HubError, match=r"Step-Tiny-IQ4_XS-00002-of-00003\.gguf .*corrupt") as e:
         # (the memory plan, made from the headers before downloading, is tested in test_fit*)
@@ -299,3 +299,55 @@ def test_from_pretrained_refuses_before_downloading_what_cannot_fit(hub, monkeyp
         step35.Model.from_pretrained(REPO_ID, "IQ4_XS")
     assert all(_cached(n) is None for n in IQ4)
     assert all(rng for m, p, f, rng in hub.log if m == "GET" and f and not p.startswith("/api/"))  # headers only
+
+
+@pytest.mark.parametrize("choice", [{"quant": "IQ4_XS", "include": "Step-Tiny-IQ4_XS-*.gguf"},
+                                    {"quant": "IQ4_XS", "revision": fake_hub.COMMIT}], ids=["include", "revision"])
+def test_include_or_revision_still_refuses_before_downloading(hub, monkeypatch, choice):
+    import step35
+    from step35 import fit
+
+    monkeypatch.setattr(fit, "system_memory", lambda: (2 << 30, 1 << 30))
+    with pytest.raises(step35.MemoryFitError):
+        step35.Model.from_pretrained(REPO_ID, **choice)
+    fetched = [(f, rng) for m, p, f, rng in hub.log if m == "GET" and f and not p.startswith("/api/")]
+    assert fetched and all(rng for _, rng in fetched)  # the headers were read, nothing was downloaded
+
+
+def _count_plans(monkeypatch) -> dict[str, int]:
+    """Count memory plans and the native no_alloc loads they make."""
+    from step35 import fit
+
+    n = {"plan": 0, "no_alloc_load": 0}
+    plan, simulate = fit.plan, fit._simulate
+
+    def counted_plan(*a, **kw):
+        n["plan"] += 1
+        return plan(*a, **kw)
+
+    def counted_simulate(*a, **kw):
+        n["no_alloc_load"] += 1
+        return simulate(*a, **kw)
+
+    monkeypatch.setattr(fit, "plan", counted_plan)
+    monkeypatch.setattr(fit, "_simulate", counted_simulate)
+    return n
+
+
+@pytest.mark.parametrize("choice", [{}, {"include": "Step-Tiny-IQ4_XS-*.gguf"}, {"revision": "main"}],
+                         ids=["quant", "include", "revision"])
+def test_from_pretrained_plans_memory_once(hub, monkeypatch, choice):
+    import step35
+
+    n = _count_plans(monkeypatch)
+    with step35.Model.from_pretrained(REPO_ID, "IQ4_XS", **choice) as m:
+        assert [f.name for f in m.files] == IQ4
+    assert n == {"plan": 1, "no_alloc_load": 1}
+
+
+def test_cli_plans_memory_once_for_a_repo(hub, monkeypatch):
+    from step35.cli import main
+
+    n = _count_plans(monkeypatch)
+    assert main(["run", "-m", f"{REPO_ID}:IQ4_XS", "-p", "hi", "-n", "1", "-c", "256"]) == 0
+    assert n == {"plan": 1, "no_alloc_load": 1}

@@ -8,6 +8,7 @@ import json
 import subprocess
 import sys
 import tarfile
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,101 @@ def test_idempotent_and_offline_once_done(fake) -> None:
     assert r.returncode == 0, r.stderr
     assert stamp.stat().st_mtime_ns == before
     assert _run(tmp, sdist, pin, patches, "--check").returncode == 0
+
+
+BACKEND = """
+def get_requires_for_build_wheel(config_settings=None):
+    return []
+
+def prepare_metadata_for_build_wheel(metadata_directory, config_settings=None):
+    import os
+    d = os.path.join(metadata_directory, "fake_llama-1.0.dist-info")
+    os.makedirs(d)
+    with open(os.path.join(d, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\\nName: fake-llama\\nVersion: 1.0\\n")
+    return "fake_llama-1.0.dist-info"
+
+def build_wheel(wheel_directory, config_settings=None, metadata_directory=None):
+    raise RuntimeError("a download never builds")
+"""
+
+
+def _index_with_a_real_sdist(index: Path) -> str:
+    """A find-links index holding an installable sdist (its build backend is a
+    wheel in the same index, as llama-cpp-python's is on PyPI); returns the
+    sdist's sha256."""
+    index.mkdir()
+    whl = index / "fakebackend-1.0-py3-none-any.whl"
+    with zipfile.ZipFile(whl, "w") as z:
+        z.writestr("fakebackend.py", BACKEND)
+        z.writestr("fakebackend-1.0.dist-info/METADATA", "Metadata-Version: 2.1\nName: fakebackend\nVersion: 1.0\n")
+        z.writestr("fakebackend-1.0.dist-info/WHEEL",
+                   "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
+        z.writestr("fakebackend-1.0.dist-info/RECORD", "")
+    files = {
+        "fake_llama-1.0/PKG-INFO": b"Metadata-Version: 2.1\nName: fake-llama\nVersion: 1.0\n",
+        "fake_llama-1.0/pyproject.toml":
+            b'[build-system]\nrequires = ["fakebackend==1.0"]\nbuild-backend = "fakebackend"\n',
+        "fake_llama-1.0/vendor/llama.cpp/CMakeLists.txt": b"project(fake)\n",
+    }
+    sdist = index / "fake_llama-1.0.tar.gz"
+    with tarfile.open(sdist, "w:gz") as tar:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    return hashlib.sha256(sdist.read_bytes()).hexdigest()
+
+
+@pytest.mark.slow
+def test_download_works_inside_any_build_frontend(tmp_path: Path) -> None:
+    """A cold cache downloads the sdist with pip even when the environment holds
+    what a PEP 517 frontend sets for our own build (current pyproject_hooks'
+    backend path, a PYTHONPATH into our build env, pip's build tracker), and
+    the user's index settings (here PIP_FIND_LINKS + PIP_NO_INDEX) are honoured."""
+    import os
+
+    sha = _index_with_a_real_sdist(tmp_path / "index")
+    pin = tmp_path / "pin.toml"
+    pin.write_text(PIN_TEMPLATE.format(sha=sha))
+    patches = tmp_path / "patches"
+    patches.mkdir()
+    (patches / "series").write_text("")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PIP_")}
+    env.update({
+        "STEP35_CACHE": str(tmp_path / "cache"),
+        "PIP_NO_INDEX": "1", "PIP_FIND_LINKS": str(tmp_path / "index"), "PIP_CONFIG_FILE": os.devnull,
+        "_PYPROJECT_HOOKS_BACKEND_PATH_JSON": json.dumps([str(REPO / "llama.cpp")]),
+        "_PYPROJECT_HOOKS_BACKEND_PATH": str(REPO / "llama.cpp"),
+        "PYTHONPATH": str(tmp_path / "not-the-build-env"),
+        "PIP_BUILD_TRACKER": str(tmp_path / "tracker"),
+    })
+    env.pop("STEP35_LLAMA_SDIST", None)
+    r = subprocess.run(
+        [sys.executable, str(SCRIPT), "--pin", str(pin), "--patches", str(patches),
+         "--source", str(tmp_path / "source")],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "cache" / "llama.cpp" / "fake_llama-1.0.tar.gz").is_file()
+    assert (tmp_path / "source" / "CMakeLists.txt").read_text() == "project(fake)\n"
+
+
+def test_download_env_drops_frontend_variables_only() -> None:
+    sys.path.insert(0, str(SCRIPT.parent))
+    try:
+        import materialize
+    finally:
+        sys.path.pop(0)
+    env = materialize.download_env({
+        "_PYPROJECT_HOOKS_BACKEND_PATH_JSON": "[]", "PYTHONPATH": "/x", "PIP_BUILD_TRACKER": "/t",
+        "PIP_INDEX_URL": "https://mirror.example/simple", "PATH": "/usr/bin",
+        "UV_EXTRA_INDEX_URL": "https://extra.example/simple",
+    })
+    assert env == {"PIP_INDEX_URL": "https://mirror.example/simple", "PATH": "/usr/bin",
+                   "UV_EXTRA_INDEX_URL": "https://extra.example/simple",
+                   "PIP_EXTRA_INDEX_URL": "https://extra.example/simple"}
 
 
 @pytest.mark.skipif(not have_git_checkout(), reason="needs the git checkout (CI has it)")

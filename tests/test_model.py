@@ -226,3 +226,32 @@ def test_devices_are_checked_by_name(tiny_path: Path) -> None:
     r = subprocess.run([sys.executable, "-m", "step35", "run", "-m", str(tiny_path), "-p", "Hi", "-n", "2",
                         "-dev", "CUDA9"], capture_output=True, text=True)
     assert r.returncode != 0 and "no device named 'CUDA9'" in r.stderr and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("kwargs, name, low", [
+    ({"n_gpu_layers": -7}, "n_gpu_layers", -1),
+    ({"n_gpu_layers": -2}, "n_gpu_layers", -1),
+    ({"n_gpu_layers": 2**31}, "n_gpu_layers", -1),
+    ({"n_gpu_layers": True}, "n_gpu_layers", -1),
+    ({"n_gpu_layers": 1.5}, "n_gpu_layers", -1),
+    ({"main_gpu": -1}, "main_gpu", 0),
+    ({"main_gpu": 2**31}, "main_gpu", 0),
+    ({"main_gpu": "0"}, "main_gpu", 0),
+])
+def test_numeric_load_arguments_are_range_checked(tiny_path: Path, kwargs, name: str, low: int) -> None:
+    with pytest.raises(ValueError, match=rf"^{name} must be an int in \[{low}, 2147483647\] \(.*\), got "):
+        step35.Model(tiny_path, **kwargs)
+
+
+def test_n_gpu_layers_none_some_or_more_than_there_are(tiny_path: Path) -> None:
+    for n in (0, 2, 999):  # -1 (all) is the default every other test uses
+        with step35.Model(tiny_path, n_gpu_layers=n) as m:
+            assert m.n_layer > 1
+
+
+def test_main_gpu_must_name_one_of_the_devices(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from step35 import _backends
+
+    monkeypatch.setattr(_backends, "resolve_devices", lambda devices: list(devices))  # as if both GPUs existed
+    with pytest.raises(ValueError, match=r"main_gpu=2 but only 2 device\(s\) are used \(GPU0, GPU1\)"):
+        step35.Model(tiny_path, devices=["GPU0", "GPU1"], main_gpu=2)

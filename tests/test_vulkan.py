@@ -76,6 +76,12 @@ def _rel(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.abs(a - b).max(-1) / np.abs(b).max()
 
 
+def _decisive(reference: np.ndarray) -> np.ndarray:
+    """Positions whose top-2 logit margin exceeds twice the tolerated error (LOGIT_TOL x max |logit|)."""
+    top2 = np.sort(reference, axis=-1)[:, -2:]
+    return (top2[:, 1] - top2[:, 0]) > 2 * LOGIT_TOL * np.abs(reference).max()
+
+
 def _vulkan_backend():
     for b in step35.backends().loaded:
         if b.name == "Vulkan":
@@ -132,11 +138,17 @@ def test_prompt_logits_agree_with_cpu(vulkan_model, cpu_reference) -> None:
         got = ctx.logits(ids)
     want = cpu_reference["logits"][: len(ids)]
     rel = _rel(got, want)
-    top1 = np.mean(got.argmax(-1) == want.argmax(-1))
+    agree = got.argmax(-1) == want.argmax(-1)
+    decisive = _decisive(want)
     print(f"\nVulkan (lavapipe, default fp16) vs CPU, {len(ids)} prompt positions: max rel. logit error "
-          f"{rel.max():.2e} (tolerance {LOGIT_TOL:.0e}), top-1 agreement {top1:.3f}")
+          f"{rel.max():.2e} (tolerance {LOGIT_TOL:.0e}), top-1 agreement {agree.mean():.3f}; "
+          f"{decisive.sum()} positions with a top-2 margin the tolerance cannot flip, "
+          f"{int((agree & decisive).sum())} of them agree")
+    # The bound is the check. Exact top-1 equality is not asserted: where the
+    # CPU's top two are closer than twice the tolerated error (a near-tie of
+    # the random model, which also moves with the CPU variant) either token is
+    # right, and everywhere else the bound already rules a flip out.
     assert rel.max() <= LOGIT_TOL
-    assert (got.argmax(-1) == want.argmax(-1)).all()
 
 
 def test_greedy_tokens_equal_cpu_fp32(tiny_path: Path, cpu_reference, tmp_path: Path) -> None:
@@ -151,12 +163,21 @@ def test_greedy_tokens_equal_cpu_fp32(tiny_path: Path, cpu_reference, tmp_path: 
     got = _run(tiny_path, tmp_path / "vk", gpu=True, GGML_VK_DISABLE_F16="1")
     assert got["ids"] == cpu_reference["ids"]
     assert len(got["tokens"]) == N_GEN
-    assert got["tokens"] == cpu_reference["tokens"]
-    assert got["text"] == cpu_reference["text"]
-    rel = _rel(got["logits"], cpu_reference["logits"])
-    print(f"\nVulkan (lavapipe, fp32) vs CPU, prompt + {N_GEN} generated positions: max rel. logit error "
-          f"{rel.max():.2e} (tolerance {LOGIT_TOL:.0e})")
+    first = next((i for i, (a, b) in enumerate(zip(got["tokens"], cpu_reference["tokens"])) if a != b), None)
+    # Logits are comparable while both runs have seen the same tokens.
+    n = len(got["ids"]) + (N_GEN if first is None else first)
+    rel = _rel(got["logits"][:n], cpu_reference["logits"][:n])
+    print(f"\nVulkan (lavapipe, fp32) vs CPU, {n} positions: max rel. logit error "
+          f"{rel.max():.2e} (tolerance {LOGIT_TOL:.0e}); greedy tokens "
+          + ("all equal" if first is None else f"equal up to {first}"))
     assert rel.max() <= LOGIT_TOL
+    if first is not None:
+        # Only a near-tie may part them (the CPU reference moves with the CPU
+        # variant): the CPU's top two at that step must lie within the bound.
+        assert not _decisive(cpu_reference["logits"][n - 1: n])[0], (
+            f"greedy tokens differ at {first} where the CPU's choice was not a near-tie")
+    else:
+        assert got["text"] == cpu_reference["text"]
 
 
 def test_device_selection(tiny_path: Path) -> None:
@@ -168,3 +189,20 @@ def test_device_selection(tiny_path: Path) -> None:
         assert all((p["device"] or "").startswith("CPU") or p["device"] is None for p in parts), parts
     with pytest.raises(ValueError, match="no device named 'Vulkan7'; the devices here are Vulkan0"):
         step35.Model(tiny_path, devices=["Vulkan7"])
+
+
+def test_the_fit_plan_has_the_vulkan_device_as_its_own_pool(tiny_path: Path) -> None:
+    """The memory plan counts lavapipe's Vulkan0 as a pool of its own, with the weights placed there."""
+    from step35 import fit
+
+    p = fit.plan(tiny_path, n_ctx=512, flash_attn="off", kv_contexts=())
+    print(f"\n{p}")
+    pools = {q.name: q for q in p.pools}
+    assert "Vulkan0" in pools, [q.name for q in p.pools]
+    vk = pools["Vulkan0"]
+    assert not vk.shares_ram and vk.weights > 0 and vk.kv > 0 and vk.need >= vk.weights
+    # Every weight but the token embeddings (kept on the CPU for the input lookup) is on Vulkan0.
+    from step35.gguf import read_header
+
+    embd = next(t.nbytes for t in read_header(tiny_path).tensors if t.name == "token_embd.weight")
+    assert pools["RAM"].weights == embd

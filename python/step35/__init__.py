@@ -13,10 +13,9 @@ Quick start::
 
 from __future__ import annotations
 
-__version__ = "0.1.0"
-
 from . import errors
 from ._backends import BackendReport, backends
+from ._version import __version__
 from .errors import (
     BackendLoadError,
     Cancelled,

@@ -8,6 +8,8 @@ wrong place for us). Other backends come from plugin wheels (``step35[cuda]``,
 ``step35[vulkan]``) that advertise their libraries through the
 ``step35.backends`` entry-point group. A backend that fails to load is recorded
 with the reason and a warning; it never stops the CPU from working.
+
+:func:`core` hands out the native extension with all of this done, once.
 """
 
 from __future__ import annotations
@@ -15,18 +17,32 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
 from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._native import LIB_DIR, PACKAGE_DIR
+from ._native import LIB_DIR, PACKAGE_DIR, import_core
+from ._version import __version__
 from .errors import PluginUnavailable
+from .plugins import install_hint
 from .plugins import note as plugin_note
 
 ENTRY_POINT_GROUP = "step35.backends"
+# Names one CPU variant to load instead of the best-scoring one (testing the
+# kernels another processor would get; only variants this CPU can run).
+CPU_VARIANT_ENV = "STEP35_CPU_VARIANT"
+
+#: Device types as the binding names them (``device["type"]`` in :func:`backends`;
+#: ggml's CPU / GPU / IGPU / ACCEL). A ``GPU`` has its own memory; an ``IGPU``
+#: (integrated, e.g. DGX Spark's GB10, Ryzen AI Max's Radeon) uses system RAM.
+DEVICE_CPU, DEVICE_GPU, DEVICE_IGPU, DEVICE_ACCEL = "cpu", "gpu", "igpu", "accel"
+#: The types that are GPUs (what ``devices=`` selects and what the memory plan gives a pool).
+GPU_TYPES = (DEVICE_GPU, DEVICE_IGPU)
 
 if sys.platform == "win32":
     _PREFIX, _EXT = "ggml-", ".dll"
@@ -118,6 +134,20 @@ def _load_cpu(core: ModuleType, lib_dir: Path) -> None:
         _failed.append(FailedBackend("CPU", None, "core", f"no CPU backend library in {lib_dir}: reinstall step35"))
         return
     ranked = sorted((v for v in _cpu_variants if v.score > 0), key=lambda v: -v.score)
+    forced = os.environ.get(CPU_VARIANT_ENV, "").strip()
+    if forced and ranked:
+        chosen = [v for v in ranked if v.name == forced]
+        if chosen:
+            ranked = chosen
+        else:
+            known = ", ".join(v.name for v in _cpu_variants)
+            runnable = ", ".join(v.name for v in ranked)
+            _failed.append(FailedBackend(
+                "CPU", None, "core",
+                f"{CPU_VARIANT_ENV}={forced} cannot be used: "
+                + (f"this processor cannot run it (it can run: {runnable})"
+                   if any(v.name == forced for v in _cpu_variants) else f"no such variant (built: {known})")
+                + f"; using {ranked[0].name} instead"))
     if not ranked:
         _failed.append(FailedBackend(
             "CPU", None, "core",
@@ -132,9 +162,10 @@ def _load_cpu(core: ModuleType, lib_dir: Path) -> None:
             continue
         _cpu_choice = v.name
         supported = sum(1 for x in _cpu_variants if x.score > 0)
+        why = (f"forced by {CPU_VARIANT_ENV}" if forced == v.name else f"highest score ({v.score})")
         _loaded.append(LoadedBackend(
             reg_name, v.library, "core",
-            note=(f"variant {v.name}: highest score ({v.score}) of the {supported} of "
+            note=(f"variant {v.name}: {why} of the {supported} of "
                   f"{len(_cpu_variants)} built variants this CPU supports")))
         return
 
@@ -175,7 +206,7 @@ def _load_plugins(core: ModuleType, version: str) -> None:
             _failed.append(FailedBackend(
                 ep.name, None, source,
                 f"version skew: {dist.name} {dist.version} is installed but step35 is {version}; "
-                f"run `pip install \"{dist.name}=={version}\"` (or `pip install step35[{ep.name}]`)"))
+                f"run `pip install \"{dist.name}=={version}\"` (or `{install_hint(dist.name)}`)"))
             continue
         try:
             provider = ep.load()
@@ -192,8 +223,6 @@ def _load_plugins(core: ModuleType, version: str) -> None:
 
 def initialize(core: ModuleType, lib_dir: Path = LIB_DIR) -> None:
     """Load the CPU variant, bundled backends and plugins, then init llama.cpp. Runs once."""
-    from . import __version__
-
     _set_log_level(core)
     _load_cpu(core, lib_dir)
     _load_other_bundled(core, lib_dir)
@@ -220,6 +249,27 @@ def _stamp() -> dict[str, Any]:
         return {}
 
 
+_lock = threading.Lock()
+_core: ModuleType | None = None
+
+
+def core() -> ModuleType:
+    """The ``step35._core`` extension, with backends loaded (once, thread-safe)."""
+    global _core
+    if _core is not None:
+        return _core
+    with _lock:
+        if _core is not None:
+            return _core
+        mod = import_core()
+        initialize(mod)
+        _core = mod
+    # Outside the lock and after setup: a warning turned into an error cannot
+    # leave the backends half-initialized.
+    warn_failures()
+    return _core
+
+
 def backends() -> BackendReport:
     """Report the package version, the llama.cpp it carries, and every backend.
 
@@ -229,9 +279,6 @@ def backends() -> BackendReport:
         >>> report.cpu_variant            # e.g. 'haswell'
         >>> [d["description"] for b in report.loaded for d in b.devices]
     """
-    from . import __version__
-    from ._native import core
-
     c = core()
     stamp = _stamp()
     return BackendReport(
@@ -244,3 +291,26 @@ def backends() -> BackendReport:
         cpu_variant=_cpu_choice,
         system_info=c.system_info(),
     )
+
+
+def resolve_devices(devices: Sequence[str] | str | None,
+                    available: Sequence[dict[str, Any]] | None = None) -> list[str] | None:
+    """Check ``devices`` (names, or one comma-separated string) against the devices there are.
+
+    ``available`` are device dicts as :func:`backends` lists them (default: the
+    loaded backends' devices). ``None`` stays None (every GPU); ``[]`` means the
+    CPU only. A ValueError names the devices there are.
+    """
+    if devices is None:
+        return None
+    if isinstance(devices, str):
+        devices = [d for d in devices.split(",") if d]
+    if available is None:
+        available = [d for b in backends().loaded for d in b.devices]
+    known = [d["name"] for d in available if d["type"] != DEVICE_CPU]
+    wrong = [d for d in devices if d not in known]
+    if wrong:
+        raise ValueError(f"no device named {', '.join(map(repr, wrong))}; the devices here are "
+                         f"{', '.join(known) if known else 'none besides the CPU (no GPU backend loaded)'}; "
+                         "see `step35 info`")
+    return list(devices)

@@ -1,42 +1,22 @@
-"""Import of the native extension, version check, and one-time backend setup."""
+"""Import of the native extension and its version check (no backends: see :mod:`step35._backends`)."""
 
 from __future__ import annotations
 
-import threading
+import os
 from pathlib import Path
 from types import ModuleType
 
+from ._version import __version__
 from .errors import BuildError
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The folder the package was imported from (symlinks not followed: lib/ and the
+# extension sit beside the module as installed).
+PACKAGE_DIR = Path(os.path.abspath(__file__)).parent
 LIB_DIR = PACKAGE_DIR / "lib"
 
-_lock = threading.Lock()
-_core: ModuleType | None = None
 
-
-def core() -> ModuleType:
-    """The ``step35._core`` extension, with backends loaded (once, thread-safe)."""
-    global _core
-    if _core is not None:
-        return _core
-    from . import _backends
-
-    with _lock:
-        if _core is not None:
-            return _core
-        mod = _import_core()
-        _backends.initialize(mod)
-        _core = mod
-    # Outside the lock and after setup: a warning turned into an error cannot
-    # leave the backends half-initialized.
-    _backends.warn_failures()
-    return _core
-
-
-def _import_core() -> ModuleType:
-    from . import __version__
-
+def import_core() -> ModuleType:
+    """The ``step35._core`` extension as built, checked against the package version (no backends loaded)."""
     try:
         from . import _core as mod
     except ImportError as e:

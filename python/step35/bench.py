@@ -129,9 +129,8 @@ def _run_row(worker: ThreadPoolExecutor, ctx: Any, progress: _Progress, label: s
     """Run native ``fn`` on the benchmark's worker thread while this thread shows progress and watches for Ctrl-C.
 
     Every call of one benchmark runs on the same worker thread (the warm-up
-    included). A fresh thread per row made the OS place its first batch beside
-    a busy ggml worker on this 2-core machine: 128-token rows then took 2.5x
-    longer in about half the runs (7k instead of 19k tokens/s; native 18k).
+    included): a fresh thread per row can be placed beside a busy ggml worker
+    for its first batch, which makes short rows slow and noisy.
     """
     fut = worker.submit(fn, *args, **kw)
     t0 = time.perf_counter()
@@ -190,7 +189,7 @@ def run(
         progress: a progress line on stderr (default: when stderr is a terminal).
         on_row: called with each row as soon as it is measured.
     """
-    from ._native import core as _core
+    from ._backends import core as _core
     from .model import Model
 
     pps = _ints("npp", npp, 0)

@@ -21,7 +21,7 @@ from .toolcalls import ChatStreamParser, parse_output
 if TYPE_CHECKING:
     from .context import Context
 
-__all__ = ["ChatStream", "build_prompt", "select_tools"]
+__all__ = ["ChatStream", "build_prompt", "check_template_kwargs", "select_tools"]
 
 
 def select_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
@@ -52,6 +52,25 @@ def select_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) ->
             raise ValueError(f"tool_choice names {name!r}, which is not among the tools")
         return chosen
     raise ValueError(f'tool_choice must be "auto", "none", "required" or a function choice, got {tool_choice!r}')
+
+
+#: Variables the chat call itself gives the template; ``template_kwargs`` may not set them.
+TEMPLATE_VARIABLES = ("messages", "tools", "add_generation_prompt", "bos_token", "eos_token")
+
+
+def check_template_kwargs(template_kwargs: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``template_kwargs`` of :meth:`step35.Model.chat` as a dict (ValueError/TypeError naming what is wrong)."""
+    if template_kwargs is None:
+        return {}
+    if not isinstance(template_kwargs, Mapping):
+        raise TypeError(f"template_kwargs must be a dict of template variables, not {type(template_kwargs).__name__}")
+    for key in template_kwargs:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ValueError(f"template_kwargs keys must be variable names, got {key!r}")
+        if key in TEMPLATE_VARIABLES:
+            raise ValueError(f"template_kwargs may not set {key!r}: chat() gives the template "
+                             f"{', '.join(TEMPLATE_VARIABLES)} itself")
+    return dict(template_kwargs)
 
 
 def build_prompt(template: str, messages: Sequence[Mapping[str, Any]], tools: list[dict[str, Any]] | None, *,

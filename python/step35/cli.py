@@ -24,7 +24,7 @@ import sys
 import time
 from pathlib import Path
 
-from . import __version__
+from ._version import __version__
 
 
 def _fmt_bytes(n: float) -> str:
@@ -196,6 +196,7 @@ def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--top-p", type=float, default=0.95)
     g.add_argument("--min-p", type=float, default=0.05)
     g.add_argument("--repeat-penalty", type=float, default=1.0)
+    g.add_argument("--repeat-last-n", type=int, default=64, help="tokens the repeat penalty looks at (-1 = all)")
     g.add_argument("-s", "--seed", type=int, default=None)
 
 
@@ -208,7 +209,7 @@ def _context_params(args: argparse.Namespace) -> dict:
 
 def _sampling(args: argparse.Namespace) -> dict:
     return {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repeat_penalty": args.repeat_penalty, "seed": args.seed}
+            "repeat_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n, "seed": args.seed}
 
 
 def _device_list(value: str) -> list[str]:
@@ -216,21 +217,24 @@ def _device_list(value: str) -> list[str]:
     return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
 
 
-def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None) -> str | None:
+def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None) -> tuple[str | None, bool]:
     """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
 
-    With context ``params`` the memory plan is made from the repo's headers
+    With context ``params`` the memory plan of a repo is made from its headers
     before the download, so a model that cannot fit is refused before fetching it.
+    Returns the path and whether that plan was made (then loading need not make it again).
     """
     from . import hub
 
     if value and hub.looks_like_repo(value) and not Path(value).exists():
-        if params is not None:
+        planned = False
+        if params is not None and not hub.is_offline():
             from .fit import check_context
 
             check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices)
-        return str(hub.download(value))
-    return value
+            planned = True
+        return str(hub.download(value)), planned
+    return value, False
 
 
 def _open_model(args: argparse.Namespace):
@@ -238,9 +242,9 @@ def _open_model(args: argparse.Namespace):
 
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
-    path = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device) or _default_model()
-    model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), context=params,
-                                   check_memory=check, devices=args.device)
+    path, planned = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device)
+    model, _ = _load_with_progress(path or _default_model(), n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
+                                   context=params, check_memory=check and not planned, devices=args.device)
     return model
 
 
@@ -382,7 +386,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     if args.model:
-        path = _model_arg(args.model)
+        path, _ = _model_arg(args.model)
     else:
         from .testing import bench_model_path
 

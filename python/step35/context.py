@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
+from gguf.constants import GGMLQuantizationType
 
+from ._system import default_threads
 from .errors import ContextOverflowError
 
 if TYPE_CHECKING:
@@ -26,34 +27,34 @@ __all__ = ["ContextParams", "Context", "KV_TYPES"]
 
 #: KV-cache element types (``type_k`` / ``type_v``) and their ggml type ids.
 KV_TYPES: dict[str, int] = {
-    "f32": 0, "f16": 1, "bf16": 30, "q8_0": 8, "q4_0": 2, "q4_1": 3, "q5_0": 6, "q5_1": 7, "iq4_nl": 20,
+    t: int(GGMLQuantizationType[t.upper()])
+    for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 }
 _FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
 
 FlashAttn = Literal["auto", "on", "off"]
 
 
-def default_threads() -> int:
-    """Threads used when none are given: the number of physical cores, as llama.cpp's tools count them.
+_UINT32_MAX = 2**32 - 1  # the C++ ContextOptions fields n_ctx, n_batch, n_ubatch, n_seq_max are uint32_t
+_INT32_MAX = 2**31 - 1  # n_threads, n_threads_batch (int32_t); batches and positions are int32_t too
+_MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: it refuses a context with more sequences
 
-    (llama.cpp's library default is a fixed 4, which oversubscribes small
-    machines and underuses big ones.)
-    """
-    siblings = set()
-    cpu = 0
-    while True:
-        try:
-            with open(f"/sys/devices/system/cpu/cpu{cpu}/topology/thread_siblings") as f:
-                siblings.add(f.read().strip())
-        except OSError:
-            break
-        cpu += 1
-    return len(siblings) if siblings else max(1, os.cpu_count() or 1)
+#: The allowed range of each integer ContextParams field (None fields aside), as the C++ side takes it.
+_INT_RANGES: dict[str, tuple[int, int]] = {
+    "n_ctx": (0, _UINT32_MAX),
+    "n_batch": (1, _INT32_MAX),  # llama_batch_init takes an int32_t size
+    "n_ubatch": (1, _INT32_MAX),
+    "n_seq_max": (1, _MAX_SEQ),
+    "n_threads": (1, _INT32_MAX),
+    "n_threads_batch": (1, _INT32_MAX),
+}
 
 
-def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
+def _positive_int(name: str, value: Any, *, minimum: int = 1, maximum: int | None = None) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise ValueError(f"{name} must be an int, got {value!r}")
+    if maximum is not None and not minimum <= value <= maximum:
+        raise ValueError(f"{name} must be in [{minimum}, {maximum}], got {value}")
     if value < minimum:
         raise ValueError(f"{name} must be >= {minimum}, got {value}")
     return value
@@ -61,13 +62,13 @@ def _positive_int(name: str, value: Any, *, minimum: int = 1) -> int:
 
 @dataclasses.dataclass(frozen=True)
 class ContextParams:
-    """Settings of a context (the llama.cpp flags the seeds use in brackets).
+    """Settings of a context (the matching llama.cpp flags in brackets).
 
     Args:
         n_ctx: context length in tokens [-c]; 0 means the model's training context.
         n_batch: most tokens handed to one decode call [-b].
         n_ubatch: most tokens computed at once inside a decode call [-ub]; <= n_batch.
-        n_seq_max: independent sequences (parallel streams, batched benchmarks).
+        n_seq_max: independent sequences (parallel streams, batched benchmarks); at most 256.
         n_threads: threads for generation [-t]; None = the physical cores (as llama.cpp's tools).
         n_threads_batch: threads for prompt processing [-tb]; None = n_threads.
         flash_attn: "auto", "on" or "off" (or a bool) [-fa].
@@ -81,6 +82,10 @@ class ContextParams:
             first real call is not slower. Unlike llama.cpp's default warm-up it
             does not touch every expert, so it cannot run a nearly full machine
             out of memory. False skips it [--no-warmup].
+
+    Integer settings outside what llama.cpp takes (``n_ctx`` beyond 2**32 - 1,
+    ``n_batch`` or a thread count beyond 2**31 - 1) raise ``ValueError`` naming
+    the setting and its range.
     """
 
     n_ctx: int = 4096
@@ -98,16 +103,12 @@ class ContextParams:
     warmup: bool = True
 
     def __post_init__(self) -> None:
-        _positive_int("n_ctx", self.n_ctx, minimum=0)
-        _positive_int("n_batch", self.n_batch)
-        _positive_int("n_ubatch", self.n_ubatch)
-        _positive_int("n_seq_max", self.n_seq_max)
+        for name, (lo, hi) in _INT_RANGES.items():
+            v = getattr(self, name)
+            if v is not None or name not in ("n_threads", "n_threads_batch"):
+                _positive_int(name, v, minimum=lo, maximum=hi)
         if self.n_ubatch > self.n_batch:
             raise ValueError(f"n_ubatch ({self.n_ubatch}) must not exceed n_batch ({self.n_batch})")
-        for name in ("n_threads", "n_threads_batch"):
-            v = getattr(self, name)
-            if v is not None:
-                _positive_int(name, v)
         fa = self.flash_attn
         if isinstance(fa, bool):
             object.__setattr__(self, "flash_attn", "on" if fa else "off")
@@ -191,7 +192,7 @@ class Context:
 
     def __init__(self, model: Model, params: ContextParams | Mapping[str, Any] | None = None, **overrides: Any):
         """Create a context for ``model`` (settings: see :class:`ContextParams`)."""
-        from ._native import core
+        from ._backends import core
 
         self.params: ContextParams = ContextParams.coerce(params, **overrides)
         """The settings this context was made with."""
@@ -265,7 +266,7 @@ class Context:
     def memory_breakdown(self) -> list[dict[str, Any]]:
         """Per buffer type (``CPU``, ``CPU_REPACK``, ``CUDA0``, ...): bytes of weights
         (``model``), KV cache (``context``) and compute buffers (``compute``)."""
-        from ._native import core
+        from ._backends import core
 
         return list(core().memory_breakdown(self._handle))
 
@@ -306,10 +307,11 @@ class Context:
         if logits not in _OUTPUTS:
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         ids = _token_list(tokens)
+        _positive_int("seq_id", seq_id, minimum=0, maximum=self.n_seq_max - 1)
         if pos is None:
             pos = len(self._handle.history) if seq_id == 0 else int(self._handle.seq_pos_max(seq_id)) + 1
         _positive_int("pos", pos, minimum=0)
-        _positive_int("chunk", chunk, minimum=0)
+        chunk = min(_positive_int("chunk", chunk, minimum=0), self.n_batch)  # as the native side clamps it
         if pos + len(ids) > self.n_ctx:
             raise ContextOverflowError(
                 f"{len(ids)} tokens at position {pos} need {pos + len(ids)} positions but the context "

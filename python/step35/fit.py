@@ -35,16 +35,20 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from ._backends import DEVICE_IGPU, GPU_TYPES, resolve_devices
+from ._system import system_memory
 from .errors import MemoryFitError
+from .gguf import model_files, read_header, reject_fork_era
 
 __all__ = [
     "MemoryFitError",
     "KVCache",
     "Pool",
+    "Machine",
     "FitPlan",
     "kv_cache_bytes",
     "kv_table",
@@ -82,7 +86,7 @@ def _pad(n: int, to: int) -> int:
 def _row_size(type_name: str, n: int) -> int:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from .context import KV_TYPES
+    from .context import KV_TYPES  # (imports numpy: only when a plan is made)
 
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType(KV_TYPES[type_name])]
     if n % block:
@@ -189,82 +193,6 @@ def weight_bytes(headers: Iterable[Any]) -> int:
 
 # --------------------------------------------------------------------------- the machine
 
-
-def _cgroup_limit() -> tuple[int | None, int | None]:
-    base = Path("/sys/fs/cgroup")
-    try:
-        raw = (base / "memory.max").read_text().strip()
-        if raw != "max":
-            return int(raw), int((base / "memory.current").read_text().strip())
-    except (OSError, ValueError):
-        pass
-    try:  # cgroup v1
-        lim = int((base / "memory" / "memory.limit_in_bytes").read_text().strip())
-        if lim < 1 << 60:
-            return lim, int((base / "memory" / "memory.usage_in_bytes").read_text().strip())
-    except (OSError, ValueError):
-        pass
-    return None, None
-
-
-def system_memory() -> tuple[int, int]:
-    """(total, available) bytes of system RAM, honouring a container's memory limit.
-
-    Available is what can be had without swapping: Linux's MemAvailable (free
-    memory plus reclaimable page cache), macOS' free + inactive + purgeable pages,
-    Windows' available physical memory.
-    """
-    total = avail = None
-    if sys.platform.startswith("linux"):
-        try:
-            info = {}
-            with open("/proc/meminfo") as f:
-                for line in f:
-                    k, _, v = line.partition(":")
-                    info[k] = int(v.split()[0]) * 1024
-            total, avail = info["MemTotal"], info.get("MemAvailable", info.get("MemFree"))
-        except (OSError, KeyError, ValueError):
-            pass
-        lim, used = _cgroup_limit()
-        if lim is not None and total is not None:
-            total = min(total, lim)
-            avail = min(avail or total, max(lim - (used or 0), 0))
-    elif sys.platform == "darwin":
-        import subprocess
-
-        try:
-            total = int(subprocess.run(["sysctl", "-n", "hw.memsize"], capture_output=True, text=True,
-                                       check=True).stdout)
-            out = subprocess.run(["vm_stat"], capture_output=True, text=True, check=True).stdout
-            page = int(out.split("page size of ")[1].split()[0]) if "page size of " in out else 16384
-            pages = {k.strip(): int(v.strip().rstrip(".")) for k, v in
-                     (ln.split(":", 1) for ln in out.splitlines()[1:] if ":" in ln) if v.strip().rstrip(".").isdigit()}
-            avail = page * sum(pages.get(k, 0) for k in
-                               ("Pages free", "Pages inactive", "Pages purgeable", "Pages speculative"))
-        except (OSError, ValueError, IndexError, subprocess.SubprocessError):
-            pass
-    elif sys.platform == "win32":
-        import ctypes
-
-        class _MS(ctypes.Structure):
-            _fields_ = [("dwLength", ctypes.c_ulong), ("dwMemoryLoad", ctypes.c_ulong),
-                        ("ullTotalPhys", ctypes.c_ulonglong), ("ullAvailPhys", ctypes.c_ulonglong),
-                        ("ullTotalPageFile", ctypes.c_ulonglong), ("ullAvailPageFile", ctypes.c_ulonglong),
-                        ("ullTotalVirtual", ctypes.c_ulonglong), ("ullAvailVirtual", ctypes.c_ulonglong),
-                        ("ullAvailExtendedVirtual", ctypes.c_ulonglong)]
-
-        ms = _MS()
-        ms.dwLength = ctypes.sizeof(_MS)
-        if ctypes.windll.kernel32.GlobalMemoryStatusEx(ctypes.byref(ms)):  # type: ignore[attr-defined]
-            total, avail = int(ms.ullTotalPhys), int(ms.ullAvailPhys)
-    if total is None:
-        try:
-            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
-        except (ValueError, OSError, AttributeError):
-            total = 0
-    return int(total), int(avail if avail is not None else total)
-
-
 @dataclass
 class Pool:
     """One memory pool: system RAM, or one GPU's own memory."""
@@ -286,25 +214,79 @@ class Pool:
         return self.total == 0 or self.need <= _usable(self.available)
 
 
-def _pools(memory: int | None) -> tuple[Pool, dict[str, Pool]]:
-    total, avail = system_memory()
-    if memory is not None:
-        total = avail = int(memory)
-    ram = Pool("RAM", f"system memory ({platform.machine() or 'unknown'})", total, avail)
-    gpus: dict[str, Pool] = {}
-    try:
+@dataclass
+class Machine:
+    """What a plan is made against: system memory, the devices, the operating system.
+
+    :meth:`here` describes this machine (``step35.backends()``'s devices, the
+    RAM available now). :func:`plan` takes another one (``machine=``) to plan for
+    a different machine; its :meth:`place` must then say where llama.cpp puts
+    each buffer there (here it asks llama.cpp, with a ``no_alloc`` load).
+    """
+
+    memory_total: int  #: bytes of system RAM
+    memory_available: int  #: bytes of RAM to be had without swapping
+    #: every device, as :func:`step35.backends` lists them (``name``, ``description``,
+    #: ``type``: one of ``step35._backends.DEVICE_*``, ``backend``, ``memory_total``, ``memory_free``)
+    devices: list[dict[str, Any]] = field(default_factory=list)
+    sys_platform: str = sys.platform  #: ``sys.platform`` of the machine ("darwin", "linux", "win32")
+    arch: str = ""  #: ``platform.machine()``
+    #: what the machine description leaves out, and why (a backend that did not load, ...)
+    notes: list[str] = field(default_factory=list)
+
+    @classmethod
+    def here(cls, memory: int | None = None) -> Machine:
+        """This machine; ``memory`` pretends it has that many bytes of RAM (all of them available)."""
         from ._backends import backends
 
-        for b in backends().loaded:
-            for d in b.devices:
-                if d.get("type") in ("GPU", "IGPU") and d.get("name"):
-                    # Apple silicon (Metal) and integrated GPUs (DGX Spark's GB10 reports IGPU) use system RAM.
-                    unified = d["type"] == "IGPU" or d.get("backend") == "MTL" or sys.platform == "darwin"
-                    gpus[d["name"]] = Pool(d["name"], d.get("description", ""), int(d.get("memory_total") or 0),
-                                           int(d.get("memory_free") or 0), shares_ram=unified)
-    except Exception:  # noqa: BLE001 - a broken backend must not break planning; info shows why
-        pass
-    return ram, gpus
+        total, avail = system_memory()
+        if memory is not None:
+            total = avail = int(memory)
+        report = backends()
+        devices = [{**d, "backend": d.get("backend") or b.name} for b in report.loaded for d in b.devices]
+        loaded = {b.name.lower() for b in report.loaded}
+        notes = [f"backend {f.name} did not load, its devices are not in this plan: {f.reason}"
+                 for f in report.failed if f.name.lower() not in loaded]  # (not a CPU variant passed over)
+        return cls(total, avail, devices, sys.platform, platform.machine(), notes)
+
+    def place(self, path: Path, *, n_gpu_layers: int, main_gpu: int, context: Any,
+              devices: list[str] | None) -> list[dict[str, Any]]:
+        """Where llama.cpp puts the model's buffers: one dict per buffer type
+        (``device``, ``host``, ``buffer_type``, and the bytes of ``model`` weights,
+        KV cache (``context``) and ``compute`` buffers), as
+        :meth:`step35.Context.memory_breakdown` reports them."""
+        return _simulate(path, n_gpu_layers, main_gpu, context, devices)
+
+
+def _is_unified(device: dict[str, Any], machine: Machine) -> bool:
+    # Integrated GPUs (DGX Spark's GB10 and AMD's APUs report igpu) and Apple silicon
+    # (Metal reports gpu) have no memory of their own: what they hold comes out of RAM.
+    return device.get("type") == DEVICE_IGPU or device.get("backend") == "MTL" or machine.sys_platform == "darwin"
+
+
+def _pools(machine: Machine) -> tuple[Pool, dict[str, Pool], list[str]]:
+    """RAM, a pool per GPU, and notes on what could not be judged."""
+    ram = Pool("RAM", f"system memory ({machine.arch or 'unknown'})", machine.memory_total,
+               machine.memory_available)
+    gpus: dict[str, Pool] = {}
+    notes = list(machine.notes)
+    for d in machine.devices:
+        if d.get("type") not in GPU_TYPES:
+            continue
+        name = d.get("name")
+        if not name:
+            notes.append(f"a {d.get('type')} device with no name ({d.get('description') or 'no description'}) "
+                         "is not in this plan")
+            continue
+        try:
+            total, free = int(d.get("memory_total") or 0), int(d.get("memory_free") or 0)
+        except (TypeError, ValueError):
+            total = free = 0
+        if total <= 0:
+            notes.append(f"{name} reports no memory size: what it holds is shown, not judged")
+            total = free = 0
+        gpus[name] = Pool(name, d.get("description", ""), total, free, shares_ram=_is_unified(d, machine))
+    return ram, gpus, notes
 
 
 # --------------------------------------------------------------------------- the plan
@@ -392,19 +374,17 @@ class _Source:
 
 
 def _local_source(path: str | os.PathLike[str]) -> _Source:
-    from .gguf import read_header
-    from .model import model_files
-
     files = model_files(path)
     return _Source(str(files[0]), files, [read_header(f) for f in files])
 
 
-def _remote_source(spec: str, quant: str | None) -> _Source:
+def _remote_source(spec: str, quant: str | None, revision: str | None,
+                   include: str | Sequence[str] | None) -> _Source:
     from . import hub
 
     tmp = tempfile.mkdtemp(prefix="step35-fit-")
     try:
-        files, headers, label = hub.header_stubs(spec, quant, Path(tmp))
+        files, headers, label = hub.header_stubs(spec, quant, Path(tmp), revision=revision, include=include)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -413,7 +393,7 @@ def _remote_source(spec: str, quant: str | None) -> _Source:
 
 def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any,
               devices: list[str] | None = None) -> list[dict[str, Any]]:
-    from ._native import core
+    from ._backends import core
 
     c = core()
     m = c.load_model(str(path), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices)
@@ -442,15 +422,19 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
          type_v: str = "f16", n_gpu_layers: int = -1, swa_full: bool = False, n_batch: int = 2048,
          n_ubatch: int = 512, n_seq_max: int = 1, kv_unified: bool = True, flash_attn: str | bool = "auto",
          main_gpu: int = 0, n_outputs: int | None = None, devices: Sequence[str] | None = None,
-         memory: int | None = None, kv_contexts: Sequence[int] = (16384, 65536, 262144)) -> FitPlan:
+         memory: int | None = None, kv_contexts: Sequence[int] = (16384, 65536, 262144),
+         revision: str | None = None, include: str | Sequence[str] | None = None,
+         machine: Machine | None = None) -> FitPlan:
     """Plan the memory of ``model`` with this context on this machine.
 
     ``model`` is a local ``.gguf`` (any part of a split set) or a Hub repo
-    (``owner/name[:QUANT]``; only the GGUF headers are fetched). ``memory``
-    pretends the machine has that many bytes of RAM (for "would it fit on a
-    128 GB Mac?"). ``n_outputs`` is the most logits rows one call returns
+    (``owner/name[:QUANT]``; only the GGUF headers are fetched; ``revision``
+    and ``include`` choose the files as :func:`step35.hub.download` does).
+    ``memory`` pretends the machine has that many bytes of RAM (for "would it
+    fit on a 128 GB Mac?"). ``n_outputs`` is the most logits rows one call returns
     (default ``n_seq_max``: generation; scoring a whole prompt needs one per
-    token). ``devices`` restricts the GPUs as :class:`~step35.Model` does. The
+    token). ``devices`` restricts the GPUs as :class:`~step35.Model` does.
+    ``machine`` plans for another :class:`Machine` than this one. The
     other arguments are the context's (see :class:`~step35.ContextParams`);
     ``n_ctx=0`` means the training context.
     """
@@ -459,33 +443,42 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
 
     ctx = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, swa_full=swa_full, n_batch=n_batch,
                         n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_unified=kv_unified, flash_attn=flash_attn)
+    if machine is None:
+        machine = Machine.here(memory)
+    elif memory is not None:
+        machine = replace(machine, memory_total=int(memory), memory_available=int(memory))
+    device_list = resolve_devices(devices, machine.devices)
     local = Path(os.fspath(model)).expanduser()
     remote = not local.exists() and looks_like_repo(str(model))
-    src = _remote_source(str(model), quant) if remote else _local_source(local)
+    if not remote and (revision is not None or include is not None):
+        raise ValueError(f"revision= and include= choose files of a Hub repo; {model} is a local path")
+    src = _remote_source(str(model), quant, revision, include) if remote else _local_source(local)
     try:
         meta = src.headers[0].metadata
-        from .model import _check_family
-
-        _check_family(src.headers[0], src.files[0])
+        reject_fork_era(src.headers[0], src.files[0])
         kv = kv_cache_bytes(meta, n_ctx, ctx.type_k, ctx.type_v, swa_full=swa_full, n_seq_max=n_seq_max,
                             kv_unified=ctx.kv_unified, n_ubatch=n_ubatch, flash_attn=ctx.flash_attn != "off")
         weights = weight_bytes(src.headers)
-        from .model import _device_names
-
-        breakdown = _simulate(src.files[0], n_gpu_layers, main_gpu, ctx.replace(n_ctx=kv.n_ctx),
-                              _device_names(devices))
+        breakdown = machine.place(src.files[0], n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
+                                  context=ctx.replace(n_ctx=kv.n_ctx), devices=device_list)
     finally:
         if src.tmpdir:
             shutil.rmtree(src.tmpdir, ignore_errors=True)
 
-    ram, gpus = _pools(memory)
+    ram, gpus, notes = _pools(machine)
+    elsewhere: dict[str, int] = {}
+    cpu_like = {d.get("name") for d in machine.devices if d.get("type") not in GPU_TYPES}
     for row in breakdown:
         dev = row.get("device")
         pool = gpus.get(dev) if dev and not row.get("host") else None
+        if pool is None and dev and not row.get("host") and dev not in cpu_like:
+            elsewhere[dev] = elsewhere.get(dev, 0) + row["model"] + row["context"] + row["compute"]
         for p in ([pool, ram] if pool is not None and pool.shares_ram else [pool or ram]):
             p.weights += row["model"]
             p.kv += row["context"]
             p.compute += row["compute"]
+    notes += [f"{_fmt(n)} placed on {dev}, a device this plan does not know, is counted in RAM"
+              for dev, n in elsewhere.items()]
     pools = [ram] + [g for g in gpus.values() if g.weights or g.kv or g.compute]
     for p in pools:
         p.need = p.weights + p.kv + p.compute
@@ -494,7 +487,8 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     ram.need += outputs
     compute = sum(r["compute"] for r in breakdown)
     result = FitPlan(src.label, kv.n_ctx, ctx.type_k, ctx.type_v, swa_full, n_gpu_layers, n_ubatch, weights, kv,
-                     compute, outputs, pools, kv_table=kv_table(meta, kv_contexts, n_ubatch=n_ubatch) if kv_contexts else [])
+                     compute, outputs, pools, notes=notes,
+                     kv_table=kv_table(meta, kv_contexts, n_ubatch=n_ubatch) if kv_contexts else [])
     sim_kv = sum(r["context"] for r in breakdown)
     if sim_kv != kv.total:  # never seen; would mean llama.cpp's sizing rules changed (tests compare them)
         result.notes.append(f"llama.cpp plans {_fmt(sim_kv)} of KV cache, the formula {_fmt(kv.total)}")
@@ -502,17 +496,17 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     if repack:
         result.notes.append(f"{_fmt(repack)} of weights are repacked for this CPU; with mmap (the default) their "
                             f"file pages are also read once while loading (page cache the OS reclaims when needed)")
-    _suggest(result, meta, _layer_bytes(src.headers), ctx)
+    _suggest(result, meta, _layer_bytes(src.headers), ctx, machine)
     return result
 
 
-def _suggest(p: FitPlan, meta: dict[str, Any], layer_bytes: dict[int, int], ctx: Any) -> None:
+def _suggest(p: FitPlan, meta: dict[str, Any], layer_bytes: dict[int, int], ctx: Any, machine: Machine) -> None:
     if p.fits:
         return
     ram = p.pools[0]
     kw = dict(swa_full=p.swa_full, n_seq_max=ctx.n_seq_max, kv_unified=ctx.kv_unified, n_ubatch=p.n_ubatch,
               flash_attn=ctx.flash_attn != "off")
-    worst = max(p.pools, key=lambda q: q.need - _usable(q.available))
+    worst = max((q for q in p.pools if not q.fits), key=lambda q: q.need - _usable(q.available))
     over = worst.need - _usable(worst.available)
     non_kv = worst.need - worst.kv
 
@@ -546,14 +540,14 @@ def _suggest(p: FitPlan, meta: dict[str, Any], layer_bytes: dict[int, int], ctx:
         per_kv = p.kv.total / max(len(layer_bytes), 1)
         room = _usable(worst.available) - worst.compute - (worst.weights - sum(layer_bytes.values()))
         n, used = 0, 0.0
-        for il in sorted(layer_bytes):
-            used += layer_bytes[il] + per_kv
-            if used > room:
+        for il in sorted(layer_bytes, reverse=True):  # -ngl N offloads the last N layers
+            if used + layer_bytes[il] + per_kv > room:
                 break
+            used += layer_bytes[il] + per_kv
             n += 1
         p.suggestions.append(f"offload fewer layers: -ngl {n} keeps about {_fmt(used)} on {worst.name}, "
                              f"the rest runs from RAM")
-    if sys.platform == "darwin" and any(q.shares_ram and not q.fits for q in p.pools) and ram.fits:
+    if machine.sys_platform == "darwin" and any(q.shares_ram and not q.fits for q in p.pools) and ram.fits:
         gpu = next(q for q in p.pools if q.shares_ram and not q.fits)
         mb = math.ceil((gpu.need + MARGIN_FIXED) / _MiB / 1024) * 1024
         p.suggestions.append(f"raise macOS' GPU wired-memory limit (default ~75% of RAM): "
@@ -576,7 +570,8 @@ def check(model: str | os.PathLike[str], **kw: Any) -> FitPlan:
 
 
 def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: int = -1, main_gpu: int = 0,
-                  quant: str | None = None, devices: Sequence[str] | None = None) -> FitPlan | None:
+                  quant: str | None = None, devices: Sequence[str] | None = None, revision: str | None = None,
+                  include: str | Sequence[str] | None = None) -> FitPlan | None:
     """:func:`check` for a :class:`~step35.ContextParams`; does nothing (None) when
     ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Model` and the CLI call."""
     if _skip_check():
@@ -585,4 +580,4 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
     return check(model, quant=quant, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
                  n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
                  flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, devices=devices,
-                 kv_contexts=())
+                 revision=revision, include=include, kv_contexts=())

@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -23,6 +23,9 @@ def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
+
+
+_INT32_MAX = 2**31 - 1  # top_k and repeat_last_n are int32_t on the native side
 
 
 def _integer(name: str, value: Any) -> int:
@@ -60,8 +63,8 @@ class SamplingParams:
     def __post_init__(self) -> None:
         if _number("temperature", self.temperature) < 0:
             raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if _integer("top_k", self.top_k) < 0:
-            raise ValueError(f"top_k must be >= 0, got {self.top_k}")
+        if not 0 <= _integer("top_k", self.top_k) <= _INT32_MAX:
+            raise ValueError(f"top_k must be in [0, {_INT32_MAX}], got {self.top_k}")
         top_p = _number("top_p", self.top_p)
         if not 0 < top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
@@ -69,12 +72,24 @@ class SamplingParams:
             raise ValueError(f"min_p must be in [0, 1], got {self.min_p}")
         if _number("repeat_penalty", self.repeat_penalty) <= 0:
             raise ValueError(f"repeat_penalty must be > 0, got {self.repeat_penalty}")
-        if _integer("repeat_last_n", self.repeat_last_n) < -1:
-            raise ValueError(f"repeat_last_n must be >= -1, got {self.repeat_last_n}")
+        if not -1 <= _integer("repeat_last_n", self.repeat_last_n) <= _INT32_MAX:
+            raise ValueError(f"repeat_last_n must be in [-1, {_INT32_MAX}], got {self.repeat_last_n}")
         _number("presence_penalty", self.presence_penalty)
         _number("frequency_penalty", self.frequency_penalty)
         if self.seed is not None and not 0 <= _integer("seed", self.seed) < 2**32 - 1:
             raise ValueError(f"seed must be in [0, 2**32 - 1), got {self.seed}")
+
+    @classmethod
+    def _pick(cls, values: Mapping[str, Any]) -> SamplingParams:
+        """The sampling settings among ``values`` (a caller's ``locals()``), validated.
+
+        :meth:`step35.Model.generate` and :meth:`step35.Model.chat` spell these
+        fields out in their signatures (for IDEs and type checkers) and build
+        their settings here, so a field missing from either is a KeyError at
+        the first call, and tests/test_generate.py checks both signatures
+        against this class.
+        """
+        return cls(**{f.name: values[f.name] for f in dataclasses.fields(cls)})
 
     def _native(self, core: Any) -> tuple[Any, int]:
         o = core.SamplingOptions()
@@ -88,7 +103,7 @@ class SamplingParams:
 
 @dataclasses.dataclass(frozen=True)
 class GenerationStats:
-    """What one generate/chat call did, in the units of seed 002's tables."""
+    """What one generate/chat call did: token counts, times, speeds (llama.cpp's units)."""
 
     prompt_tokens: int
     """Tokens in the prompt."""
@@ -234,8 +249,8 @@ def check_max_tokens(max_tokens: int | None) -> int:
     """``max_tokens`` validated (None = until the context is full -> -1)."""
     if max_tokens is None:
         return -1
-    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 0:
-        raise ValueError(f"max_tokens must be an int >= 0 or None, got {max_tokens!r}")
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or not 0 <= max_tokens < 2**63:
+        raise ValueError(f"max_tokens must be an int in [0, 2**63 - 1] or None, got {max_tokens!r}")
     return max_tokens
 
 

@@ -4,12 +4,18 @@ Reads only the header, never the tensor data, from any binary file object, so
 it works on local files and (later) on byte ranges fetched over HTTP. Corrupt
 or truncated input raises :class:`~step35.errors.InvalidModelError`; it never
 tries to allocate more than the file could hold.
+
+Also the facts about GGUF files on disk: the split-set naming
+(``NAME-0000K-of-0000N.gguf``), :func:`model_files`, and the check that a file
+is in upstream llama.cpp's format.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import os
+import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,3 +166,72 @@ def read_header(source: str | os.PathLike[str] | BinaryIO, *, name: str | None =
         offset = r.unpack("<Q")
         tensors.append(TensorInfo(tname, shape, ttype, offset))
     return GGUFHeader(version, metadata, tensors, r.pos)
+
+
+# --------------------------------------------------------------------------- files on disk
+
+#: A part of a split set, as llama.cpp's ``gguf-split`` names them: ``NAME-0000K-of-0000N.gguf``.
+SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+def split_name(prefix: str, no: int, count: int) -> str:
+    """The name of part ``no`` (from 1) of a ``count``-part split set called ``prefix``."""
+    return f"{prefix}-{no:05d}-of-{count:05d}.gguf"
+
+
+def split_set(name: str) -> tuple[str, list[str]] | None:
+    """``(prefix, every part's name)`` of the split set ``name`` belongs to, or None for a single file.
+
+    ``name`` may carry a folder (``Q4_K_S/M-00001-of-00003.gguf``); the parts keep it.
+    """
+    m = SPLIT_RE.match(name)
+    if not m:
+        return None
+    count = int(m["count"])
+    return m["prefix"], [split_name(m["prefix"], i, count) for i in range(1, count + 1)]
+
+
+def model_files(path: str | os.PathLike[str]) -> list[Path]:
+    """All files of the model at ``path``: itself, or every part of a split set.
+
+    Any part of a ``NAME-0000K-of-0000N.gguf`` set names the whole set. Raises
+    :class:`FileNotFoundError` listing whatever is missing.
+    """
+    p = Path(os.fspath(path)).expanduser()
+    split = split_set(p.name)
+    if split:
+        files = [p.with_name(n) for n in split[1]]
+        missing = [f for f in files if not f.is_file()]
+        if missing:
+            raise FileNotFoundError(
+                errno.ENOENT,
+                f"split model is incomplete: {len(missing)} of {len(files)} parts missing "
+                f"({', '.join(f.name for f in missing)})",
+                str(p),
+            )
+        return files
+    if p.is_dir():
+        raise IsADirectoryError(errno.EISDIR, "expected a .gguf model file, got a directory", str(p))
+    if not p.is_file():
+        raise FileNotFoundError(errno.ENOENT, "no such model file", str(p))
+    return [p]
+
+
+# Keys written only by the early StepFun llama.cpp fork; upstream cannot load these files.
+_FORK_ERA_KEYS = ("swiglu_limits", "swiglu_limits_shared", "rope.scaling.apply_mask")
+_UPSTREAM_GGUFS = "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S (Q4_K_S) or ubergarm/Step-3.5-Flash-GGUF (IQ4_XS)"
+
+
+def reject_fork_era(header: GGUFHeader, path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InvalidModelError` for a GGUF written by the early StepFun llama.cpp fork.
+
+    Upstream llama.cpp ignores that fork's keys and would run such a model without its clamps.
+    """
+    arch = header.architecture
+    fork = [k for k in header.metadata if arch and any(k == f"{arch}.{suffix}" for suffix in _FORK_ERA_KEYS)]
+    if fork:
+        raise InvalidModelError(
+            f"{path} was written by the early StepFun llama.cpp fork (it has {', '.join(fork)}), "
+            f"which upstream llama.cpp cannot load. Download an upstream-format GGUF instead, "
+            f"e.g. {_UPSTREAM_GGUFS}."
+        )

@@ -30,6 +30,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import InvalidModelError, Step35Error
+from .gguf import model_files, read_header, split_set
 
 __all__ = ["HubError", "PRESETS", "parse_spec", "looks_like_repo", "resolve", "download"]
 
@@ -45,7 +46,7 @@ class Preset:
     note: str = ""
 
 
-#: Repos named in the seeds, and the quant each one means by default.
+#: Known Step 3.5 Flash GGUF repos, and the quant each one means by default.
 PRESETS: dict[str, Preset] = {
     "stepfun-ai/Step-3.5-Flash-Int4": Preset("stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S", "Q4_K_S",
                                              "StepFun's Q4_K_S (the Int4 repo now resolves here)"),
@@ -54,7 +55,6 @@ PRESETS: dict[str, Preset] = {
     "ubergarm/Step-3.5-Flash-GGUF": Preset("ubergarm/Step-3.5-Flash-GGUF", "IQ4_XS", "ubergarm's IQ4_XS, split in 4"),
 }
 
-_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 # A quantization name inside a file or folder name (Q4_K_S, IQ4_XS, UD-Q4_K_XL, Q8_0, BF16, MXFP4_MOE, ...).
 _QUANT_RE = re.compile(
     r"(?<![A-Za-z0-9])((?:UD-)?(?:I?Q[1-8](?:_[0-9A-Z]{1,4})*|BF16|F16|F32|MXFP4(?:_MOE)?|TQ[12]_0))(?![A-Za-z0-9_])",
@@ -95,8 +95,8 @@ def _matches_quant(name: str, quant: str) -> bool:
 
 def _model_key(name: str) -> str:
     """Files of one model share a key: the split-set prefix, or the file name itself."""
-    m = _SPLIT_RE.match(name)
-    return m["prefix"] if m else name
+    split = split_set(name)
+    return split[0] if split else name
 
 
 def _is_weights(name: str) -> bool:
@@ -136,15 +136,14 @@ def _select(repo_id: str, names: Iterable[str], quant: str | None, include: str 
     # Expand every split part to its whole set, and require the set to be complete in the repo.
     out: list[str] = []
     for n in chosen:
-        m = _SPLIT_RE.match(n)
-        if not m:
+        split = split_set(n)
+        if not split:
             out.append(n)
             continue
-        count = int(m["count"])
-        parts = [f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf" for i in range(1, count + 1)]
+        prefix, parts = split
         missing = [p for p in parts if p not in names]
         if missing:
-            raise HubError(f"{repo_id}: split set {PurePosixPath(m['prefix']).name} is incomplete in the repo "
+            raise HubError(f"{repo_id}: split set {PurePosixPath(prefix).name} is incomplete in the repo "
                            f"(missing {', '.join(PurePosixPath(p).name for p in missing)})")
         out.extend(parts)
     out = sorted(set(out), key=lambda n: (_model_key(n), n))
@@ -172,7 +171,8 @@ def _cache_dir(cache_dir: str | os.PathLike[str] | None) -> str | None:
     return None  # huggingface_hub's default
 
 
-def _offline(local_files_only: bool) -> bool:
+def is_offline(local_files_only: bool = False) -> bool:
+    """Whether the Hub is off limits: ``local_files_only``, or ``HF_HUB_OFFLINE`` set (everything from the cache)."""
     from huggingface_hub import constants
 
     env = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
@@ -243,7 +243,7 @@ def _plan(repo: str, quant: str | None, include, revision: str | None, cache_dir
           local_files_only: bool) -> _Plan:
     repo_id, quant = parse_spec(repo, quant)
     repo_id, quant = _apply_preset(repo_id, quant)
-    if _offline(local_files_only):
+    if is_offline(local_files_only):
         commit, names = _cached_names(repo_id, revision, cache_dir)
         if not names:
             raise HubError(f"offline and {repo_id}{'@' + revision if revision else ''} is not in the cache "
@@ -306,9 +306,6 @@ def _evict(path: Path) -> None:
 
 
 def _verify(plan: _Plan, paths: dict[str, Path], fresh: set[str]) -> None:
-    from .gguf import read_header
-    from .model import model_files
-
     for name, path in paths.items():
         size, sha256, git_sha1 = plan.meta.get(name, (None, None, None))
         problem = None
@@ -354,7 +351,7 @@ def download_files(repo: str, quant: str | None = None, include: str | list[str]
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     cache = _cache_dir(cache_dir)
-    offline = _offline(local_files_only)
+    offline = is_offline(local_files_only)
     plan = _plan(repo, quant, include, revision, cache, local_files_only)
     paths: dict[str, Path] = {}
     fresh: set[str] = set()
@@ -413,8 +410,6 @@ def read_remote_header(repo_id: str, name: str, revision: str | None = None, *,
 
     from huggingface_hub import hf_hub_url
 
-    from .gguf import read_header
-
     url = hf_hub_url(repo_id, name, revision=revision, endpoint=_endpoint())
     n = first or HEADER_PROBE
     while True:
@@ -427,11 +422,13 @@ def read_remote_header(repo_id: str, name: str, revision: str | None = None, *,
             n *= 4
 
 
-def header_stubs(repo: str, quant: str | None, where: Path,
-                 revision: str | None = None) -> tuple[list[Path], list[Any], str]:
+def header_stubs(repo: str, quant: str | None, where: Path, revision: str | None = None,
+                 include: str | list[str] | None = None) -> tuple[list[Path], list[Any], str]:
     """Sparse local stand-ins for a repo's model files, for memory planning before a download.
 
-    For every model file of the chosen quant (a split set: every part) the header
+    The files are those :func:`download` would fetch with the same ``quant``,
+    ``include`` and ``revision``, and of them the model it would return (the
+    first; a split set: every part). For each the header
     is read (from the cache when the file is there, else over HTTP range
     requests), written to ``where`` under the file's name and extended sparsely
     to the file's real size, so llama.cpp can plan a ``no_alloc`` load of it.
@@ -439,15 +436,14 @@ def header_stubs(repo: str, quant: str | None, where: Path,
     """
     from huggingface_hub import try_to_load_from_cache
 
-    from .gguf import read_header
-
     repo_id, q = _apply_preset(*parse_spec(repo, quant))
     cache = _cache_dir(None)
-    p = _plan(repo, quant, None, revision, cache, False)
+    p = _plan(repo, quant, include, revision, cache, False)
     label = f"{repo_id}:{q}" if q else repo_id
+    weights = [n for n in p.files if _is_weights(n)]
     files, headers = [], []
-    for name in p.files:
-        if not _is_weights(name):
+    for name in weights:
+        if _model_key(name) != _model_key(weights[0]):
             continue
         stub = where / PurePosixPath(name).name
         cached = try_to_load_from_cache(p.repo_id, name, cache_dir=cache, revision=p.revision)

@@ -2,15 +2,12 @@
 
 from __future__ import annotations
 
-import errno
 import os
-import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import InvalidModelError
-from .gguf import GGUFHeader, read_header
+from .gguf import model_files, read_header, reject_fork_era
 
 if TYPE_CHECKING:
     import numpy as np
@@ -21,68 +18,15 @@ if TYPE_CHECKING:
 
 __all__ = ["Model", "model_files"]
 
-_SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
-# Keys written only by the early StepFun llama.cpp fork; upstream cannot load these files.
-_FORK_ERA_KEYS = ("swiglu_limits", "swiglu_limits_shared", "rope.scaling.apply_mask")
-_UPSTREAM_GGUFS = "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S (Q4_K_S) or ubergarm/Step-3.5-Flash-GGUF (IQ4_XS)"
-
 ProgressCallback = Callable[[float], "bool | None"]
 
-
-def model_files(path: str | os.PathLike[str]) -> list[Path]:
-    """All files of the model at ``path``: itself, or every part of a split set.
-
-    Any part of a ``NAME-0000K-of-0000N.gguf`` set names the whole set. Raises
-    :class:`FileNotFoundError` listing whatever is missing.
-    """
-    p = Path(os.fspath(path)).expanduser()
-    m = _SPLIT_RE.match(p.name)
-    if m:
-        count = int(m["count"])
-        files = [p.with_name(f"{m['prefix']}-{i:05d}-of-{count:05d}.gguf") for i in range(1, count + 1)]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                errno.ENOENT,
-                f"split model is incomplete: {len(missing)} of {count} parts missing "
-                f"({', '.join(f.name for f in missing)})",
-                str(p),
-            )
-        return files
-    if p.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "expected a .gguf model file, got a directory", str(p))
-    if not p.is_file():
-        raise FileNotFoundError(errno.ENOENT, "no such model file", str(p))
-    return [p]
+_INT32_MAX = 2**31 - 1  # llama_model_params' n_gpu_layers and main_gpu are C ints
 
 
-def _device_names(devices: Sequence[str] | None) -> list[str] | None:
-    """Check ``devices`` against the loaded backends' GPUs; ValueError names the ones there are."""
-    if devices is None:
-        return None
-    if isinstance(devices, str):
-        devices = [d for d in devices.split(",") if d]
-    from ._backends import backends
-
-    known = [d["name"] for b in backends().loaded for d in b.devices if d["type"] != "cpu"]
-    wrong = [d for d in devices if d not in known]
-    if wrong:
-        raise ValueError(f"no device named {', '.join(map(repr, wrong))}; the devices here are "
-                         f"{', '.join(known) if known else 'none besides the CPU (no GPU backend loaded)'}; "
-                         "see `step35 info`")
-    return list(devices)
-
-
-def _check_family(header: GGUFHeader, path: Path) -> None:
-    arch = header.architecture
-    fork = [k for k in header.metadata if arch and any(k == f"{arch}.{suffix}" for suffix in _FORK_ERA_KEYS)]
-    if fork:
-        raise InvalidModelError(
-            f"{path} was written by the early StepFun llama.cpp fork (it has {', '.join(fork)}), "
-            f"which upstream llama.cpp cannot load. Download an upstream-format GGUF instead, "
-            f"e.g. {_UPSTREAM_GGUFS}."
-        )
+def _check_int(name: str, value: Any, minimum: int, meaning: str) -> None:
+    """ValueError naming ``name`` and its range unless ``value`` is an int in [minimum, 2**31 - 1]."""
+    if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _INT32_MAX:
+        raise ValueError(f"{name} must be an int in [{minimum}, {_INT32_MAX}] ({meaning}), got {value!r}")
 
 
 class Model:
@@ -97,14 +41,16 @@ class Model:
 
     Args:
         path: a ``.gguf`` file, or any part of a split set (``-0000K-of-0000N.gguf``).
-        n_gpu_layers: layers to offload to the GPU; ``-1`` means all (ignored on CPU-only machines).
+        n_gpu_layers: layers to offload to the GPU; ``-1`` means all, ``0`` none
+            (ignored on CPU-only machines). Anything below -1 is a ``ValueError``.
         use_mmap: memory-map the weights instead of reading them into RAM.
         use_mlock: pin the weights in RAM.
         progress: called with the load fraction in [0, 1]; return ``False`` to cancel
             (raises :class:`~step35.errors.Cancelled`). Ctrl-C also stops the load.
         vocab_only: load only the tokenizer (fast; no weights).
         check_tensors: validate tensor data while loading (slow).
-        main_gpu: the device index used when the whole model goes on one GPU.
+        main_gpu: the device index (>= 0, below the number of ``devices`` when they
+            are given) used when the whole model goes on one GPU.
         devices: the GPUs to use, by name as :func:`step35.backends` lists them
             (``["CUDA0"]``, ``["Vulkan0", "Vulkan1"]``); ``None`` (default) uses
             every GPU of every loaded backend, ``[]`` only the CPU.
@@ -144,10 +90,15 @@ class Model:
         self.path: Path = self.files[0]
         """The file llama.cpp opens (the first part of a split set)."""
         self._header = read_header(self.path)
-        _check_family(self._header, self.path)
-        if not isinstance(n_gpu_layers, int):
-            raise ValueError(f"n_gpu_layers must be an int, got {n_gpu_layers!r}")
-        device_list = _device_names(devices)
+        reject_fork_era(self._header, self.path)
+        _check_int("n_gpu_layers", n_gpu_layers, -1, "-1 = all layers, 0 = none, N = the first N")
+        _check_int("main_gpu", main_gpu, 0, "an index into the GPUs used")
+        from ._backends import resolve_devices
+
+        device_list = resolve_devices(devices)
+        if device_list and main_gpu >= len(device_list):
+            raise ValueError(f"main_gpu={main_gpu} but only {len(device_list)} device(s) are used "
+                             f"({', '.join(device_list)}); main_gpu must be in [0, {len(device_list) - 1}]")
         from .context import ContextParams
 
         self._context_params = ContextParams.coerce(context)
@@ -157,7 +108,7 @@ class Model:
 
             check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
                           devices=device_list)
-        from ._native import core
+        from ._backends import core
 
         self._handle = core().load_model(
             str(self.path),
@@ -415,27 +366,29 @@ class Model:
         """
         from .generation import SamplingParams, run
 
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  repeat_penalty=repeat_penalty, repeat_last_n=repeat_last_n,
-                                  presence_penalty=presence_penalty, frequency_penalty=frequency_penalty, seed=seed)
+        sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         ids = self._prompt_tokens(prompt, add_special, parse_special)
         ctx = context if context is not None else self.context
         return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop)
 
-    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
-                    **template_vars: Any) -> str:
-        """The prompt text :meth:`chat` sends for ``messages`` and ``tools`` (rendered by the GGUF's template)."""
-        return self._render_chat(messages, tools, **template_vars)[0]
+    def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *,
+                    template_kwargs: Mapping[str, Any] | None = None) -> str:
+        """The prompt text :meth:`chat` sends for ``messages`` and ``tools`` (rendered by the GGUF's template).
+
+        ``template_kwargs``: further variables for the template, as in :meth:`chat`.
+        """
+        return self._render_chat(messages, tools, template_kwargs)[0]
 
     def _render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                     **template_vars: Any) -> tuple[str, bool]:
+                     template_kwargs: Mapping[str, Any] | None = None) -> tuple[str, bool]:
         """The chat prompt, and whether tokenizing it must add BOS (the template may write it itself)."""
-        from .chat import build_prompt
+        from .chat import build_prompt, check_template_kwargs
 
+        extra = check_template_kwargs(template_kwargs)
         special = self.special_tokens
         bos_text = self._token_text(special.get("bos"))
         prompt = build_prompt(self._template(), messages, tools, bos_token=bos_text,
-                              eos_token=self._token_text(special.get("eos")), **template_vars)
+                              eos_token=self._token_text(special.get("eos")), **extra)
         add_bos = bool(special.get("add_bos")) and not (bos_text and prompt.startswith(bos_text))
         return prompt, add_bos
 
@@ -443,7 +396,7 @@ class Model:
         template = self.chat_template
         if template:
             return template
-        from .testing import chat_template_path
+        from ._data import chat_template_path
 
         return chat_template_path().read_text(encoding="utf-8")
 
@@ -465,12 +418,13 @@ class Model:
         top_p: float = 0.95,
         min_p: float = 0.05,
         repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
         presence_penalty: float = 0.0,
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | list[str] | None = None,
         context: Context | None = None,
-        **template_vars: Any,
+        template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | ChatStream:
         """An OpenAI-style chat completion.
 
@@ -484,6 +438,24 @@ class Model:
 
         Returns a ``chat.completion`` dict, or with ``stream=True`` a
         :class:`~step35.chat.ChatStream` of ``chat.completion.chunk`` dicts.
+
+        Args:
+            messages, tools: the conversation and the tools offered (OpenAI shapes).
+            tool_choice: ``"auto"``, ``"none"``, ``"required"`` or
+                ``{"type": "function", "function": {"name": ...}}`` (see :func:`step35.chat.select_tools`).
+            max_tokens: most tokens to generate (None: until the context is full).
+            temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
+                presence_penalty, frequency_penalty, seed: see :class:`~step35.SamplingParams`;
+                the same settings, with the same defaults, as :meth:`generate`.
+            stop: string(s) that end generation; they are not part of the output.
+            context: run on this context instead of the model's default one.
+            template_kwargs: further variables for the chat template, e.g.
+                ``{"current_date": "2025-01-31"}`` for a template that reads one
+                (the built-in Step 3.5 template reads none). Names the template
+                already gets (``messages``, ``tools``, ``add_generation_prompt``,
+                ``bos_token``, ``eos_token``) are refused. Any other keyword
+                argument of ``chat`` is a ``TypeError``, so a misspelt setting
+                (``temprature=0``) cannot pass silently.
 
         Example::
 
@@ -500,11 +472,9 @@ class Model:
         from .chat import ChatStream, complete, select_tools
         from .generation import SamplingParams, run
 
-        sampling = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
-                                  repeat_penalty=repeat_penalty, presence_penalty=presence_penalty,
-                                  frequency_penalty=frequency_penalty, seed=seed)
+        sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         chosen = select_tools(tools, tool_choice)
-        prompt, add_bos = self._render_chat(messages, chosen, **template_vars)
+        prompt, add_bos = self._render_chat(messages, chosen, template_kwargs)
         ids = self.tokenize(prompt, add_special=add_bos, parse_special=True)
         ctx = context if context is not None else self.context
         name = self.path.name
@@ -520,19 +490,23 @@ class Model:
         """Download ``repo_id`` (``owner/name[:QUANT]`` or a preset) from the Hub and load it.
 
         See :func:`step35.hub.download`; ``model_kwargs`` go to :class:`Model`.
-        Unless ``check_memory=False``, the memory plan is made from the repo's
-        headers first, so a model that cannot fit raises
-        :class:`~step35.errors.MemoryFitError` before anything is downloaded.
+        Unless ``check_memory=False``, the memory plan is made once, from the
+        headers of the files that will be downloaded, so a model that cannot fit
+        raises :class:`~step35.errors.MemoryFitError` before anything is
+        downloaded (offline, from the cached files instead).
         """
-        from .hub import download
+        from . import hub
 
-        if model_kwargs.get("check_memory", True) and not local_files_only and include is None and revision is None:
+        kwargs = dict(model_kwargs)
+        if kwargs.get("check_memory", True) and not kwargs.get("vocab_only") and not hub.is_offline(local_files_only):
+            from ._backends import resolve_devices
             from .context import ContextParams
             from .fit import check_context
 
-            check_context(repo_id, ContextParams.coerce(model_kwargs.get("context")), quant=quant,
-                          n_gpu_layers=model_kwargs.get("n_gpu_layers", -1),
-                          devices=_device_names(model_kwargs.get("devices")))
-        path = download(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
-                        local_files_only=local_files_only)
-        return cls(path, **model_kwargs)
+            check_context(repo_id, ContextParams.coerce(kwargs.get("context")), quant=quant, include=include,
+                          revision=revision, n_gpu_layers=kwargs.get("n_gpu_layers", -1),
+                          main_gpu=kwargs.get("main_gpu", 0), devices=resolve_devices(kwargs.get("devices")))
+            kwargs["check_memory"] = False  # planned: these headers are the downloaded files' own
+        path = hub.download(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
+                            local_files_only=local_files_only)
+        return cls(path, **kwargs)

@@ -29,6 +29,17 @@ __all__ = ["PluginUnavailable", "backend_module", "cuda_libraries", "note", "vul
 _notes: dict[str, str] = {}
 
 
+# The extra of the core distribution that installs each plugin distribution
+# (pyproject.toml, [tool.scikit-build.metadata.optional-dependencies]).
+PLUGIN_EXTRAS = {"step35-cuda12": "cuda", "step35-cuda13": "cuda13", "step35-vulkan": "vulkan"}
+
+
+def install_hint(distribution: str) -> str:
+    """``pip install step35[EXTRA]`` for a plugin distribution (by its name)."""
+    extra = PLUGIN_EXTRAS.get(distribution.lower().replace("_", "-"))
+    return f"pip install step35[{extra}]" if extra else f"pip install {distribution}"
+
+
 def note(library: str) -> str:
     """The note recorded for a plugin library, or ''."""
     return _notes.get(str(library), "")
@@ -129,7 +140,7 @@ def cuda_libraries(lib_dir: Path, cuda_major: int) -> list[str]:
             f"CUDA plugin installed, but the CUDA {cuda_major} runtime is incomplete: cannot load "
             + ", ".join(missing)
             + f". Install NVIDIA's wheels (`pip install {_CUDA_WHEELS.get(cuda_major, 'the CUDA runtime')}`,"
-            f" which `pip install step35[{'cuda' if cuda_major == 12 else f'cuda{cuda_major}'}]` does)"
+            f" which `{install_hint(f'step35-cuda{cuda_major}')}` does)"
             f" or a CUDA {cuda_major} toolkit")
     folders = sorted({str(p.parent) for p in wheel.values()})
     _notes[str(module)] = (f"CUDA {cuda_major} runtime from NVIDIA's wheels ({', '.join(folders)})" if folders

@@ -1,8 +1,8 @@
 """The platforms StepFun validated Step 3.5 Flash on, with their install line and settings.
 
-The settings are the ones of StepFun's own llama.cpp instructions (the seeds of
-this project): 16K context with ``-b 2048 -ub 2048 -fa on`` everywhere, and
-what each machine needs for long contexts. ``step35 info`` shows the preset of
+The settings are the ones of StepFun's own llama.cpp instructions: 16K context
+with ``-b 2048 -ub 2048 -fa on`` everywhere, and what each machine needs for
+long contexts. ``step35 info`` shows the preset of
 the machine it recognises (``step35 info --preset NAME`` shows any of them).
 """
 

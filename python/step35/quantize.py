@@ -19,17 +19,40 @@ from __future__ import annotations
 import errno
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from .model import model_files
+from .gguf import model_files
 
 __all__ = ["quantize", "QUANT_TYPES"]
 
+
+class _FileTypes(Mapping[str, int]):
+    """Target format -> llama_ftype, the numbers from ``gguf.constants.LlamaFileType``
+    (read on first lookup, so that ``import step35`` does not import numpy)."""
+
+    _NAMES = ("F32", "F16", "BF16", "Q8_0", "Q6_K", "Q5_K_M", "Q5_K_S", "Q4_K_M", "Q4_K_S", "Q4_0",
+              "IQ4_XS", "IQ4_NL", "Q3_K_M")
+
+    def __getitem__(self, key: str) -> int:
+        if key not in self._NAMES:
+            raise KeyError(key)
+        from gguf.constants import LlamaFileType
+
+        return int(LlamaFileType["ALL_F32" if key == "F32" else f"MOSTLY_{key}"])
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._NAMES)
+
+    def __len__(self) -> int:
+        return len(self._NAMES)
+
+    def __repr__(self) -> str:
+        return repr(dict(self))
+
+
 #: Supported target formats -> llama_ftype.
-QUANT_TYPES: dict[str, int] = {
-    "F32": 0, "F16": 1, "BF16": 32, "Q8_0": 7, "Q6_K": 18, "Q5_K_M": 17, "Q5_K_S": 16,
-    "Q4_K_M": 15, "Q4_K_S": 14, "Q4_0": 2, "IQ4_XS": 30, "IQ4_NL": 25, "Q3_K_M": 12,
-}
+QUANT_TYPES: Mapping[str, int] = _FileTypes()
 
 
 def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], type: str, *, threads: int = 0,
@@ -71,7 +94,7 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], type: str
     if not dst_path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "output directory does not exist", str(dst_path.parent))
 
-    from ._native import core
+    from ._backends import core
 
     fd, tmp = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=".part", dir=dst_path.parent)
     os.close(fd)

@@ -47,8 +47,15 @@ from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Sequence
 
 import numpy as np
+from gguf.constants import (
+    GGML_QUANT_SIZES,
+    GGMLQuantizationType,
+    GGUFValueType,
+    LlamaFileType,
+)
 
-from .gguf import read_header
+from ._data import chat_template_path, vocab_path
+from .gguf import read_header, split_name
 
 __all__ = [
     "BUILDER_VERSION",
@@ -95,26 +102,29 @@ SPECIAL_TOKENS: tuple[tuple[str, int], ...] = (
     ("<im_patch>", 4),
 )
 
-_VOCAB_FILE = "ggml-vocab-gpt-2.gguf"
-_TEMPLATE_FILE = "StepFun3.5-Flash.jinja"
-
-# ggml tensor types used here, with (block size, bytes per block)
-_GGML_F32, _GGML_F16, _GGML_Q8_0 = 0, 1, 8
+# ggml tensor types used here: name -> (ggml type id, block size, bytes per block)
 _DTYPES: dict[str, tuple[int, int, int]] = {
-    "f32": (_GGML_F32, 1, 4),
-    "f16": (_GGML_F16, 1, 2),
-    "q8_0": (_GGML_Q8_0, 32, 34),
-    # only in header-only files (write_header_only_model): no data is generated
-    "q4_K": (12, 256, 144),
-    "q5_K": (13, 256, 176),
-    "q6_K": (14, 256, 210),
-    "iq4_xs": (23, 256, 136),
-    "bf16": (30, 1, 2),
+    name: (int(t), *GGML_QUANT_SIZES[t]) for name, t in {
+        "f32": GGMLQuantizationType.F32,
+        "f16": GGMLQuantizationType.F16,
+        "q8_0": GGMLQuantizationType.Q8_0,
+        # only in header-only files (write_header_only_model): no data is generated
+        "q4_K": GGMLQuantizationType.Q4_K,
+        "q5_K": GGMLQuantizationType.Q5_K,
+        "q6_K": GGMLQuantizationType.Q6_K,
+        "iq4_xs": GGMLQuantizationType.IQ4_XS,
+        "bf16": GGMLQuantizationType.BF16,
+    }.items()
 }
-_FILE_TYPE = {"f32": 0, "f16": 1, "q8_0": 7}  # llama_ftype ALL_F32 / MOSTLY_F16 / MOSTLY_Q8_0
+# general.file_type (llama_ftype) of the files the builder writes
+_FILE_TYPE = {"f32": int(LlamaFileType.ALL_F32), "f16": int(LlamaFileType.MOSTLY_F16),
+              "q8_0": int(LlamaFileType.MOSTLY_Q8_0)}
 
 # GGUF value types
-_U8, _I8, _U16, _I16, _U32, _I32, _F32, _BOOL, _STR, _ARR, _U64, _I64, _F64 = range(13)
+_U8, _I8, _U16, _I16, _U32, _I32, _F32, _BOOL, _STR, _ARR, _U64, _I64, _F64 = (int(v) for v in (
+    GGUFValueType.UINT8, GGUFValueType.INT8, GGUFValueType.UINT16, GGUFValueType.INT16, GGUFValueType.UINT32,
+    GGUFValueType.INT32, GGUFValueType.FLOAT32, GGUFValueType.BOOL, GGUFValueType.STRING, GGUFValueType.ARRAY,
+    GGUFValueType.UINT64, GGUFValueType.INT64, GGUFValueType.FLOAT64))
 _SCALAR_FMT = {_U8: "<B", _I8: "<b", _U16: "<H", _I16: "<h", _U32: "<I", _I32: "<i",
                _F32: "<f", _BOOL: "<?", _U64: "<Q", _I64: "<q", _F64: "<d"}
 _ALIGNMENT = 32
@@ -269,46 +279,6 @@ def resolve_spec(size: str | ModelSpec) -> ModelSpec:
         return SIZES[size]
     except KeyError:
         raise ValueError(f"unknown size {size!r}; choose one of {sorted(SIZES)} or pass a ModelSpec") from None
-
-
-# --------------------------------------------------------------------------- data files
-
-
-def _data_file(name: str, fallback: pathlib.Path) -> pathlib.Path:
-    candidates: list[pathlib.Path] = []
-    try:
-        from importlib import resources
-
-        res = resources.files(__package__ or "step35").joinpath("data", name)
-        if res.is_file():
-            return pathlib.Path(str(res))
-        candidates.append(pathlib.Path(str(res)))
-    except Exception:  # package not importable as such (e.g. loaded from a path)
-        pass
-    here = pathlib.Path(__file__).resolve()
-    for p in (here.parent / "data" / name, fallback):
-        if p.is_file():
-            return p
-        candidates.append(p)
-    raise FileNotFoundError(
-        f"{name} not found; looked in: " + ", ".join(str(c) for c in dict.fromkeys(candidates))
-        + ". Install the step35 wheel (it ships step35/data/) or materialize llama.cpp/source in the repo."
-    )
-
-
-def _repo_root() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parents[2]
-
-
-def vocab_path() -> pathlib.Path:
-    """Path of ``ggml-vocab-gpt-2.gguf`` (package data, else the repo's llama.cpp source)."""
-    return _data_file(_VOCAB_FILE, _repo_root() / "llama.cpp" / "source" / "models" / _VOCAB_FILE)
-
-
-def chat_template_path() -> pathlib.Path:
-    """Path of the Step 3.5 Flash chat template (package data, else the repo's llama.cpp source)."""
-    return _data_file(
-        _TEMPLATE_FILE, _repo_root() / "llama.cpp" / "source" / "models" / "templates" / _TEMPLATE_FILE)
 
 
 @dataclass(frozen=True)
@@ -664,7 +634,7 @@ def split_paths(path: str | os.PathLike[str], n_split: int) -> list[pathlib.Path
     if n_split == 1:
         return [p]
     stem = p.name[: -len(".gguf")] if p.name.endswith(".gguf") else p.name
-    return [p.with_name(f"{stem}-{i + 1:05d}-of-{n_split:05d}.gguf") for i in range(n_split)]
+    return [p.with_name(split_name(stem, i + 1, n_split)) for i in range(n_split)]
 
 
 def build_model(
