@@ -20,6 +20,7 @@ const char * kind_name(ErrorKind k) {
         case ErrorKind::ContextOverflowError: return "ContextOverflowError";
         case ErrorKind::DecodeError: return "DecodeError";
         case ErrorKind::QuantizeError: return "QuantizeError";
+        case ErrorKind::QueueFullError: return "QueueFullError";
         case ErrorKind::Step35Error: break;
     }
     return "Step35Error";

@@ -25,6 +25,7 @@ enum class ErrorKind {
     ContextOverflowError,  // the input does not fit in n_ctx
     DecodeError,           // llama_decode failed
     QuantizeError,         // llama_model_quantize failed
+    QueueFullError,        // the engine's wait queue is full
 };
 
 struct Error : std::runtime_error {

@@ -1,8 +1,9 @@
 // The token loop: decode -> sample -> detokenize -> stop check, in C++ with
 // the GIL released. A Generation owns its context for its lifetime (BusyGuard)
 // and hands text back in pieces that never split a UTF-8 character and never
-// contain (a prefix of) a stop string. Streaming calls step(false) once per
-// piece; a non-streaming call runs the whole loop in one step(true).
+// contain (a prefix of) a stop string (TextOutput, sequence.h). Streaming
+// calls step(false) once per piece; a non-streaming call runs the whole loop
+// in one step(true).
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -14,22 +15,11 @@
 #include "errors.h"
 #include "log.h"
 #include "model.h"
+#include "sequence.h"
 
 namespace py = pybind11;
 
 namespace step35 {
-
-struct SamplingOptions {
-    float temperature = 0.8f;  // 0 = greedy
-    int32_t top_k = 40;        // 0 = off
-    float top_p = 0.95f;       // 1 = off
-    float min_p = 0.05f;       // 0 = off
-    float repeat_penalty = 1.0f;
-    int32_t repeat_last_n = 64;
-    float presence_penalty = 0.0f;
-    float frequency_penalty = 0.0f;
-    uint32_t seed = LLAMA_DEFAULT_SEED;
-};
 
 namespace {
 
@@ -39,48 +29,12 @@ double ms_since(clock_type::time_point t0, clock_type::time_point t1) {
     return std::chrono::duration<double, std::milli>(t1 - t0).count();
 }
 
-llama_sampler * make_sampler(const SamplingOptions & o, const llama_vocab * vocab) {
-    llama_sampler_chain_params cp = llama_sampler_chain_default_params();
-    cp.no_perf = true;
-    llama_sampler * chain = llama_sampler_chain_init(cp);
-    if (o.repeat_penalty != 1.0f || o.presence_penalty != 0.0f || o.frequency_penalty != 0.0f)
-        llama_sampler_chain_add(chain, llama_sampler_init_penalties(llama_vocab_n_tokens(vocab), o.repeat_last_n,
-                                                                    o.repeat_penalty, o.frequency_penalty,
-                                                                    o.presence_penalty));
-    if (o.temperature <= 0.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
-        return chain;
-    }
-    if (o.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(o.top_k));
-    if (o.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(o.top_p, 1));
-    if (o.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(o.min_p, 1));
-    llama_sampler_chain_add(chain, llama_sampler_init_temp(o.temperature));
-    llama_sampler_chain_add(chain, llama_sampler_init_dist(o.seed));
-    return chain;
-}
-
-// Bytes at the end of `s` that start a UTF-8 sequence not yet complete.
-size_t incomplete_utf8_tail(const std::string & s) {
-    const size_t n = s.size();
-    for (size_t back = 1; back <= 4 && back <= n; ++back) {
-        const unsigned char c = (unsigned char) s[n - back];
-        if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
-        size_t need = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
-        return need > back ? back : 0;
-    }
-    return 0;
-}
-
-py::str decode_utf8(const std::string & s) {
-    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace"));
-}
-
 class Generation {
 public:
     Generation(std::shared_ptr<ContextHandle> ctx, std::vector<llama_token> prompt, int64_t max_tokens,
                const SamplingOptions & sampling, std::vector<std::string> stop, bool render_special)
-        : ctx_(std::move(ctx)), prompt_(std::move(prompt)), max_tokens_(max_tokens), stop_(std::move(stop)),
-          render_special_(render_special) {
+        : ctx_(std::move(ctx)), prompt_(std::move(prompt)), max_tokens_(max_tokens),
+          out_(std::move(stop), render_special) {
         llama_context * c = ctx_->get();
         const llama_vocab * vocab = ctx_->vocab();
         if (prompt_.empty()) throw py::value_error("the prompt has no tokens");
@@ -91,18 +45,8 @@ public:
                         "the prompt has " + std::to_string(prompt_.size()) + " tokens but the context holds " +
                             std::to_string(n_ctx) + " (and at least one more is needed to generate); "
                             "use a larger n_ctx or a shorter prompt");
-        for (const auto & s : stop_) {
-            if (s.empty()) throw py::value_error("stop strings must not be empty");
-            max_stop_ = std::max(max_stop_, s.size());
-        }
         guard_ = std::make_unique<BusyGuard>(*ctx_);
-        sampler_ = make_sampler(sampling, vocab);
-        if (sampling.repeat_penalty != 1.0f || sampling.presence_penalty != 0.0f ||
-            sampling.frequency_penalty != 0.0f) {
-            const size_t k = sampling.repeat_last_n < 0 ? prompt_.size()
-                                                        : std::min(prompt_.size(), (size_t) sampling.repeat_last_n);
-            for (size_t i = prompt_.size() - k; i < prompt_.size(); ++i) llama_sampler_accept(sampler_, prompt_[i]);
-        }
+        sampler_ = make_sampler(sampling, vocab, prompt_);
         ctx_->interrupt().begin();
     }
 
@@ -130,7 +74,7 @@ public:
             release();
             raise_decode_error(*ctx_, st.rc, st.where, st.n, mark);
         }
-        std::string text = finished_ ? take_all() : take_ready();
+        std::string text = finished_ ? out_.take_all() : out_.take_ready();
         if (finished_) release();
         return decode_utf8(text);
     }
@@ -216,8 +160,7 @@ private:
             }
             ++n_gen_;
             generated_.push_back(tok);
-            append_piece(vocab, tok);
-            if (find_stop()) {
+            if (out_.append(vocab, tok)) {
                 finish("stop");
                 break;
             }
@@ -230,68 +173,9 @@ private:
                 break;
             }
             undecoded_ = tok;
-            if (!all && ready() > 0) break;
+            if (!all && out_.ready() > 0) break;
         }
         return st;
-    }
-
-    void append_piece(const llama_vocab * vocab, llama_token tok) {
-        char buf[256];
-        int32_t n = llama_token_to_piece(vocab, tok, buf, sizeof(buf), 0, render_special_);
-        if (n >= 0) {
-            pending_.append(buf, (size_t) n);
-        } else {
-            std::string big((size_t) -n, '\0');
-            n = llama_token_to_piece(vocab, tok, big.data(), (int32_t) big.size(), 0, render_special_);
-            if (n > 0) pending_.append(big.data(), (size_t) n);
-        }
-    }
-
-    // A stop string in the pending text ends generation; it and what follows are dropped.
-    bool find_stop() {
-        if (stop_.empty()) return false;
-        size_t best = std::string::npos;
-        for (const auto & s : stop_) {
-            size_t at = pending_.find(s);
-            if (at != std::string::npos && at < best) best = at;
-        }
-        if (best == std::string::npos) return false;
-        pending_.resize(best);
-        return true;
-    }
-
-    // Bytes of pending_ that can be handed out now.
-    size_t ready() const {
-        size_t hold = incomplete_utf8_tail(pending_);
-        // Hold back the longest tail that could still become a stop string.
-        const size_t lim = std::min(pending_.size(), max_stop_ > 0 ? max_stop_ - 1 : 0);
-        for (size_t k = lim; k > hold; --k) {
-            const char * tail = pending_.data() + pending_.size() - k;
-            bool prefix = false;
-            for (const auto & s : stop_)
-                if (s.size() > k && s.compare(0, k, tail, k) == 0) {
-                    prefix = true;
-                    break;
-                }
-            if (prefix) {
-                hold = k;
-                break;
-            }
-        }
-        return pending_.size() - hold;
-    }
-
-    std::string take_ready() {
-        const size_t n = ready();
-        std::string out = pending_.substr(0, n);
-        pending_.erase(0, n);
-        return out;
-    }
-
-    std::string take_all() {
-        std::string out;
-        out.swap(pending_);
-        return out;
     }
 
     void finish(const char * reason) {
@@ -312,9 +196,7 @@ private:
     std::shared_ptr<ContextHandle> ctx_;
     std::vector<llama_token> prompt_;
     int64_t max_tokens_;
-    std::vector<std::string> stop_;
-    size_t max_stop_ = 0;
-    bool render_special_;
+    TextOutput out_;
     std::unique_ptr<BusyGuard> guard_;
     llama_sampler * sampler_ = nullptr;
 
@@ -322,7 +204,6 @@ private:
     bool finished_ = false;
     std::string finish_reason_;
     llama_token undecoded_ = LLAMA_TOKEN_NULL;
-    std::string pending_;
     std::vector<llama_token> generated_;
     size_t n_gen_ = 0;
     size_t n_prompt_eval_ = 0;

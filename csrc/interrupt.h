@@ -27,6 +27,8 @@ public:
     void arm();
     // Any thread, no GIL needed.
     void request() { stop_.store(true, std::memory_order_relaxed); }
+    // Any thread, no GIL needed: forget a stop request (keeps the owner thread).
+    void reset() { stop_.store(false, std::memory_order_relaxed); }
     // Called from the working thread without the GIL.
     bool should_stop();
     // True when the stop came from a Python signal handler (Ctrl-C).

@@ -29,9 +29,11 @@ from .errors import (
     ModelLoadError,
     PluginUnavailable,
     QuantizeError,
+    QueueFullError,
     Step35Error,
     TokenizeError,
 )
+from .engine import Engine, EngineStream
 from .generation import Completion, CompletionStream, GenerationStats, SamplingParams
 from .model import Model
 from .quantize import QUANT_TYPES, quantize
@@ -39,6 +41,8 @@ from .quantize import QUANT_TYPES, quantize
 __all__ = [
     "__version__",
     "Model",
+    "Engine",
+    "EngineStream",
     "backends",
     "BackendReport",
     "errors",
@@ -55,6 +59,7 @@ __all__ = [
     "ContextOverflowError",
     "DecodeError",
     "QuantizeError",
+    "QueueFullError",
     "MemoryFitError",
     "Context",
     "ContextParams",

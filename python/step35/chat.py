@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat_template import render_chat, validate_tools
@@ -82,7 +82,8 @@ def build_prompt(template: str, messages: Sequence[Mapping[str, Any]], tools: li
 
 def _usage(stats: GenerationStats) -> dict[str, int]:
     return {"prompt_tokens": stats.prompt_tokens, "completion_tokens": stats.generated_tokens,
-            "total_tokens": stats.prompt_tokens + stats.generated_tokens}
+            "total_tokens": stats.prompt_tokens + stats.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": stats.prompt_tokens - stats.prompt_tokens_evaluated}}
 
 
 def _timings(stats: GenerationStats) -> dict[str, float]:
@@ -102,6 +103,11 @@ def complete(context: Context, prompt: list[int], tools: list[dict[str, Any]] | 
              max_tokens: int | None, sampling: SamplingParams, stop: Any) -> dict[str, Any]:
     """Run a non-streaming chat completion and return the OpenAI-shaped response."""
     native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop)
+    return response(native, seed, tools, model_name=model_name)
+
+
+def response(native: Any, seed: int, tools: list[dict[str, Any]] | None, *, model_name: str) -> dict[str, Any]:
+    """Run a started native generation to its end; the OpenAI ``chat.completion`` dict."""
     try:
         text = native.step(True)
     finally:
@@ -159,6 +165,25 @@ def _chunks(stream: CompletionStream, parser: ChatStreamParser, maker: _ChunkMak
         stream.close()
 
 
+async def _achunks(stream: CompletionStream, parser: ChatStreamParser,
+                   maker: _ChunkMaker) -> AsyncIterator[dict[str, Any]]:
+    """:func:`_chunks` for ``async for`` (pieces come from the stream's async iteration)."""
+    try:
+        yield maker.chunk({"role": "assistant"})
+        async for piece in stream:
+            for chunk in maker.deltas(parser.feed(piece)):
+                yield chunk
+        for chunk in maker.deltas(parser.finish()):
+            yield chunk
+        stats = stream.stats
+        reason = stream.finish_reason or "stop"
+        if maker.tool_calls and reason == "stop":
+            reason = "tool_calls"
+        yield maker.chunk({}, reason, usage=_usage(stats), timings=_timings(stats))
+    finally:
+        stream.close()
+
+
 class ChatStream:
     """Iterator of OpenAI ``chat.completion.chunk`` dicts.
 
@@ -171,13 +196,25 @@ class ChatStream:
 
     def __init__(self, stream: CompletionStream, tools: list[dict[str, Any]] | None, model_name: str):
         self._stream = stream
+        self._tools = tools
+        self._model_name = model_name
         self._iter = _chunks(stream, ChatStreamParser(tools), _ChunkMaker(model_name))
+        self._aiter: AsyncIterator[dict[str, Any]] | None = None
 
     def __iter__(self) -> ChatStream:
         return self
 
     def __next__(self) -> dict[str, Any]:
         return next(self._iter)
+
+    def __aiter__(self) -> ChatStream:
+        return self
+
+    async def __anext__(self) -> dict[str, Any]:
+        """The next chunk, for ``async for`` (use one way of iterating per stream)."""
+        if self._aiter is None:
+            self._aiter = _achunks(self._stream, ChatStreamParser(self._tools), _ChunkMaker(self._model_name))
+        return await self._aiter.__anext__()
 
     def close(self) -> None:
         """Stop generating and free the context (idempotent)."""

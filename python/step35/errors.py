@@ -23,6 +23,7 @@ __all__ = [
     "ContextOverflowError",
     "DecodeError",
     "QuantizeError",
+    "QueueFullError",
     "MemoryFitError",
 ]
 
@@ -77,6 +78,12 @@ class ContextOverflowError(Step35Error, ValueError):
 
 class DecodeError(Step35Error):
     """llama.cpp failed while evaluating tokens; the message includes its reason."""
+
+
+class QueueFullError(Step35Error):
+    """An :class:`~step35.Engine`'s wait queue is full; retry after :attr:`retry_after` seconds."""
+
+    retry_after: float = 1.0
 
 
 class QuantizeError(Step35Error):

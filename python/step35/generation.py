@@ -160,10 +160,10 @@ class CompletionStream:
     :attr:`tokens` describe the call.
     """
 
-    def __init__(self, native: Any, seed: int, context: Context):
+    def __init__(self, native: Any, seed: int, context: Any):
         self._native = native
         self._seed = seed
-        self._context = context  # keeps the context alive while streaming
+        self._context = context  # keeps the context (or engine) alive while streaming
         # The generator must not reference self: a cycle would keep an abandoned
         # stream (and the context it holds busy) alive until the next GC pass.
         self._iter = _pieces(native)
@@ -173,6 +173,18 @@ class CompletionStream:
 
     def __next__(self) -> str:
         return next(self._iter)
+
+    def __aiter__(self) -> CompletionStream:
+        return self
+
+    async def __anext__(self) -> str:
+        """The next piece, for ``async for``: the native loop runs in a worker thread."""
+        import asyncio
+
+        piece = await asyncio.to_thread(next, self._iter, None)
+        if piece is None:
+            raise StopAsyncIteration
+        return piece
 
     def close(self) -> None:
         """Stop generating and free the context (idempotent)."""
@@ -267,8 +279,19 @@ def run(context: Context, prompt: list[int], *, stream: bool, max_tokens: int | 
         stop: str | Sequence[str] | None) -> Completion | CompletionStream:
     """Generate from ``prompt`` token ids on ``context``, streaming or not."""
     native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop)
+    return result(native, seed, stream=stream, owner=context)
+
+
+def result(native: Any, seed: int, *, stream: bool, owner: Any,
+           stream_type: type[CompletionStream] | None = None) -> Completion | CompletionStream:
+    """The stream over a started native generation, or its whole :class:`Completion`.
+
+    ``native`` is anything with the generation protocol (``step``, ``close``,
+    ``finished``, ``finish_reason``, ``tokens``, ``stats``): a single-stream
+    generation or an engine request. ``owner`` is kept alive by the stream.
+    """
     if stream:
-        return CompletionStream(native, seed, context)
+        return (stream_type or CompletionStream)(native, seed, owner)
     try:
         text = native.step(True)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
@@ -14,6 +15,7 @@ if TYPE_CHECKING:
 
     from .chat import ChatStream
     from .context import Context, ContextParams
+    from .engine import Engine
     from .generation import Completion, CompletionStream
 
 __all__ = ["Model", "model_files"]
@@ -27,6 +29,12 @@ def _check_int(name: str, value: Any, minimum: int, meaning: str) -> None:
     """ValueError naming ``name`` and its range unless ``value`` is an int in [minimum, 2**31 - 1]."""
     if isinstance(value, bool) or not isinstance(value, int) or not minimum <= value <= _INT32_MAX:
         raise ValueError(f"{name} must be an int in [{minimum}, {_INT32_MAX}] ({meaning}), got {value!r}")
+
+
+def _is_batch(value: Any, item_types: tuple[type, ...]) -> bool:
+    """True for a non-empty list/tuple of requests (each of ``item_types``), i.e. many prompts or conversations."""
+    return (isinstance(value, (list, tuple)) and len(value) > 0
+            and all(isinstance(v, item_types) for v in value))
 
 
 class Model:
@@ -315,7 +323,7 @@ class Model:
 
     def generate(
         self,
-        prompt: str | bytes | Iterable[int],
+        prompt: str | bytes | Iterable[int] | Sequence[str | bytes | Sequence[int]],
         max_tokens: int | None = 256,
         *,
         temperature: float = 0.8,
@@ -332,7 +340,7 @@ class Model:
         add_special: bool = True,
         parse_special: bool = True,
         context: Context | None = None,
-    ) -> Completion | CompletionStream:
+    ) -> Completion | CompletionStream | list[Completion]:
         """Continue ``prompt`` (text or token ids).
 
         The token loop runs natively with the GIL released. With ``stream=True``
@@ -342,9 +350,14 @@ class Model:
         and stats. Tokens already in the context's cache that match the start of
         the prompt are reused.
 
+        A list of prompts (texts, or lists of token ids) runs them all at once
+        on an :class:`~step35.Engine` with one slot each and returns a list of
+        :class:`~step35.Completion`, in order (not streaming).
+
         Args:
             prompt: text (tokenized with BOS; special-token text such as
-                ``<|im_start|>`` is parsed unless ``parse_special=False``) or token ids.
+                ``<|im_start|>`` is parsed unless ``parse_special=False``) or token ids;
+                or a list of those.
             max_tokens: most tokens to generate (None: until the context is full).
             temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                 presence_penalty, frequency_penalty, seed: see :class:`~step35.SamplingParams`
@@ -367,9 +380,28 @@ class Model:
         from .generation import SamplingParams, run
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
+        if _is_batch(prompt, (str, bytes, list, tuple)):
+            self._batch_only(stream, context)
+            with self._batch_engine(len(prompt)) as engine:  # type: ignore[arg-type]
+                return engine.generate_many(prompt, max_tokens, add_special=add_special,  # type: ignore[arg-type]
+                                            parse_special=parse_special, stop=stop,
+                                            **dataclasses.asdict(sampling))
         ids = self._prompt_tokens(prompt, add_special, parse_special)
         ctx = context if context is not None else self.context
         return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop)
+
+    def _batch_only(self, stream: bool, context: Context | None) -> None:
+        if stream:
+            raise ValueError("stream=True takes one prompt; to stream many at once use step35.Engine")
+        if context is not None:
+            raise ValueError("context= takes one prompt; a list of prompts runs on an engine of its own")
+
+    def _batch_engine(self, n: int) -> Engine:
+        """An engine with one slot per request (each gets the model's default context size)."""
+        from .engine import MAX_SLOTS, Engine
+
+        slots = min(n, MAX_SLOTS)
+        return Engine(self, slots=slots, max_waiting=max(0, n - slots))
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *,
                     template_kwargs: Mapping[str, Any] | None = None) -> str:
@@ -407,7 +439,7 @@ class Model:
 
     def chat(
         self,
-        messages: list[dict[str, Any]],
+        messages: list[dict[str, Any]] | Sequence[list[dict[str, Any]]],
         tools: list[dict[str, Any]] | None = None,
         tool_choice: Any = "auto",
         *,
@@ -425,7 +457,7 @@ class Model:
         stop: str | list[str] | None = None,
         context: Context | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
-    ) -> dict[str, Any] | ChatStream:
+    ) -> dict[str, Any] | ChatStream | list[dict[str, Any]]:
         """An OpenAI-style chat completion.
 
         ``messages`` are OpenAI chat messages (``system``/``user``/``assistant``/``tool``;
@@ -438,6 +470,8 @@ class Model:
 
         Returns a ``chat.completion`` dict, or with ``stream=True`` a
         :class:`~step35.chat.ChatStream` of ``chat.completion.chunk`` dicts.
+        A list of conversations runs them all at once on an
+        :class:`~step35.Engine` and returns a list of dicts, in order.
 
         Args:
             messages, tools: the conversation and the tools offered (OpenAI shapes).
@@ -473,6 +507,11 @@ class Model:
         from .generation import SamplingParams, run
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
+        if _is_batch(messages, (list, tuple)):
+            self._batch_only(stream, context)
+            with self._batch_engine(len(messages)) as engine:
+                return engine.chat_many(messages, tools, tool_choice, max_tokens=max_tokens,  # type: ignore[return-value,arg-type]
+                                        stop=stop, template_kwargs=template_kwargs, **dataclasses.asdict(sampling))
         chosen = select_tools(tools, tool_choice)
         prompt, add_bos = self._render_chat(messages, chosen, template_kwargs)
         ids = self.tokenize(prompt, add_special=add_bos, parse_special=True)

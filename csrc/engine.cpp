@@ -1,0 +1,637 @@
+// The batching engine: one context, one sequence per slot, one scheduler
+// thread that never touches Python.
+//
+// Every step runs one llama_decode whose batch carries the next token of every
+// generating sequence plus chunks of waiting prompts (up to n_batch tokens), so
+// a long prompt never stalls the streams already running. Each request has its
+// own sampler chain (sequence.h), stop strings and max_tokens. A request that
+// gets a slot keeps the longest prefix of that slot's cached tokens that the
+// cache can still serve: the KV cache of step35 cannot shift, and its
+// sliding-window layers keep only a window, so a prefix is reused only when
+// the window before it is still there (else the prompt is evaluated again).
+// A full KV cache evicts idle slots, then shrinks the prompt chunks, then ends
+// the longest running sequence with "length"; it never returns garbage.
+//
+// Python submits from any thread (EngineRequest), reads text with the GIL
+// released, and cancels with close(): the slot is free at the next step.
+#include <pybind11/stl.h>
+
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <deque>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "context.h"
+#include "errors.h"
+#include "log.h"
+#include "model.h"
+#include "sequence.h"
+
+namespace py = pybind11;
+
+namespace step35 {
+
+namespace {
+
+using clock_type = std::chrono::steady_clock;
+
+double ms_between(clock_type::time_point t0, clock_type::time_point t1) {
+    return std::chrono::duration<double, std::milli>(t1 - t0).count();
+}
+
+enum class State { Waiting, Prompt, Generating, Done };
+
+// One request. The scheduler thread owns the decoding state; fields read by
+// Python (ready, finished, finish_reason, error, the counters) change under
+// the engine's mutex.
+struct Request {
+    Request(int64_t id_, std::vector<llama_token> prompt_, int64_t max_tokens_, const SamplingOptions & s,
+            std::vector<std::string> stop, bool render_special)
+        : id(id_), prompt(std::move(prompt_)), max_tokens(max_tokens_), sampling(s),
+          out(std::move(stop), render_special) {}
+    ~Request() {
+        if (sampler) llama_sampler_free(sampler);
+    }
+
+    const int64_t id;
+    const std::vector<llama_token> prompt;
+    const int64_t max_tokens;  // -1 = until the context is full
+    const SamplingOptions sampling;
+    TextOutput out;
+    llama_sampler * sampler = nullptr;
+
+    State state = State::Waiting;
+    int slot = -1;
+    size_t n_prompt_done = 0;  // prompt tokens in the cache
+    llama_token pending = LLAMA_TOKEN_NULL;  // sampled, not yet decoded
+    std::vector<llama_token> generated;
+    bool cancel = false;
+
+    std::string ready;  // text not yet handed to Python
+    bool finished = false;
+    std::string finish_reason;
+    std::string error;
+    size_t n_cached = 0, n_evaluated = 0;
+    clock_type::time_point t_submit = clock_type::now(), t_admit, t_prompt_done, t_first, t_end;
+    bool have_first = false;
+};
+
+struct Slot {
+    llama_seq_id seq = 0;
+    std::vector<llama_token> cached;  // tokens in this sequence's cache, positions 0..n-1
+    std::shared_ptr<Request> req;
+};
+
+size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
+    size_t n = 0;
+    while (n < a.size() && n < b.size() && a[n] == b[n]) ++n;
+    return n;
+}
+
+class Engine {
+public:
+    // `n_ctx_slot`: the most tokens one sequence may hold (0 = what the context allows one sequence).
+    Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot)
+        : ctx_(std::move(ctx)), max_waiting_(max_waiting) {
+        llama_context * c = ctx_->get();
+        guard_ = std::make_unique<BusyGuard>(*ctx_);
+        n_batch_ = llama_n_batch(c);
+        n_ctx_seq_ = llama_n_ctx_seq(c);
+        if (n_ctx_slot > 0) n_ctx_seq_ = std::min(n_ctx_seq_, n_ctx_slot);
+        n_swa_ = llama_model_n_swa(ctx_->model());
+        const uint32_t n_slots = llama_n_seq_max(c);
+        slots_.resize(n_slots);
+        for (uint32_t i = 0; i < n_slots; ++i) slots_[i].seq = (llama_seq_id) i;
+        batch_ = llama_batch_init((int32_t) n_batch_, 0, 1);
+        ctx_->clear();
+        ctx_->interrupt().begin();
+        worker_ = std::thread([this] { loop(); });
+    }
+
+    ~Engine() {
+        stop(true);
+        if (worker_.joinable()) worker_.join();
+        llama_batch_free(batch_);
+    }
+
+    Engine(const Engine &) = delete;
+    Engine & operator=(const Engine &) = delete;
+
+    // With the GIL held: validate and queue a request.
+    std::shared_ptr<Request> submit(std::vector<llama_token> prompt, int64_t max_tokens, const SamplingOptions & s,
+                                    std::vector<std::string> stop, bool render_special) {
+        const llama_vocab * vocab = ctx_->vocab();
+        if (prompt.empty()) throw py::value_error("the prompt has no tokens");
+        check_tokens(vocab, prompt.data(), prompt.size());
+        if (prompt.size() >= n_ctx_seq_)
+            throw Error(ErrorKind::ContextOverflowError,
+                        "the prompt has " + std::to_string(prompt.size()) + " tokens but a slot's context holds " +
+                            std::to_string(n_ctx_seq_) +
+                            " (and at least one more is needed to generate); use a larger n_ctx or a shorter prompt");
+        std::unique_lock<std::mutex> lk(mu_);
+        if (stopping_) throw Error(ErrorKind::ClosedError, "the engine is closed");
+        size_t running = 0;
+        for (const auto & sl : slots_) running += sl.req != nullptr;
+        if (running + waiting_.size() >= slots_.size() + max_waiting_)  // every slot taken, and the queue full
+            throw Error(ErrorKind::QueueFullError, "the engine's wait queue is full (" + std::to_string(max_waiting_) +
+                                                       " requests waiting); retry later or raise max_waiting");
+        auto req = std::make_shared<Request>(next_id_++, std::move(prompt), max_tokens, s, std::move(stop),
+                                             render_special);
+        req->sampler = make_sampler(req->sampling, vocab, req->prompt);
+        waiting_.push_back(req);
+        lk.unlock();
+        work_cv_.notify_one();
+        return req;
+    }
+
+    // Cancel one request: a waiting one ends now, a running one at the next step.
+    void cancel(const std::shared_ptr<Request> & req) {
+        std::unique_lock<std::mutex> lk(mu_);
+        if (req->finished) return;
+        if (req->state == State::Waiting) {
+            auto it = std::find(waiting_.begin(), waiting_.end(), req);
+            if (it != waiting_.end()) waiting_.erase(it);
+            finish_locked(*req, "cancelled");
+            lk.unlock();
+            out_cv_.notify_all();
+            return;
+        }
+        req->cancel = true;
+        lk.unlock();
+        work_cv_.notify_one();
+    }
+
+    // Without the GIL: wait until `req` has text (or has ended); returns the text.
+    // `all`: wait for the end. Wakes every 50 ms so that Ctrl-C can stop the wait.
+    std::string wait(const std::shared_ptr<Request> & req, bool all, double timeout, bool * timed_out) {
+        std::unique_lock<std::mutex> lk(mu_);
+        const auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                      std::chrono::duration<double>(timeout < 0 ? 1e9 : timeout));
+        *timed_out = false;
+        while (!req->finished && (all || req->ready.empty())) {
+            if (clock_type::now() >= deadline) {
+                *timed_out = true;
+                break;
+            }
+            if (out_cv_.wait_for(lk, std::chrono::milliseconds(50)) == std::cv_status::timeout) {
+                lk.unlock();
+                {
+                    py::gil_scoped_acquire gil;
+                    if (PyErr_CheckSignals() != 0) throw py::error_already_set();
+                }
+                lk.lock();
+            }
+        }
+        std::string text;
+        text.swap(req->ready);
+        return text;
+    }
+
+    // Without the GIL: ids of requests with new text or an end since the last call (or a timeout).
+    std::vector<int64_t> wait_events(double timeout) {
+        std::unique_lock<std::mutex> lk(mu_);
+        events_enabled_ = true;
+        out_cv_.wait_for(lk, std::chrono::duration<double>(timeout), [this] { return !events_.empty() || stopped_; });
+        std::vector<int64_t> ids;
+        ids.swap(events_);
+        return ids;
+    }
+
+    // Stop accepting requests; cancel the running ones (or let them finish for `timeout` seconds).
+    void stop(bool cancel_running, double timeout = 0.0) {
+        std::unique_lock<std::mutex> lk(mu_);
+        stopping_ = true;
+        if (!cancel_running) {
+            const auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+                                                          std::chrono::duration<double>(timeout));
+            work_cv_.notify_one();
+            out_cv_.wait_until(lk, deadline, [this] { return stopped_ || idle_locked(); });
+        }
+        cancel_all_ = true;
+        lk.unlock();
+        ctx_->interrupt().request();  // a long decode stops between graph nodes
+        work_cv_.notify_one();
+    }
+
+    void join() {
+        if (worker_.joinable()) worker_.join();
+        guard_.reset();
+    }
+
+    py::dict metrics() {
+        std::lock_guard<std::mutex> lk(mu_);
+        py::dict d;
+        size_t running = 0;
+        for (const auto & s : slots_) running += s.req != nullptr;
+        d["slots"] = slots_.size();
+        d["running"] = running;
+        d["waiting"] = waiting_.size();
+        d["prompt_tokens_evaluated"] = total_evaluated_;
+        d["prompt_tokens_cached"] = total_cached_;
+        d["generated_tokens"] = total_generated_;
+        d["requests_finished"] = total_finished_;
+        d["decode_steps"] = total_steps_;
+        d["kv_full_events"] = total_kv_full_;
+        d["closed"] = stopping_;
+        return d;
+    }
+
+    std::mutex & mutex() { return mu_; }
+
+private:
+    bool idle_locked() const {
+        if (!waiting_.empty()) return false;
+        for (const auto & s : slots_)
+            if (s.req) return false;
+        return true;
+    }
+
+    void finish_locked(Request & r, const char * reason) {
+        if (r.finished) return;
+        r.finished = true;
+        r.finish_reason = reason;
+        r.state = State::Done;
+        r.t_end = clock_type::now();
+        if (r.t_prompt_done == clock_type::time_point{}) r.t_prompt_done = r.t_end;
+        r.ready += r.out.take_all();
+        ++total_finished_;
+        if (r.slot >= 0) {
+            slots_[(size_t) r.slot].req.reset();
+            r.slot = -1;
+        }
+        if (events_enabled_) events_.push_back(r.id);
+    }
+
+    // Give waiting requests free slots, reusing each slot's cached prefix where the cache can serve it.
+    void admit_locked() {
+        llama_memory_t mem = llama_get_memory(ctx_->get());
+        while (!waiting_.empty()) {
+            int best = -1;
+            size_t best_lcp = 0;
+            for (size_t i = 0; i < slots_.size(); ++i) {
+                if (slots_[i].req) continue;
+                const size_t lcp = common_prefix(slots_[i].cached, waiting_.front()->prompt);
+                if (best < 0 || lcp > best_lcp) {
+                    best = (int) i;
+                    best_lcp = lcp;
+                }
+            }
+            if (best < 0) return;
+            std::shared_ptr<Request> req = waiting_.front();
+            waiting_.pop_front();
+            Slot & s = slots_[(size_t) best];
+            size_t keep = std::min(best_lcp, req->prompt.size() - 1);  // the last prompt token gives the logits
+            if (keep > 0 && n_swa_ > 0) {
+                // Sliding-window layers must still hold the window before `keep`.
+                const llama_pos pos_min = llama_memory_seq_pos_min(mem, s.seq);
+                if (pos_min > std::max<llama_pos>(0, (llama_pos) keep - n_swa_)) keep = 0;
+            }
+            if (keep > 0 && !llama_memory_seq_rm(mem, s.seq, (llama_pos) keep, -1)) keep = 0;
+            if (keep == 0) llama_memory_seq_rm(mem, s.seq, -1, -1);
+            s.cached.resize(keep);
+            s.req = req;
+            req->slot = best;
+            req->state = State::Prompt;
+            req->n_prompt_done = keep;
+            req->n_cached = keep;
+            req->t_admit = clock_type::now();
+            total_cached_ += keep;
+        }
+    }
+
+    void evict_idle_locked(llama_memory_t mem, bool * evicted) {
+        for (auto & s : slots_) {
+            if (!s.req && !s.cached.empty()) {
+                llama_memory_seq_rm(mem, s.seq, -1, -1);
+                s.cached.clear();
+                *evicted = true;
+            }
+        }
+    }
+
+    struct Entry {
+        Slot * slot;
+        size_t n;        // tokens of this slot in the batch
+        int32_t output;  // batch index of its logits, -1 = none
+        bool prompt;
+    };
+
+    void add(llama_token t, llama_pos pos, llama_seq_id seq, bool logits) {
+        const int32_t i = batch_.n_tokens++;
+        batch_.token[i] = t;
+        batch_.pos[i] = pos;
+        batch_.n_seq_id[i] = 1;
+        batch_.seq_id[i][0] = seq;
+        batch_.logits[i] = logits;
+    }
+
+    // The scheduler thread.
+    void loop() {
+        llama_context * c = ctx_->get();
+        llama_memory_t mem = llama_get_memory(c);
+        const llama_vocab * vocab = ctx_->vocab();
+        size_t prompt_budget = n_batch_;
+        std::vector<Entry> entries;
+        std::unique_lock<std::mutex> lk(mu_);
+        while (true) {
+            for (auto & s : slots_)
+                if (s.req && (s.req->cancel || cancel_all_)) finish_locked(*s.req, "cancelled");
+            if (cancel_all_) {
+                for (auto & r : waiting_) finish_locked(*r, "cancelled");
+                waiting_.clear();
+            }
+            out_cv_.notify_all();
+            admit_locked();
+            if (idle_locked()) {
+                if (stopping_) break;
+                work_cv_.wait(lk);
+                continue;
+            }
+
+            // The batch: every generating slot's next token, then prompt chunks.
+            batch_.n_tokens = 0;
+            entries.clear();
+            for (auto & s : slots_) {
+                if (!s.req || s.req->state != State::Generating) continue;
+                if ((size_t) batch_.n_tokens >= n_batch_) break;  // more slots than n_batch: the rest next step
+                entries.push_back({&s, 1, batch_.n_tokens, false});
+                add(s.req->pending, (llama_pos) s.cached.size(), s.seq, true);
+            }
+            size_t budget = std::min(prompt_budget, n_batch_ - (size_t) batch_.n_tokens);
+            for (size_t k = 0; k < slots_.size() && budget > 0; ++k) {
+                Slot & s = slots_[(rr_ + k) % slots_.size()];
+                if (!s.req || s.req->state != State::Prompt) continue;
+                Request & r = *s.req;
+                const size_t n = std::min(budget, r.prompt.size() - r.n_prompt_done);
+                const bool last = r.n_prompt_done + n == r.prompt.size();
+                for (size_t i = 0; i < n; ++i)
+                    add(r.prompt[r.n_prompt_done + i], (llama_pos) (r.n_prompt_done + i), s.seq, last && i == n - 1);
+                entries.push_back({&s, n, last ? batch_.n_tokens - 1 : -1, true});
+                budget -= n;
+            }
+            rr_ = (rr_ + 1) % slots_.size();
+            if (batch_.n_tokens == 0) {  // prompts were held back for running ones that have ended
+                prompt_budget = n_batch_;
+                continue;
+            }
+
+            lk.unlock();
+            const int rc = llama_decode(c, batch_);
+            lk.lock();
+            ++total_steps_;
+
+            if (rc != 0) {
+                // Whatever part of the batch was processed comes out again.
+                for (const auto & e : entries) llama_memory_seq_rm(mem, e.slot->seq, (llama_pos) e.slot->cached.size(), -1);
+                if (rc == 2 || cancel_all_) {  // aborted (closing): loop around to cancel
+                    ctx_->interrupt().reset();
+                    continue;
+                }
+                if (rc == 1) {  // no room in the KV cache
+                    ++total_kv_full_;
+                    bool evicted = false;
+                    evict_idle_locked(mem, &evicted);
+                    if (evicted) continue;
+                    const bool had_prompt =
+                        std::any_of(entries.begin(), entries.end(), [](const Entry & e) { return e.prompt; });
+                    const bool had_gen =
+                        std::any_of(entries.begin(), entries.end(), [](const Entry & e) { return !e.prompt; });
+                    if (had_prompt && prompt_budget > 1) {  // smaller prompt chunks
+                        prompt_budget /= 2;
+                        continue;
+                    }
+                    if (had_prompt && had_gen) {  // prompts wait a step; the running ones go on
+                        prompt_budget = 0;
+                        continue;
+                    }
+                    // Nothing left to shrink and still no room: end the longest sequence.
+                    Slot * longest = nullptr;
+                    for (auto & s : slots_)
+                        if (s.req && (!longest || s.cached.size() > longest->cached.size())) longest = &s;
+                    if (longest) finish_locked(*longest->req, "length");
+                    prompt_budget = n_batch_;
+                    continue;
+                }
+                const std::string msg = "llama_decode failed with code " + std::to_string(rc) +
+                                        " on a batch of " + std::to_string(batch_.n_tokens) + " tokens";
+                for (auto & s : slots_)
+                    if (s.req) {
+                        s.req->error = msg;
+                        finish_locked(*s.req, "error");
+                    }
+                continue;
+            }
+            prompt_budget = n_batch_;
+
+            // Commit, then sample where there are logits (outside the lock: only this thread uses samplers).
+            const auto now = clock_type::now();
+            for (const auto & e : entries) {
+                Slot & s = *e.slot;
+                Request & r = *s.req;
+                if (e.prompt) {
+                    s.cached.insert(s.cached.end(), r.prompt.begin() + (long) r.n_prompt_done,
+                                    r.prompt.begin() + (long) (r.n_prompt_done + e.n));
+                    r.n_prompt_done += e.n;
+                    r.n_evaluated += e.n;
+                    total_evaluated_ += e.n;
+                    if (e.output >= 0) {
+                        r.state = State::Generating;
+                        r.t_prompt_done = now;
+                    }
+                } else {
+                    s.cached.push_back(r.pending);
+                    r.pending = LLAMA_TOKEN_NULL;
+                }
+            }
+            lk.unlock();
+            std::vector<std::pair<Entry, llama_token>> sampled;
+            for (const auto & e : entries)
+                if (e.output >= 0) sampled.push_back({e, llama_sampler_sample(e.slot->req->sampler, c, e.output)});
+            lk.lock();
+            for (auto & [e, tok] : sampled) {
+                Slot & s = *e.slot;
+                if (!s.req) continue;
+                Request & r = *s.req;
+                if (!r.have_first) {
+                    r.have_first = true;
+                    r.t_first = clock_type::now();
+                }
+                if (llama_vocab_is_eog(vocab, tok)) {
+                    finish_locked(r, "stop");
+                    continue;
+                }
+                r.generated.push_back(tok);
+                ++total_generated_;
+                if (r.out.append(vocab, tok)) {
+                    finish_locked(r, "stop");
+                    continue;
+                }
+                r.ready += r.out.take_ready();
+                if ((r.max_tokens >= 0 && (int64_t) r.generated.size() >= r.max_tokens) ||
+                    s.cached.size() + 1 >= n_ctx_seq_) {
+                    finish_locked(r, "length");
+                    continue;
+                }
+                r.pending = tok;
+                if (events_enabled_ && !r.ready.empty()) events_.push_back(r.id);
+            }
+        }
+        stopped_ = true;
+        lk.unlock();
+        out_cv_.notify_all();
+    }
+
+    std::shared_ptr<ContextHandle> ctx_;
+    std::unique_ptr<BusyGuard> guard_;
+    size_t max_waiting_;
+    size_t n_batch_ = 0, n_ctx_seq_ = 0;
+    llama_pos n_swa_ = 0;
+    llama_batch batch_{};
+
+    std::mutex mu_;
+    std::condition_variable work_cv_, out_cv_;
+    std::deque<std::shared_ptr<Request>> waiting_;
+    std::vector<Slot> slots_;
+    size_t rr_ = 0;
+    int64_t next_id_ = 1;
+    bool stopping_ = false, cancel_all_ = false, stopped_ = false;
+    bool events_enabled_ = false;
+    std::vector<int64_t> events_;
+    size_t total_evaluated_ = 0, total_cached_ = 0, total_generated_ = 0, total_finished_ = 0, total_steps_ = 0,
+           total_kv_full_ = 0;
+    std::thread worker_;
+};
+
+// What Python holds for one request: the same protocol as Generation (step,
+// close, finished, finish_reason, tokens, stats), so step35.generation's
+// streams and results work on either.
+class EngineRequest {
+public:
+    EngineRequest(std::shared_ptr<Engine> engine, std::shared_ptr<Request> req)
+        : engine_(std::move(engine)), req_(std::move(req)) {}
+    ~EngineRequest() {
+        if (engine_) engine_->cancel(req_);
+    }
+
+    py::str step(bool all) { return step_for(all, -1.0); }
+
+    // Like step, but return "" after `timeout` seconds without text.
+    py::str step_for(bool all, double timeout) {
+        bool timed_out = false;
+        std::string text;
+        {
+            py::gil_scoped_release nogil;
+            try {
+                text = engine_->wait(req_, all, timeout, &timed_out);
+            } catch (py::error_already_set &) {
+                py::gil_scoped_acquire gil;
+                engine_->cancel(req_);
+                throw;
+            }
+        }
+        std::string error;
+        {
+            std::lock_guard<std::mutex> lk(engine_->mutex());
+            error = req_->error;
+        }
+        if (!error.empty()) throw Error(ErrorKind::DecodeError, error);
+        return decode_utf8(text);
+    }
+
+    // Text ready now, without waiting.
+    py::str poll() {
+        std::string text;
+        {
+            std::lock_guard<std::mutex> lk(engine_->mutex());
+            text.swap(req_->ready);
+        }
+        return decode_utf8(text);
+    }
+
+    void close() {
+        closed_ = true;
+        engine_->cancel(req_);
+    }
+
+    int64_t id() const { return req_->id; }
+    // Ended, and its text all handed out (or the request was closed).
+    bool finished() {
+        std::lock_guard<std::mutex> lk(engine_->mutex());
+        return closed_ || (req_->finished && req_->ready.empty());
+    }
+    std::string finish_reason() {
+        std::lock_guard<std::mutex> lk(engine_->mutex());
+        if (req_->finished) return req_->finish_reason;
+        return closed_ ? "cancelled" : "";  // closed: the engine ends it at its next step
+    }
+    std::vector<llama_token> tokens() {
+        std::lock_guard<std::mutex> lk(engine_->mutex());
+        return req_->generated;
+    }
+    py::dict stats() {
+        std::lock_guard<std::mutex> lk(engine_->mutex());
+        const Request & r = *req_;
+        py::dict d;
+        const auto end = r.finished ? r.t_end : clock_type::now();
+        const bool admitted = r.t_admit != clock_type::time_point{};
+        const bool prompt_done = r.t_prompt_done != clock_type::time_point{};
+        d["prompt_tokens"] = r.prompt.size();
+        d["prompt_tokens_evaluated"] = r.n_evaluated;
+        d["prompt_tokens_cached"] = r.n_cached;
+        d["queue_ms"] = admitted ? ms_between(r.t_submit, r.t_admit) : ms_between(r.t_submit, end);
+        d["prompt_ms"] = admitted && prompt_done ? ms_between(r.t_admit, r.t_prompt_done) : 0.0;
+        d["generated_tokens"] = r.generated.size();
+        d["generation_ms"] = prompt_done ? ms_between(r.t_prompt_done, end) : 0.0;
+        d["ttft_ms"] = r.have_first ? ms_between(r.t_submit, r.t_first) : 0.0;
+        return d;
+    }
+
+private:
+    std::shared_ptr<Engine> engine_;
+    std::shared_ptr<Request> req_;
+    bool closed_ = false;
+};
+
+}  // namespace
+
+void register_engine(py::module_ & m) {
+    py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "Continuous batching over one context (use step35.Engine).")
+        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t>(), py::arg("context"),
+             py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0)
+        .def("submit",
+             [](const std::shared_ptr<Engine> & e, std::vector<llama_token> prompt, int64_t max_tokens,
+                const SamplingOptions & sampling, std::vector<std::string> stop, bool render_special) {
+                 auto req = e->submit(std::move(prompt), max_tokens, sampling, std::move(stop), render_special);
+                 return std::make_unique<EngineRequest>(e, std::move(req));
+             },
+             py::arg("prompt"), py::arg("max_tokens"), py::arg("sampling"), py::arg("stop"),
+             py::arg("render_special") = true, "Queue a request; returns its handle (QueueFullError when full).")
+        .def("wait_events", &Engine::wait_events, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
+             "Ids of requests with new text or an end since the last call (waits up to timeout seconds).")
+        .def("stop", &Engine::stop, py::arg("cancel"), py::arg("timeout") = 0.0,
+             py::call_guard<py::gil_scoped_release>(),
+             "Stop accepting requests; cancel the running ones, or let them finish for timeout seconds first.")
+        .def("join", &Engine::join, py::call_guard<py::gil_scoped_release>(),
+             "Wait for the scheduler thread to end (after stop) and free the context for other calls.")
+        .def("metrics", &Engine::metrics);
+
+    py::class_<EngineRequest>(m, "EngineRequest", "One request of an Engine (the Generation protocol).")
+        .def("step", &EngineRequest::step, py::arg("all") = false,
+             "Wait (GIL released) until text is ready, or for the end with all=True; returns the text.")
+        .def("step_for", &EngineRequest::step_for, py::arg("all"), py::arg("timeout"),
+             "Like step, but returns after timeout seconds even without text.")
+        .def("poll", &EngineRequest::poll, "The text ready now, without waiting.")
+        .def("close", &EngineRequest::close, "Cancel the request (its slot is free at the next step).")
+        .def_property_readonly("id", &EngineRequest::id)
+        .def_property_readonly("finished", &EngineRequest::finished)
+        .def_property_readonly("finish_reason", &EngineRequest::finish_reason)
+        .def_property_readonly("tokens", &EngineRequest::tokens)
+        .def("stats", &EngineRequest::stats);
+}
+
+}  // namespace step35

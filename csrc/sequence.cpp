@@ -1,0 +1,115 @@
+#include "sequence.h"
+
+#include <algorithm>
+
+namespace py = pybind11;
+
+namespace step35 {
+
+llama_sampler * make_sampler(const SamplingOptions & o, const llama_vocab * vocab,
+                             const std::vector<llama_token> & prompt) {
+    llama_sampler_chain_params cp = llama_sampler_chain_default_params();
+    cp.no_perf = true;
+    llama_sampler * chain = llama_sampler_chain_init(cp);
+    const bool penalties = o.repeat_penalty != 1.0f || o.presence_penalty != 0.0f || o.frequency_penalty != 0.0f;
+    if (penalties)
+        llama_sampler_chain_add(chain, llama_sampler_init_penalties(llama_vocab_n_tokens(vocab), o.repeat_last_n,
+                                                                    o.repeat_penalty, o.frequency_penalty,
+                                                                    o.presence_penalty));
+    if (o.temperature <= 0.0f) {
+        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+    } else {
+        if (o.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(o.top_k));
+        if (o.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(o.top_p, 1));
+        if (o.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(o.min_p, 1));
+        llama_sampler_chain_add(chain, llama_sampler_init_temp(o.temperature));
+        llama_sampler_chain_add(chain, llama_sampler_init_dist(o.seed));
+    }
+    if (penalties) {
+        const size_t k = o.repeat_last_n < 0 ? prompt.size() : std::min(prompt.size(), (size_t) o.repeat_last_n);
+        for (size_t i = prompt.size() - k; i < prompt.size(); ++i) llama_sampler_accept(chain, prompt[i]);
+    }
+    return chain;
+}
+
+namespace {
+// Bytes at the end of `s` that start a UTF-8 sequence not yet complete.
+size_t incomplete_utf8_tail(const std::string & s) {
+    const size_t n = s.size();
+    for (size_t back = 1; back <= 4 && back <= n; ++back) {
+        const unsigned char c = (unsigned char) s[n - back];
+        if ((c & 0xC0) == 0x80) continue;  // continuation byte: keep looking for the lead
+        size_t need = (c & 0xE0) == 0xC0 ? 2 : (c & 0xF0) == 0xE0 ? 3 : (c & 0xF8) == 0xF0 ? 4 : 1;
+        return need > back ? back : 0;
+    }
+    return 0;
+}
+}  // namespace
+
+TextOutput::TextOutput(std::vector<std::string> stop, bool render_special)
+    : stop_(std::move(stop)), render_special_(render_special) {
+    for (const auto & s : stop_) {
+        if (s.empty()) throw py::value_error("stop strings must not be empty");
+        max_stop_ = std::max(max_stop_, s.size());
+    }
+}
+
+bool TextOutput::append(const llama_vocab * vocab, llama_token tok) {
+    char buf[256];
+    int32_t n = llama_token_to_piece(vocab, tok, buf, sizeof(buf), 0, render_special_);
+    if (n >= 0) {
+        pending_.append(buf, (size_t) n);
+    } else {
+        std::string big((size_t) -n, '\0');
+        n = llama_token_to_piece(vocab, tok, big.data(), (int32_t) big.size(), 0, render_special_);
+        if (n > 0) pending_.append(big.data(), (size_t) n);
+    }
+    if (stop_.empty()) return false;
+    size_t best = std::string::npos;
+    for (const auto & s : stop_) {
+        size_t at = pending_.find(s);
+        if (at != std::string::npos && at < best) best = at;
+    }
+    if (best == std::string::npos) return false;
+    pending_.resize(best);
+    return true;
+}
+
+size_t TextOutput::ready() const {
+    size_t hold = incomplete_utf8_tail(pending_);
+    // Hold back the longest tail that could still become a stop string.
+    const size_t lim = std::min(pending_.size(), max_stop_ > 0 ? max_stop_ - 1 : 0);
+    for (size_t k = lim; k > hold; --k) {
+        const char * tail = pending_.data() + pending_.size() - k;
+        bool prefix = false;
+        for (const auto & s : stop_)
+            if (s.size() > k && s.compare(0, k, tail, k) == 0) {
+                prefix = true;
+                break;
+            }
+        if (prefix) {
+            hold = k;
+            break;
+        }
+    }
+    return pending_.size() - hold;
+}
+
+std::string TextOutput::take_ready() {
+    const size_t n = ready();
+    std::string out = pending_.substr(0, n);
+    pending_.erase(0, n);
+    return out;
+}
+
+std::string TextOutput::take_all() {
+    std::string out;
+    out.swap(pending_);
+    return out;
+}
+
+py::str decode_utf8(const std::string & s) {
+    return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace"));
+}
+
+}  // namespace step35

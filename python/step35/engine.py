@@ -1,0 +1,283 @@
+"""Serve many requests at once: continuous batching over one context.
+
+An :class:`Engine` owns one llama.cpp context with one sequence per slot and
+a native scheduler thread (the GIL is not held while it runs). Every step
+decodes one batch holding the next token of every running request plus chunks
+of waiting prompts, so a long prompt never stalls the streams already running.
+Requests come from any thread; each has its own sampler, seed, stop strings
+and ``max_tokens``, and returns the same results and streams as
+:meth:`step35.Model.generate` / :meth:`step35.Model.chat` (streams also work
+with ``async for``). A slot keeps its last conversation in the cache: the next
+turn of a chat evaluates only its new tokens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from .errors import ClosedError
+from .generation import Completion, CompletionStream, SamplingParams, check_max_tokens, check_stop, result
+
+if TYPE_CHECKING:
+    from .chat import ChatStream
+    from .context import ContextParams
+    from .model import Model
+
+__all__ = ["Engine", "EngineStream"]
+
+#: The most slots an engine can have (llama.cpp's sequence limit).
+MAX_SLOTS = 256
+
+
+class EngineStream(CompletionStream):
+    """A :class:`~step35.CompletionStream` of an :class:`Engine` request.
+
+    Iterate it (``for``) or await it (``async for``); ``close()`` cancels the
+    request, and its slot is free at the engine's next step.
+    """
+
+    async def __anext__(self) -> str:
+        engine: Engine = self._context
+        native = self._native
+        while True:
+            event = engine._waiter(native.id)  # registered before polling: no wake-up is missed
+            try:
+                piece = native.poll()
+                if piece:
+                    return piece
+                if native.finished:
+                    self.close()
+                    raise StopAsyncIteration
+                await event.wait()
+            finally:
+                engine._forget(native.id, event)
+
+
+class Engine:
+    """Continuous batching: many requests at once over one context.
+
+    Args:
+        model: the loaded :class:`~step35.Model`.
+        slots: sequences decoded together (like llama-server's ``-np``), 1 to 256.
+        context: settings of the engine's context (:class:`~step35.ContextParams`
+            fields; default: the model's). ``n_ctx`` is the context of one slot;
+            the KV cache holds ``slots x n_ctx`` tokens, shared by all slots.
+        max_waiting: requests that may wait for a slot; one more raises
+            :class:`~step35.errors.QueueFullError`.
+
+    Example::
+
+        >>> with step35.Engine(model, slots=4) as engine:
+        ...     outs = [engine.generate(p, max_tokens=64, stream=True) for p in prompts]  # all run at once
+        ...     texts = ["".join(s) for s in outs]
+    """
+
+    def __init__(self, model: Model, slots: int = 4, *, context: ContextParams | Mapping[str, Any] | None = None,
+                 max_waiting: int = 64) -> None:
+        from .context import ContextParams
+
+        if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
+            raise ValueError(f"slots must be an int in [1, {MAX_SLOTS}], got {slots!r}")
+        if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
+            raise ValueError(f"max_waiting must be an int >= 0, got {max_waiting!r}")
+        base = ContextParams.coerce(context if context is not None else model._context_params)
+        n_ctx_slot = base.n_ctx or model.n_ctx_train
+        params = base.replace(n_ctx=n_ctx_slot * slots, n_seq_max=slots, kv_unified=True,
+                              n_batch=max(base.n_batch, slots))
+        self.model = model
+        self.slots = slots
+        self.n_ctx_slot = n_ctx_slot
+        self._ctx = model.new_context(params)
+        self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot)
+        self._closed = False
+        self._lock = threading.Lock()
+        self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
+        self._dispatcher: threading.Thread | None = None
+
+    # ---- requests ------------------------------------------------------------
+
+    def _submit(self, ids: list[int], *, max_tokens: int | None, sampling: SamplingParams,
+                stop: str | Sequence[str] | None) -> tuple[Any, int]:
+        if self._closed:
+            raise ClosedError("the engine is closed")
+        native_sampling, seed = sampling._native(self._ctx._core)
+        native = self._native.submit(ids, check_max_tokens(max_tokens), native_sampling, check_stop(stop))
+        return native, seed
+
+    def generate(
+        self,
+        prompt: str | bytes | Iterable[int],
+        max_tokens: int | None = 256,
+        *,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        stream: bool = False,
+        add_special: bool = True,
+        parse_special: bool = True,
+    ) -> Completion | EngineStream:
+        """Continue ``prompt``, batched with the engine's other requests (see :meth:`step35.Model.generate`).
+
+        Non-streaming calls block until this request ends (other threads'
+        requests run meanwhile); streaming calls return at once.
+
+        Raises:
+            ValueError: an invalid parameter (named in the message), before anything is queued.
+            ContextOverflowError: the prompt does not fit in one slot's context.
+            QueueFullError: ``max_waiting`` requests are already waiting.
+        """
+        sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
+        ids = self.model._prompt_tokens(prompt, add_special, parse_special)
+        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        return result(native, used_seed, stream=stream, owner=self, stream_type=EngineStream)
+
+    def chat(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]] | None = None,
+        tool_choice: Any = "auto",
+        *,
+        stream: bool = False,
+        max_tokens: int | None = None,
+        temperature: float = 0.8,
+        top_k: int = 40,
+        top_p: float = 0.95,
+        min_p: float = 0.05,
+        repeat_penalty: float = 1.0,
+        repeat_last_n: int = 64,
+        presence_penalty: float = 0.0,
+        frequency_penalty: float = 0.0,
+        seed: int | None = None,
+        stop: str | list[str] | None = None,
+        template_kwargs: Mapping[str, Any] | None = None,
+    ) -> dict[str, Any] | ChatStream:
+        """An OpenAI-style chat completion, batched with the engine's other requests.
+
+        The same arguments and results as :meth:`step35.Model.chat`; the
+        returned :class:`~step35.chat.ChatStream` also works with ``async for``.
+        A slot whose cache holds the earlier turns of the conversation is
+        reused: only the new tokens are evaluated.
+        """
+        from .chat import ChatStream, response, select_tools
+
+        sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
+        chosen = select_tools(tools, tool_choice)
+        prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
+        ids = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
+        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        name = self.model.path.name
+        if stream:
+            return ChatStream(EngineStream(native, used_seed, self), chosen, name)
+        return response(native, used_seed, chosen, model_name=name)
+
+    def generate_many(self, prompts: Sequence[str | bytes | Iterable[int]], max_tokens: int | None = 256, *,
+                      add_special: bool = True, parse_special: bool = True,
+                      stop: str | list[str] | None = None, **sampling: Any) -> list[Completion]:
+        """Continue every prompt at once; the :class:`~step35.Completion` of each, in order.
+
+        ``sampling``: :class:`~step35.SamplingParams` fields, the same for every
+        prompt (with a ``seed``, each prompt's output is as reproducible as alone).
+        """
+        params = SamplingParams(**sampling)
+        natives = [self._submit(self.model._prompt_tokens(p, add_special, parse_special), max_tokens=max_tokens,
+                                sampling=params, stop=stop) for p in prompts]
+        return [result(n, sd, stream=False, owner=self) for n, sd in natives]  # type: ignore[misc]
+
+    def chat_many(self, conversations: Sequence[list[dict[str, Any]]], tools: list[dict[str, Any]] | None = None,
+                  tool_choice: Any = "auto", *, max_tokens: int | None = None, stop: str | list[str] | None = None,
+                  template_kwargs: Mapping[str, Any] | None = None, **sampling: Any) -> list[dict[str, Any]]:
+        """Answer every conversation at once; the ``chat.completion`` dict of each, in order."""
+        from .chat import response, select_tools
+
+        params = SamplingParams(**sampling)
+        chosen = select_tools(tools, tool_choice)
+        natives = []
+        for messages in conversations:
+            prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
+            ids = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
+            natives.append(self._submit(ids, max_tokens=max_tokens, sampling=params, stop=stop))
+        name = self.model.path.name
+        return [response(n, sd, chosen, model_name=name) for n, sd in natives]
+
+    def metrics(self) -> dict[str, Any]:
+        """Slots, running and waiting requests, and token totals (prompt evaluated / cached, generated)."""
+        return dict(self._native.metrics())
+
+    # ---- async wake-ups: one dispatcher thread per engine ---------------------
+
+    def _waiter(self, request_id: int) -> asyncio.Event:
+        loop = asyncio.get_running_loop()
+        event = asyncio.Event()
+        with self._lock:
+            self._waiters.setdefault(request_id, []).append((loop, event))
+            if self._dispatcher is None:
+                self._dispatcher = threading.Thread(target=self._dispatch, name="step35-engine-events", daemon=True)
+                self._dispatcher.start()
+        return event
+
+    def _forget(self, request_id: int, event: asyncio.Event) -> None:
+        with self._lock:
+            waiting = self._waiters.get(request_id, [])
+            waiting[:] = [(lp, ev) for lp, ev in waiting if ev is not event]
+            if not waiting:
+                self._waiters.pop(request_id, None)
+
+    def _wake(self, ids: Iterable[int]) -> None:
+        with self._lock:
+            targets = [w for i in ids for w in self._waiters.get(i, ())]
+        for loop, event in targets:
+            try:
+                loop.call_soon_threadsafe(event.set)
+            except RuntimeError:  # that event loop is closed: nobody waits there any more
+                continue
+
+    def _dispatch(self) -> None:
+        # The first wait_events call turns event recording on; a request that
+        # got text before it is still seen, since waiters poll after registering.
+        while not self._closed:
+            ids = self._native.wait_events(0.25)
+            if ids:
+                self._wake(ids)
+        with self._lock:
+            everyone = list(self._waiters)
+        self._wake(everyone)
+
+    # ---- lifetime --------------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called."""
+        return self._closed
+
+    def close(self, cancel: bool = True, timeout: float = 10.0) -> None:
+        """Stop accepting requests; cancel the running ones (or, with ``cancel=False``,
+        let them finish for up to ``timeout`` seconds first). Frees the context. Idempotent."""
+        if self._closed:
+            return
+        self._native.stop(bool(cancel), float(timeout))
+        self._closed = True
+        self._native.join()
+        if self._dispatcher is not None:
+            self._dispatcher.join(timeout=5.0)
+        self._ctx.close()
+
+    def __enter__(self) -> Engine:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        m = self.metrics() if not self._closed else {}
+        state = "closed" if self._closed else f"{m.get('running', 0)} running, {m.get('waiting', 0)} waiting"
+        return f"<step35.Engine {self.model.path.name}: {self.slots} slots x {self.n_ctx_slot} tokens, {state}>"

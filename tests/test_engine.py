@@ -1,0 +1,242 @@
+"""The batching engine: many requests at once over one context (step35.Engine).
+
+Exactness checks use the F32 tiny variant (``tiny32_path``): requests batched
+together run other kernels than a request alone, and F16 rounding could flip a
+near-tie of the random model. Every sampled generation is seeded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+import step35
+from step35.errors import ClosedError, ContextOverflowError, QueueFullError
+
+PROMPTS = [
+    "Once upon a time",
+    "The capital of France is",
+    "1, 2, 3, 4,",
+    "def fibonacci(n):",
+    "In a hole in the ground there lived",
+    "The quick brown fox",
+    "Step 3.5 Flash is a mixture of experts",
+    "Q: What is the boiling point of water?\nA:",
+]
+CTX = {"n_ctx": 512}
+
+
+@pytest.fixture(scope="module")
+def model32(tiny32_path):
+    with step35.Model(tiny32_path, context=CTX) as m:
+        yield m
+
+
+@pytest.fixture(scope="module")
+def alone(model32) -> dict[str, list[int]]:
+    """Each prompt's greedy tokens when it runs alone (single-stream generate on a fresh cache)."""
+    out = {}
+    for p in PROMPTS:
+        model32.context.clear()
+        out[p] = model32.generate(p, max_tokens=24, temperature=0).tokens
+    return out
+
+
+def test_concurrent_greedy_outputs_equal_each_request_alone(model32, alone) -> None:
+    with step35.Engine(model32, slots=4, context=CTX) as engine:
+        streams = [engine.generate(p, max_tokens=24, temperature=0, stream=True) for p in PROMPTS]
+        texts = ["".join(s) for s in streams]  # 8 requests on 4 slots: 4 wait, then take freed slots
+        for p, s, text in zip(PROMPTS, streams, texts):
+            assert s.tokens == alone[p], p
+            assert s.finish_reason in ("length", "stop")
+            assert text == model32.detokenize(s.tokens, remove_special=True) or s.finish_reason == "stop"
+        m = engine.metrics()
+        assert m["requests_finished"] == len(PROMPTS) and m["running"] == 0 and m["waiting"] == 0
+        # Batching happened: fewer decode steps than tokens decoded one request at a time.
+        assert m["decode_steps"] < sum(len(t) for t in alone.values())
+
+
+def test_model_generate_takes_a_list(model32, alone) -> None:
+    outs = model32.generate(PROMPTS[:5], max_tokens=24, temperature=0)
+    assert isinstance(outs, list) and len(outs) == 5
+    assert [o.tokens for o in outs] == [alone[p] for p in PROMPTS[:5]]
+    assert all(isinstance(o, step35.Completion) for o in outs)
+    with pytest.raises(ValueError, match="stream=True takes one prompt"):
+        model32.generate(PROMPTS[:2], stream=True)
+
+
+def test_model_chat_takes_a_list(model32) -> None:
+    convs = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
+    outs = model32.chat(convs, max_tokens=12, temperature=0)
+    assert isinstance(outs, list) and len(outs) == 3
+    for conv, out in zip(convs, outs):
+        model32.context.clear()
+        one = model32.chat(conv, max_tokens=12, temperature=0)
+        assert out["choices"][0]["message"] == one["choices"][0]["message"]
+        assert out["object"] == "chat.completion"
+
+
+def test_seeded_sampling_is_reproducible_whatever_runs_beside_it(model32) -> None:
+    kw = {"max_tokens": 16, "temperature": 1.0, "seed": 1234}
+    with step35.Engine(model32, slots=3, context=CTX) as engine:
+        alone_tokens = engine.generate(PROMPTS[0], **kw).tokens
+        crowd = [engine.generate(p, max_tokens=16, temperature=1.0, seed=i, stream=True)
+                 for i, p in enumerate(PROMPTS[1:3])]
+        mine = engine.generate(PROMPTS[0], **kw)
+        for s in crowd:
+            "".join(s)
+    assert mine.tokens == alone_tokens
+    assert mine.stats.seed == 1234
+
+
+def test_requests_from_many_threads(model32, alone) -> None:
+    results: dict[str, list[int]] = {}
+    errors: list[BaseException] = []
+
+    def worker(p: str) -> None:
+        try:
+            results[p] = engine.generate(p, max_tokens=24, temperature=0).tokens
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            errors.append(e)
+
+    with step35.Engine(model32, slots=4, context=CTX) as engine:
+        threads = [threading.Thread(target=worker, args=(p,)) for p in PROMPTS]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(timeout=120)
+            assert not t.is_alive(), "a request did not finish"
+    assert not errors, errors
+    assert results == alone
+
+
+def test_async_iteration(model32, alone) -> None:
+    async def one(engine: step35.Engine, p: str) -> list[int]:
+        stream = engine.generate(p, max_tokens=24, temperature=0, stream=True)
+        pieces = [piece async for piece in stream]
+        assert "".join(pieces) or stream.finish_reason == "stop"
+        return stream.tokens
+
+    async def chat(engine: step35.Engine) -> list[dict]:
+        stream = engine.chat([{"role": "user", "content": "hi"}], max_tokens=8, temperature=0, stream=True)
+        return [chunk async for chunk in stream]
+
+    async def main(engine: step35.Engine):
+        return await asyncio.gather(*(one(engine, p) for p in PROMPTS[:4]), chat(engine))
+
+    with step35.Engine(model32, slots=4, context=CTX) as engine:
+        *tokens, chunks = asyncio.run(main(engine))
+    assert tokens == [alone[p] for p in PROMPTS[:4]]
+    assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
+    assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop") and "usage" in chunks[-1]
+
+
+def test_second_chat_turn_evaluates_only_new_tokens(model32) -> None:
+    turn1 = [{"role": "user", "content": "Tell me about the sea."}]
+    with step35.Engine(model32, slots=2, context=CTX) as engine:
+        r1 = engine.chat(turn1, max_tokens=10, temperature=0)
+        answer = r1["choices"][0]["message"]
+        turn2 = turn1 + [{"role": "assistant", "content": answer["content"] or "",
+                          "reasoning_content": answer["reasoning_content"]},
+                         {"role": "user", "content": "And the mountains?"}]
+        r2 = engine.chat(turn2, max_tokens=10, temperature=0)
+    prompt2 = r2["usage"]["prompt_tokens"]
+    evaluated2 = r2["timings"]["prompt_n"]
+    print(f"\nturn 2: {prompt2} prompt tokens, {evaluated2} evaluated, {prompt2 - evaluated2} from the cache")
+    assert r1["timings"]["prompt_n"] == r1["usage"]["prompt_tokens"]
+    assert 0 < evaluated2 < prompt2
+    # The reused cache gives what a fresh engine computes from scratch.
+    with step35.Engine(model32, slots=1, context=CTX) as fresh:
+        again = fresh.chat(turn2, max_tokens=10, temperature=0)
+    assert again["timings"]["prompt_n"] == prompt2
+    assert again["choices"][0]["message"] == r2["choices"][0]["message"]
+
+
+def test_cancel_frees_the_slot_within_a_step(model32) -> None:
+    with step35.Engine(model32, slots=1, context=CTX) as engine:
+        long = engine.generate(PROMPTS[0], max_tokens=None, temperature=1.0, seed=7, stream=True)
+        next(iter(long))
+        assert engine.metrics()["running"] == 1
+        waiting = engine.generate(PROMPTS[1], max_tokens=4, temperature=0, stream=True)
+        assert engine.metrics()["waiting"] == 1
+        long.close()
+        # The waiting request gets the slot and completes.
+        "".join(waiting)
+        assert waiting.finish_reason in ("length", "stop")
+        assert long.finish_reason == "cancelled"
+        deadline = time.monotonic() + 10
+        while engine.metrics()["running"] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert engine.metrics()["running"] == 0
+
+
+def test_the_wait_queue_is_bounded(model32) -> None:
+    with step35.Engine(model32, slots=1, context=CTX, max_waiting=1) as engine:
+        running = engine.generate(PROMPTS[0], max_tokens=None, temperature=1.0, seed=3, stream=True)
+        next(iter(running))
+        queued = engine.generate(PROMPTS[1], max_tokens=2, temperature=0, stream=True)
+        with pytest.raises(QueueFullError, match="wait queue is full"):
+            engine.generate(PROMPTS[2], max_tokens=2, temperature=0, stream=True)
+        running.close()
+        "".join(queued)
+        assert queued.finish_reason in ("length", "stop")
+
+
+def test_a_slot_ends_at_its_context(model32) -> None:
+    with step35.Engine(model32, slots=2, context={"n_ctx": 64}) as engine:
+        ids = model32.tokenize(PROMPTS[0])
+        out = engine.generate(PROMPTS[0], max_tokens=None, temperature=1.0, seed=11)
+        assert out.finish_reason in ("length", "stop")
+        if out.finish_reason == "length":
+            assert len(ids) + len(out.tokens) == 64
+        with pytest.raises(ContextOverflowError, match="a slot's context holds 64"):
+            engine.generate("word " * 80, max_tokens=1)
+
+
+def test_bad_requests_are_refused_before_queueing(model32) -> None:
+    with step35.Engine(model32, slots=1, context=CTX) as engine:
+        with pytest.raises(ValueError, match="temperature"):
+            engine.generate("x", temperature=float("nan"))
+        with pytest.raises(TypeError, match="temprature"):
+            engine.generate("x", temprature=0)  # type: ignore[call-arg]
+        with pytest.raises(ValueError, match="stop"):
+            engine.generate("x", stop=[""])
+        assert engine.metrics()["waiting"] == 0
+    with pytest.raises(ValueError, match="slots"):
+        step35.Engine(model32, slots=0)
+
+
+def test_close_cancels_and_refuses_new_requests(model32) -> None:
+    engine = step35.Engine(model32, slots=2, context=CTX)
+    stream = engine.generate(PROMPTS[0], max_tokens=None, temperature=1.0, seed=5, stream=True)
+    next(iter(stream))
+    engine.close()
+    assert stream.finish_reason == "cancelled"
+    with pytest.raises(ClosedError):
+        engine.generate("x")
+    engine.close()  # idempotent
+    # The model still works (the engine's context is freed).
+    assert model32.generate("x", max_tokens=2, temperature=0).finish_reason in ("length", "stop")
+
+
+def test_the_gil_is_released_while_the_engine_works(model32) -> None:
+    spins = 0
+    stop = threading.Event()
+
+    def spin() -> None:
+        nonlocal spins
+        while not stop.is_set():
+            spins += 1
+
+    with step35.Engine(model32, slots=2, context=CTX) as engine:
+        t = threading.Thread(target=spin)
+        t.start()
+        try:
+            engine.generate_many(PROMPTS[:2], max_tokens=32, temperature=0)
+        finally:
+            stop.set()
+            t.join()
+    assert spins > 1000
