@@ -327,8 +327,9 @@ def test_break_out_of_a_for_loop_frees_the_context(model) -> None:
 # native token loop (seen from its Python frame), not by a wall-clock timer.
 
 ENDLESS_PROMPT = "Go on forever"
-_STEP_LINE = next(n for n, line in enumerate(inspect.getsourcelines(generation.run)[0],
-                                             inspect.getsourcelines(generation.run)[1])
+# generation.result runs a non-streaming generation: its frame waits on this line.
+_STEP_LINE = next(n for n, line in enumerate(inspect.getsourcelines(generation.result)[0],
+                                             inspect.getsourcelines(generation.result)[1])
                   if "native.step(True)" in line)
 
 
@@ -370,7 +371,7 @@ def _once_inside_the_native_loop(action: Callable[[], None]) -> Iterator[threadi
     def watch() -> None:
         while not done.is_set():
             frame = sys._current_frames().get(main)
-            if frame is not None and frame.f_code is generation.run.__code__ and frame.f_lineno == _STEP_LINE:
+            if frame is not None and frame.f_code is generation.result.__code__ and frame.f_lineno == _STEP_LINE:
                 fired.set()
                 action()
                 return

@@ -12,8 +12,10 @@ Subcommands:
     step35 bench [-m MODEL] [-npp ...] [-ntg ...] [-npl ...]   llama-batched-bench's table
                                       (no -m: the built-in tiny Step 3.5 model)
     step35 download REPO[:QUANT] [--quant Q] [--include PATTERN] [--revision R]   fetch a GGUF from the Hub
+    step35 serve [-m MODEL] [--host H] [--port P] [-np N] [--api-key KEY]   OpenAI-compatible HTTP server
+                                      (continuous batching; needs the extra: pip install 'step35[server]')
 
-run, chat and bench take -m as a local GGUF or a Hub repo (owner/name[:QUANT]).
+run, chat, bench and serve take -m as a local GGUF or a Hub repo (owner/name[:QUANT]).
 """
 
 from __future__ import annotations
@@ -167,9 +169,9 @@ def cmd_testmodel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_context_flags(s: argparse.ArgumentParser) -> None:
+def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str = "context length (0 = the model's)") -> None:
     g = s.add_argument_group("context")
-    g.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length (0 = the model's)")
+    g.add_argument("-c", "--ctx-size", type=int, default=4096, help=ctx_help)
     g.add_argument("-b", "--batch-size", type=int, default=2048)
     g.add_argument("-ub", "--ubatch-size", type=int, default=512)
     g.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
@@ -441,6 +443,62 @@ def cmd_fit(args: argparse.Namespace) -> int:
     return 0 if p.fits else 2
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    import os
+
+    try:
+        from . import server
+    except ImportError as e:  # the server extra is not installed: say how to get it
+        print(f"step35: error: {e}", file=sys.stderr)
+        return 1
+    from . import hub
+    from .context import ContextParams
+    from .engine import Engine
+
+    per_slot = ContextParams(**_context_params(args))  # validate flags before loading anything
+    slots = args.parallel
+    if slots < 1:
+        raise ValueError(f"-np/--parallel must be >= 1, got {slots}")
+    is_repo = bool(args.model) and hub.looks_like_repo(args.model) and not Path(args.model).exists()
+    n_ctx = per_slot.n_ctx
+    if n_ctx == 0 and not is_repo:  # -c 0: each slot gets the model's training context
+        from .gguf import model_files, read_header
+
+        header = read_header(model_files(args.model or _default_model())[0])
+        n_ctx = int(header.metadata.get(f"{header.architecture}.context_length", 0) or 0)
+    # The memory plan covers the engine's context: slots x the per-slot context, one sequence per slot.
+    planned = per_slot.replace(n_ctx=n_ctx * slots, n_seq_max=slots, n_batch=max(per_slot.n_batch, slots))
+    check = not args.no_fit_check
+    path, pre = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device)
+    path = path or str(_default_model())
+    api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
+    defaults = dict(_sampling(args), max_tokens=args.n_predict)  # no -n: each route's own default
+    name = args.alias or (args.model if is_repo else Path(path).name)
+    aliases = {Path(path).name, Path(path).stem} - {name}
+    model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
+                                   context=planned, check_memory=check and not pre, devices=args.device)
+    with model:
+        engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting)
+        try:
+            app = server.create_app(engine, model_name=name, aliases=sorted(aliases), api_key=api_key,
+                                    max_body_bytes=args.max_body_bytes, defaults=defaults)
+
+            def ready(host: str, port: int) -> None:
+                url = server.url_of(host, port)
+                key = "<the --api-key>" if api_key else "none"
+                print(f"step35 serve: {name} on {url}/v1 ({slots} slots x {engine.n_ctx_slot} tokens"
+                      f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
+                print(f"  OpenAI clients: base_url={url}/v1 api_key={key} model={name} "
+                      f"(agents: OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY={key})", flush=True)
+
+            stopped_by = server.run(app, host=args.host, port=args.port, log_level=args.log_level,
+                                    shutdown_timeout=args.shutdown_timeout, on_ready=ready)
+        finally:
+            engine.close(cancel=True, timeout=args.shutdown_timeout)
+    print(f"step35 serve: stopped{f' ({stopped_by})' if stopped_by else ''}", file=sys.stderr, flush=True)
+    return 0
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
@@ -564,6 +622,29 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-dir", help="Hugging Face cache directory (default: HF_HUB_CACHE / HF_HOME)")
     s.add_argument("--offline", action="store_true", help="only look in the cache (like HF_HUB_OFFLINE=1)")
     s.set_defaults(func=cmd_download)
+
+    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, "
+                                     "/v1/models, /health, /metrics) with continuous batching; "
+                                     "needs: pip install 'step35[server]'")
+    s.add_argument("-m", "--model", help="GGUF file or Hub repo owner/name[:QUANT] (default: the built-in tiny model)")
+    s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
+    s.add_argument("-np", "--parallel", type=int, default=4, help="slots: requests decoded at once (default 4)")
+    s.add_argument("--max-waiting", type=int, default=64,
+                   help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
+    s.add_argument("--api-key", default=None,
+                   help="require 'Authorization: Bearer KEY' on every route but /health (default: $STEP35_API_KEY)")
+    s.add_argument("--alias", help="model id the server reports and accepts (default: the file name, or the repo)")
+    s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
+                   help="largest request body; larger ones get 413 (default 16 MiB)")
+    s.add_argument("--shutdown-timeout", type=float, default=10.0,
+                   help="seconds in-flight requests get to finish after SIGINT/SIGTERM before they are cancelled")
+    s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
+                   help="uvicorn's log level (info and debug also log each request)")
+    _add_context_flags(s, ctx_help="context length of each slot (0 = the model's); "
+                                   "the KV cache holds -np x this many tokens")
+    _add_sampling_flags(s)
+    s.set_defaults(func=cmd_serve)
     return p
 
 
