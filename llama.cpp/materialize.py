@@ -16,6 +16,13 @@ When the stamp matches the pin and the patch series, nothing is done (this is
 what happens when building from our sdist, which carries ``source/``).
 
 Usage: ``python llama.cpp/materialize.py [--force] [--check]`` (``--help`` for more).
+
+Opt-in extras for benchmarks: ``--with tools --with scripts/ui-assets.cmake
+--source build/llama-server/llama.cpp/source`` also extracts upstream paths
+beyond ``KEEP`` (here what ``llama-server`` needs) into a *separate* source
+directory; the extras are recorded in its stamp, so that tree is just as
+idempotent and hash-checked. The default tree (what the wheel and our sdist
+carry) and its stamp do not change.
 """
 
 from __future__ import annotations
@@ -115,8 +122,8 @@ def cache_dir() -> Path:
     return Path(root) / "llama.cpp"
 
 
-def expected_stamp(pin: dict, patches: list[Path]) -> dict:
-    return {
+def expected_stamp(pin: dict, patches: list[Path], extra: list[str] | tuple[str, ...] = ()) -> dict:
+    stamp = {
         "upstream_commit": pin["upstream"]["commit"],
         "registry": f'{pin["registry"]["package"]}=={pin["registry"]["version"]}',
         "sha256": pin["registry"]["sha256"],
@@ -124,6 +131,20 @@ def expected_stamp(pin: dict, patches: list[Path]) -> dict:
         "keep": KEEP,
         "drop": DROP,
     }
+    if extra:  # only opt-in trees (--with) carry the key: the default stamp is unchanged
+        stamp["with"] = sorted(set(extra))
+    return stamp
+
+
+def check_extra(extra: list[str] | tuple[str, ...]) -> list[str]:
+    """Normalize ``--with`` paths (relative to the upstream root, no ``..``)."""
+    out = []
+    for e in extra:
+        rel = e.strip().strip("/")
+        if not rel or rel.startswith(".") or "\\" in rel or any(part in ("", "..") for part in rel.split("/")):
+            raise MaterializeError(f"--with {e!r}: give a path relative to the upstream root, e.g. tools/server")
+        out.append(rel)
+    return out
 
 
 def read_stamp(source: Path) -> dict | None:
@@ -222,18 +243,18 @@ def obtain_sdist(pin: dict, log) -> Path:
     return candidate
 
 
-def _wanted(rel: str) -> bool:
+def _wanted(rel: str, extra: list[str] | tuple[str, ...] = ()) -> bool:
     for d in DROP:
         if rel == d or rel.startswith(d + "/"):
             return False
-    for k in KEEP:
+    for k in (*KEEP, *extra):
         if rel == k or rel.startswith(k + "/"):
             return True
     return False
 
 
-def extract(sdist: Path, pin: dict, dest: Path) -> int:
-    """Extract the KEEP subset of ``vendor/llama.cpp`` into ``dest``."""
+def extract(sdist: Path, pin: dict, dest: Path, extra: list[str] | tuple[str, ...] = ()) -> int:
+    """Extract the KEEP subset (plus ``extra`` paths) of ``vendor/llama.cpp`` into ``dest``."""
     prefix = f'{Path(pin["registry"]["filename"]).name[: -len(".tar.gz")]}/{pin["registry"]["subdirectory"]}/'
     count = 0
     with tarfile.open(sdist, "r:gz") as tar:
@@ -241,7 +262,7 @@ def extract(sdist: Path, pin: dict, dest: Path) -> int:
             if not m.name.startswith(prefix):
                 continue
             rel = m.name[len(prefix):]
-            if not rel or not _wanted(rel):
+            if not rel or not _wanted(rel, extra):
                 continue
             if m.isdir():
                 continue
@@ -258,6 +279,9 @@ def extract(sdist: Path, pin: dict, dest: Path) -> int:
             count += 1
     if count == 0:
         raise MaterializeError(f"{sdist} has nothing under {prefix}: wrong subdirectory in pin.toml?")
+    for e in extra:
+        if not (dest / e).exists():
+            raise MaterializeError(f"--with {e}: the pinned upstream source has no such path")
     return count
 
 
@@ -281,17 +305,27 @@ def apply_patches(patches: list[Path], dest: Path, log, commit: str = "") -> Non
 
 
 def materialize(force: bool = False, log=print, source: Path = SOURCE_DIR,
-                patch_dir: Path = PATCH_DIR, pin_file: Path = PIN_FILE) -> Path:
-    """Make ``source`` hold the pinned, trimmed, patched tree; return its path."""
+                patch_dir: Path = PATCH_DIR, pin_file: Path = PIN_FILE,
+                extra: list[str] | tuple[str, ...] = ()) -> Path:
+    """Make ``source`` hold the pinned, trimmed, patched tree; return its path.
+
+    ``extra``: upstream paths to extract beyond ``KEEP`` (``--with``), for a
+    separate benchmark tree; never pass them for the default ``source``.
+    """
+    extra = check_extra(extra)
+    if extra and Path(source).resolve() == SOURCE_DIR.resolve():
+        raise MaterializeError(f"--with needs --source: {SOURCE_DIR} is the wheel's tree and stays trimmed")
     pin = load_pin(pin_file)
     patches = patch_series(patch_dir)
-    want = expected_stamp(pin, patches)
+    want = expected_stamp(pin, patches, extra)
     if not force and read_stamp(source) == want:
         return source
     sdist = obtain_sdist(pin, log)
+    source = Path(source)
+    source.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=".source-", dir=source.parent))
     try:
-        n = extract(sdist, pin, staging)
+        n = extract(sdist, pin, staging, extra)
         apply_patches(patches, staging, log, pin["upstream"]["commit"])
         (staging / STAMP_NAME).write_text(json.dumps(want, indent=2) + "\n", encoding="utf-8")
         if source.exists():
@@ -311,13 +345,18 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pin", type=Path, default=PIN_FILE, help="pin file (default: pin.toml beside this script)")
     ap.add_argument("--patches", type=Path, default=PATCH_DIR, help="patch directory with a `series` file")
     ap.add_argument("--source", type=Path, default=SOURCE_DIR, help="where to write the source")
+    ap.add_argument("--with", dest="extra", action="append", default=[], metavar="PATH",
+                    help="also extract this upstream path (e.g. tools, for llama-server); repeatable; "
+                         "needs a --source other than the default")
     args = ap.parse_args(argv)
     try:
         if args.check:
-            ok = read_stamp(args.source) == expected_stamp(load_pin(args.pin), patch_series(args.patches))
+            want = expected_stamp(load_pin(args.pin), patch_series(args.patches), check_extra(args.extra))
+            ok = read_stamp(args.source) == want
             print("up to date" if ok else "stale or missing")
             return 0 if ok else 1
-        materialize(force=args.force, source=args.source, patch_dir=args.patches, pin_file=args.pin)
+        materialize(force=args.force, source=args.source, patch_dir=args.patches, pin_file=args.pin,
+                    extra=args.extra)
     except MaterializeError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -118,7 +118,7 @@ def _run_tiny(path: Path, devices: list[str], n_gpu_layers: int) -> dict[str, An
     return {"ids": ids, "tokens": list(done.tokens), "logits": np.asarray(logits, dtype=np.float64), "parts": parts}
 
 
-def check_tiny(args: argparse.Namespace, state: dict[str, Any]) -> None:
+def check_tiny(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
     import dataclasses
 
     spec = dataclasses.replace(testing.SIZES["tiny"], name="tiny32", dtype="f32", embd_dtype="f32", head_dim=32)
@@ -126,6 +126,8 @@ def check_tiny(args: argparse.Namespace, state: dict[str, Any]) -> None:
     cpu = _run_tiny(path, [], 0)
     gpu = None if args.dry_run and gpu_device(args.device) is None else _run_tiny(path, [args.device], -1)
     state["tiny"] = (cpu, gpu)
+    return {"model": path.name, "positions": int(cpu["logits"].shape[0]), "greedy_tokens": len(cpu["tokens"]),
+            "gpu_run": gpu is not None}
 
 
 def check_logits(state: dict[str, Any]) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def main() -> int:
     report = Report()
     state: dict[str, Any] = {}
     report.run("device", lambda: check_device(args))
-    report.run("tiny", lambda: (check_tiny(args, state), {})[1])
+    report.run("tiny", lambda: check_tiny(args, state))  # the F32 tiny model on the CPU (and the GPU)
     if "tiny" in state:
         report.run("logits", lambda: check_logits(state))
         report.run("greedy", lambda: check_greedy(state))

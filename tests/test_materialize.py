@@ -152,6 +152,26 @@ def test_idempotent_and_offline_once_done(fake) -> None:
     assert _run(tmp, sdist, pin, patches, "--check").returncode == 0
 
 
+def test_with_extracts_more_into_its_own_stamped_tree(fake) -> None:
+    """--with (benchmarks' llama-server tree): extra paths, recorded in the stamp;
+    the default tree's stamp has no such key, and --with never touches it."""
+    tmp, sdist, pin, patches, _ = fake
+    assert _run(tmp, sdist, pin, patches).returncode == 0
+    plain = json.loads((tmp / "source" / ".step35-stamp.json").read_text())
+    assert "with" not in plain
+    assert _run(tmp, sdist, pin, patches, "--with", "docs", "--check").returncode == 1  # another tree
+    r = _run(tmp, sdist, pin, patches, "--with", "docs")
+    assert r.returncode == 0, r.stderr
+    assert (tmp / "source" / "docs" / "huge.md").exists()
+    assert json.loads((tmp / "source" / ".step35-stamp.json").read_text())["with"] == ["docs"]
+    assert _run(tmp, sdist, pin, patches, "--with", "docs", "--check").returncode == 0
+    r = _run(tmp, sdist, pin, patches, "--with", "no/such/dir", "--force")
+    assert r.returncode == 1 and "no such path" in r.stderr
+    assert _run(tmp, sdist, pin, patches, "--with", "../x").returncode == 1
+    r = subprocess.run([sys.executable, str(SCRIPT), "--with", "tools"], capture_output=True, text=True)
+    assert r.returncode == 1 and "needs --source" in r.stderr  # the wheel's own tree stays trimmed
+
+
 BACKEND = """
 def get_requires_for_build_wheel(config_settings=None):
     return []

@@ -438,7 +438,8 @@ def cmd_fit(args: argparse.Namespace) -> int:
     p = fit.plan(args.model or _default_model(), quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k,
                  type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
                  n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
-                 flash_attn=args.flash_attn, memory=args.memory, kv_contexts=args.kv_table, devices=args.device)
+                 kv_unified=args.kv_unified, flash_attn=args.flash_attn, memory=args.memory,
+                 kv_contexts=args.kv_table, devices=args.device)
     print(json.dumps(p.to_dict(), indent=2) if args.json else p)
     return 0 if p.fits else 2
 
@@ -453,7 +454,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 1
     from . import hub
     from .context import ContextParams
-    from .engine import Engine
+    from .engine import Engine, engine_context
 
     per_slot = ContextParams(**_context_params(args))  # validate flags before loading anything
     slots = args.parallel
@@ -466,8 +467,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         header = read_header(model_files(args.model or _default_model())[0])
         n_ctx = int(header.metadata.get(f"{header.architecture}.context_length", 0) or 0)
-    # The memory plan covers the engine's context: slots x the per-slot context, one sequence per slot.
-    planned = per_slot.replace(n_ctx=n_ctx * slots, n_seq_max=slots, n_batch=max(per_slot.n_batch, slots))
+    # The memory plan covers the engine's context: one KV stream of the per-slot context per slot.
+    planned = engine_context(per_slot, slots, n_ctx)
     check = not args.no_fit_check
     path, pre = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device)
     path = path or str(_default_model())
@@ -600,7 +601,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length (0 = the model's)")
     s.add_argument("-b", "--batch-size", type=int, default=2048)
     s.add_argument("-ub", "--ubatch-size", type=int, default=512)
-    s.add_argument("-np", "--parallel", type=int, default=1, help="parallel sequences")
+    s.add_argument("-np", "--parallel", type=int, default=1,
+                   help="parallel sequences: -c is split into one KV stream each (as step35 serve, llama-server)")
+    s.add_argument("-kvu", "--kv-unified", action="store_true", help="one KV buffer shared by the sequences")
     s.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
     s.add_argument("-ctk", "--cache-type-k", default="f16")
     s.add_argument("-ctv", "--cache-type-v", default="f16")

@@ -32,6 +32,18 @@ __all__ = ["Engine", "EngineStream"]
 MAX_SLOTS = 256
 
 
+def engine_context(per_slot: ContextParams, slots: int, n_ctx_slot: int) -> ContextParams:
+    """The context an engine of ``slots`` slots makes (and the memory plan must cover).
+
+    One KV stream per slot (``kv_unified=False``), each of ``n_ctx_slot``
+    tokens: a sequence attends only to its own cells, so its output is the
+    one it gets alone (as llama-server's slots do), and attention costs
+    what its own context costs, not the sum of all slots'.
+    """
+    return per_slot.replace(n_ctx=n_ctx_slot * slots, n_seq_max=slots, kv_unified=False,
+                            n_batch=max(per_slot.n_batch, slots))
+
+
 class EngineStream(CompletionStream):
     """A :class:`~step35.CompletionStream` of an :class:`Engine` request.
 
@@ -63,8 +75,8 @@ class Engine:
         model: the loaded :class:`~step35.Model`.
         slots: sequences decoded together (like llama-server's ``-np``), 1 to 256.
         context: settings of the engine's context (:class:`~step35.ContextParams`
-            fields; default: the model's). ``n_ctx`` is the context of one slot;
-            the KV cache holds ``slots x n_ctx`` tokens, shared by all slots.
+            fields; default: the model's). ``n_ctx`` is the context of one slot:
+            the KV cache holds ``slots`` streams of ``n_ctx`` tokens each.
         max_waiting: requests that may wait for a slot; one more raises
             :class:`~step35.errors.QueueFullError`.
 
@@ -85,8 +97,7 @@ class Engine:
             raise ValueError(f"max_waiting must be an int >= 0, got {max_waiting!r}")
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
-        params = base.replace(n_ctx=n_ctx_slot * slots, n_seq_max=slots, kv_unified=True,
-                              n_batch=max(base.n_batch, slots))
+        params = engine_context(base, slots, n_ctx_slot)
         self.model = model
         self.slots = slots
         self.n_ctx_slot = n_ctx_slot
