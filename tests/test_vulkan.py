@@ -205,4 +205,4 @@ def test_the_fit_plan_has_the_vulkan_device_as_its_own_pool(tiny_path: Path) -> 
     from step35.gguf import read_header
 
     embd = next(t.nbytes for t in read_header(tiny_path).tensors if t.name == "token_embd.weight")
-    assert pools["RAM"].weights == embd
+    assert 0 <= pools["RAM"].weights - embd < 4096  # plus the buffer's alignment
