@@ -38,12 +38,6 @@ namespace step35 {
 
 namespace {
 
-using clock_type = std::chrono::steady_clock;
-
-double ms_between(clock_type::time_point t0, clock_type::time_point t1) {
-    return std::chrono::duration<double, std::milli>(t1 - t0).count();
-}
-
 enum class State { Waiting, Prompt, Generating, Done };
 
 // One request. The scheduler thread owns the decoding state; fields read by
@@ -54,16 +48,13 @@ struct Request {
             std::vector<std::string> stop, bool render_special)
         : id(id_), prompt(std::move(prompt_)), max_tokens(max_tokens_), sampling(s),
           out(std::move(stop), render_special) {}
-    ~Request() {
-        if (sampler) llama_sampler_free(sampler);
-    }
 
     const int64_t id;
     const std::vector<llama_token> prompt;
     const int64_t max_tokens;  // -1 = until the context is full
     const SamplingOptions sampling;
     TextOutput out;
-    llama_sampler * sampler = nullptr;
+    std::unique_ptr<Sampler> sampler;
 
     State state = State::Waiting;
     int slot = -1;
@@ -77,7 +68,7 @@ struct Request {
     std::string finish_reason;
     std::string error;
     size_t n_cached = 0, n_evaluated = 0;
-    clock_type::time_point t_submit = clock_type::now(), t_admit, t_prompt_done, t_first, t_end;
+    Clock::time_point t_submit = Clock::now(), t_admit, t_prompt_done, t_first, t_end;
     bool have_first = false;
 };
 
@@ -142,7 +133,7 @@ public:
                                                        " requests waiting); retry later or raise max_waiting");
         auto req = std::make_shared<Request>(next_id_++, std::move(prompt), max_tokens, s, std::move(stop),
                                              render_special);
-        req->sampler = make_sampler(req->sampling, vocab, req->prompt);
+        req->sampler = std::make_unique<Sampler>(req->sampling, vocab, req->prompt);
         waiting_.push_back(req);
         lk.unlock();
         work_cv_.notify_one();
@@ -170,11 +161,11 @@ public:
     // `all`: wait for the end. Wakes every 50 ms so that Ctrl-C can stop the wait.
     std::string wait(const std::shared_ptr<Request> & req, bool all, double timeout, bool * timed_out) {
         std::unique_lock<std::mutex> lk(mu_);
-        const auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+        const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                                       std::chrono::duration<double>(timeout < 0 ? 1e9 : timeout));
         *timed_out = false;
         while (!req->finished && (all || req->ready.empty())) {
-            if (clock_type::now() >= deadline) {
+            if (Clock::now() >= deadline) {
                 *timed_out = true;
                 break;
             }
@@ -207,7 +198,7 @@ public:
         std::unique_lock<std::mutex> lk(mu_);
         stopping_ = true;
         if (!cancel_running) {
-            const auto deadline = clock_type::now() + std::chrono::duration_cast<clock_type::duration>(
+            const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                                           std::chrono::duration<double>(timeout));
             work_cv_.notify_one();
             out_cv_.wait_until(lk, deadline, [this] { return stopped_ || idle_locked(); });
@@ -256,8 +247,8 @@ private:
         r.finished = true;
         r.finish_reason = reason;
         r.state = State::Done;
-        r.t_end = clock_type::now();
-        if (r.t_prompt_done == clock_type::time_point{}) r.t_prompt_done = r.t_end;
+        r.t_end = Clock::now();
+        if (r.t_prompt_done == Clock::time_point{}) r.t_prompt_done = r.t_end;
         r.ready += r.out.take_all();
         ++total_finished_;
         if (r.slot >= 0) {
@@ -299,7 +290,7 @@ private:
             req->state = State::Prompt;
             req->n_prompt_done = keep;
             req->n_cached = keep;
-            req->t_admit = clock_type::now();
+            req->t_admit = Clock::now();
             total_cached_ += keep;
         }
     }
@@ -429,7 +420,7 @@ private:
             prompt_budget = n_batch_;
 
             // Commit, then sample where there are logits (outside the lock: only this thread uses samplers).
-            const auto now = clock_type::now();
+            const auto now = Clock::now();
             for (const auto & e : entries) {
                 Slot & s = *e.slot;
                 Request & r = *s.req;
@@ -451,7 +442,7 @@ private:
             lk.unlock();
             std::vector<std::pair<Entry, llama_token>> sampled;
             for (const auto & e : entries)
-                if (e.output >= 0) sampled.push_back({e, llama_sampler_sample(e.slot->req->sampler, c, e.output)});
+                if (e.output >= 0) sampled.push_back({e, e.slot->req->sampler->sample(c, e.output)});
             lk.lock();
             for (auto & [e, tok] : sampled) {
                 Slot & s = *e.slot;
@@ -459,7 +450,7 @@ private:
                 Request & r = *s.req;
                 if (!r.have_first) {
                     r.have_first = true;
-                    r.t_first = clock_type::now();
+                    r.t_first = Clock::now();
                 }
                 if (llama_vocab_is_eog(vocab, tok)) {
                     finish_locked(r, "stop");
@@ -577,9 +568,9 @@ public:
         std::lock_guard<std::mutex> lk(engine_->mutex());
         const Request & r = *req_;
         py::dict d;
-        const auto end = r.finished ? r.t_end : clock_type::now();
-        const bool admitted = r.t_admit != clock_type::time_point{};
-        const bool prompt_done = r.t_prompt_done != clock_type::time_point{};
+        const auto end = r.finished ? r.t_end : Clock::now();
+        const bool admitted = r.t_admit != Clock::time_point{};
+        const bool prompt_done = r.t_prompt_done != Clock::time_point{};
         d["prompt_tokens"] = r.prompt.size();
         d["prompt_tokens_evaluated"] = r.n_evaluated;
         d["prompt_tokens_cached"] = r.n_cached;

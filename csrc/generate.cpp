@@ -7,7 +7,7 @@
 #include <pybind11/stl.h>
 
 #include <algorithm>
-#include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -22,12 +22,6 @@ namespace py = pybind11;
 namespace step35 {
 
 namespace {
-
-using clock_type = std::chrono::steady_clock;
-
-double ms_since(clock_type::time_point t0, clock_type::time_point t1) {
-    return std::chrono::duration<double, std::milli>(t1 - t0).count();
-}
 
 class Generation {
 public:
@@ -46,7 +40,7 @@ public:
                             std::to_string(n_ctx) + " (and at least one more is needed to generate); "
                             "use a larger n_ctx or a shorter prompt");
         guard_ = std::make_unique<BusyGuard>(*ctx_);
-        sampler_ = make_sampler(sampling, vocab, prompt_);
+        sampler_ = std::make_unique<Sampler>(sampling, vocab, prompt_);
         ctx_->interrupt().begin();
     }
 
@@ -112,7 +106,7 @@ private:
         llama_context * c = ctx_->get();
         const llama_vocab * vocab = ctx_->vocab();
         const size_t n_ctx = llama_n_ctx(c);
-        const auto t_start = clock_type::now();
+        const auto t_start = Clock::now();
         if (!prompt_done_) {
             auto & hist = ctx_->history();
             size_t keep = 0;
@@ -130,8 +124,8 @@ private:
             hist.assign(prompt_.begin(), prompt_.end());
             n_prompt_eval_ = n;
             prompt_done_ = true;
-            t_gen_start_ = clock_type::now();
-            t_prompt_ms_ = ms_since(t_start, t_gen_start_);
+            t_gen_start_ = Clock::now();
+            t_prompt_ms_ = ms_between(t_start, t_gen_start_);
         }
         while (!finished_) {
             if (max_tokens_ >= 0 && (int64_t) n_gen_ >= max_tokens_) {
@@ -152,8 +146,8 @@ private:
                 hist.push_back(undecoded_);
                 undecoded_ = LLAMA_TOKEN_NULL;
             }
-            const llama_token tok = llama_sampler_sample(sampler_, c, -1);
-            if (n_gen_ == 0) ttft_ms_ = t_prompt_ms_ + ms_since(t_gen_start_, clock_type::now());
+            const llama_token tok = sampler_->sample(c, -1);
+            if (n_gen_ == 0) ttft_ms_ = t_prompt_ms_ + ms_between(t_gen_start_, Clock::now());
             if (llama_vocab_is_eog(vocab, tok)) {
                 finish("stop");
                 break;
@@ -182,14 +176,11 @@ private:
         if (finished_) return;
         finished_ = true;
         finish_reason_ = reason;
-        if (prompt_done_ && t_gen_ms_ == 0.0) t_gen_ms_ = ms_since(t_gen_start_, clock_type::now());
+        if (prompt_done_ && t_gen_ms_ == 0.0) t_gen_ms_ = ms_between(t_gen_start_, Clock::now());
     }
 
     void release() {
-        if (sampler_) {
-            llama_sampler_free(sampler_);
-            sampler_ = nullptr;
-        }
+        sampler_.reset();
         guard_.reset();
     }
 
@@ -198,7 +189,7 @@ private:
     int64_t max_tokens_;
     TextOutput out_;
     std::unique_ptr<BusyGuard> guard_;
-    llama_sampler * sampler_ = nullptr;
+    std::unique_ptr<Sampler> sampler_;
 
     bool prompt_done_ = false;
     bool finished_ = false;
@@ -207,7 +198,7 @@ private:
     std::vector<llama_token> generated_;
     size_t n_gen_ = 0;
     size_t n_prompt_eval_ = 0;
-    clock_type::time_point t_gen_start_;
+    Clock::time_point t_gen_start_;
     double t_prompt_ms_ = 0.0, t_gen_ms_ = 0.0, ttft_ms_ = 0.0;
 
 };

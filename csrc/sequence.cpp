@@ -6,30 +6,72 @@ namespace py = pybind11;
 
 namespace step35 {
 
-llama_sampler * make_sampler(const SamplingOptions & o, const llama_vocab * vocab,
-                             const std::vector<llama_token> & prompt) {
+Sampler::Sampler(const SamplingOptions & o, const llama_vocab * vocab, const std::vector<llama_token> & prompt)
+    : n_vocab_(llama_vocab_n_tokens(vocab)) {
     llama_sampler_chain_params cp = llama_sampler_chain_default_params();
     cp.no_perf = true;
-    llama_sampler * chain = llama_sampler_chain_init(cp);
+    chain_ = llama_sampler_chain_init(cp);
     const bool penalties = o.repeat_penalty != 1.0f || o.presence_penalty != 0.0f || o.frequency_penalty != 0.0f;
     if (penalties)
-        llama_sampler_chain_add(chain, llama_sampler_init_penalties(llama_vocab_n_tokens(vocab), o.repeat_last_n,
-                                                                    o.repeat_penalty, o.frequency_penalty,
-                                                                    o.presence_penalty));
+        llama_sampler_chain_add(chain_, llama_sampler_init_penalties(n_vocab_, o.repeat_last_n, o.repeat_penalty,
+                                                                     o.frequency_penalty, o.presence_penalty));
     if (o.temperature <= 0.0f) {
-        llama_sampler_chain_add(chain, llama_sampler_init_greedy());
+        llama_sampler_chain_add(chain_, llama_sampler_init_greedy());
+        argmax_ = !penalties;
     } else {
-        if (o.top_k > 0) llama_sampler_chain_add(chain, llama_sampler_init_top_k(o.top_k));
-        if (o.top_p < 1.0f) llama_sampler_chain_add(chain, llama_sampler_init_top_p(o.top_p, 1));
-        if (o.min_p > 0.0f) llama_sampler_chain_add(chain, llama_sampler_init_min_p(o.min_p, 1));
-        llama_sampler_chain_add(chain, llama_sampler_init_temp(o.temperature));
-        llama_sampler_chain_add(chain, llama_sampler_init_dist(o.seed));
+        if (o.top_k > 0) llama_sampler_chain_add(chain_, llama_sampler_init_top_k(o.top_k));
+        if (o.top_p < 1.0f) llama_sampler_chain_add(chain_, llama_sampler_init_top_p(o.top_p, 1));
+        if (o.min_p > 0.0f) llama_sampler_chain_add(chain_, llama_sampler_init_min_p(o.min_p, 1));
+        llama_sampler_chain_add(chain_, llama_sampler_init_temp(o.temperature));
+        llama_sampler_chain_add(chain_, llama_sampler_init_dist(o.seed));
+        if (!penalties && o.top_k > 0 && o.top_k < n_vocab_) top_k_ = o.top_k;
     }
     if (penalties) {
         const size_t k = o.repeat_last_n < 0 ? prompt.size() : std::min(prompt.size(), (size_t) o.repeat_last_n);
-        for (size_t i = prompt.size() - k; i < prompt.size(); ++i) llama_sampler_accept(chain, prompt[i]);
+        for (size_t i = prompt.size() - k; i < prompt.size(); ++i) llama_sampler_accept(chain_, prompt[i]);
     }
-    return chain;
+}
+
+Sampler::~Sampler() { llama_sampler_free(chain_); }
+
+llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
+    const float * logits = (argmax_ || top_k_ > 0) ? llama_get_logits_ith(ctx, idx) : nullptr;
+    if (logits == nullptr) return llama_sampler_sample(chain_, ctx, idx);
+    if (argmax_) {  // the first of the largest logits, as llama_sampler_init_greedy picks
+        llama_token best = 0;
+        float best_logit = logits[0];
+        for (llama_token t = 1; t < n_vocab_; ++t)
+            if (logits[t] > best_logit) {
+                best_logit = logits[t];
+                best = t;
+            }
+        llama_sampler_accept(chain_, best);
+        return best;
+    }
+    // The k largest logits: cand_ holds the best k seen so far, `low` is the index of its smallest.
+    const size_t k = (size_t) top_k_;
+    cand_.clear();
+    for (llama_token t = 0; t < (llama_token) k; ++t) cand_.push_back({t, logits[t], 0.0f});
+    auto lowest = [this] {
+        size_t lo = 0;
+        for (size_t i = 1; i < cand_.size(); ++i)
+            if (cand_[i].logit < cand_[lo].logit) lo = i;
+        return lo;
+    };
+    size_t low = lowest();
+    float threshold = cand_[low].logit;
+    for (llama_token t = (llama_token) k; t < n_vocab_; ++t) {
+        if (logits[t] <= threshold) continue;
+        cand_[low] = {t, logits[t], 0.0f};
+        low = lowest();
+        threshold = cand_[low].logit;
+    }
+    llama_token_data_array cur_p = {cand_.data(), cand_.size(), -1, false};
+    llama_sampler_apply(chain_, &cur_p);
+    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) return llama_sampler_sample(chain_, ctx, idx);
+    const llama_token tok = cur_p.data[cur_p.selected].id;
+    llama_sampler_accept(chain_, tok);
+    return tok;
 }
 
 namespace {

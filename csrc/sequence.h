@@ -1,12 +1,13 @@
 // One generated sequence's per-token policy, shared by the single-stream
-// token loop (generate.cpp) and the batching engine (engine.cpp): the sampler
-// chain built from SamplingOptions, and TextOutput, which turns sampled
-// tokens into text pieces that never split a UTF-8 character and never
-// contain (a prefix of) a stop string.
+// token loop (generate.cpp) and the batching engine (engine.cpp): the Sampler
+// built from SamplingOptions, and TextOutput, which turns sampled tokens into
+// text pieces that never split a UTF-8 character and never contain (a prefix
+// of) a stop string.
 #pragma once
 
 #include <pybind11/pybind11.h>
 
+#include <chrono>
 #include <string>
 #include <vector>
 
@@ -26,9 +27,37 @@ struct SamplingOptions {
     uint32_t seed = LLAMA_DEFAULT_SEED;
 };
 
-// A new sampler chain for `o`; the prompt's tail primes the penalties. Free with llama_sampler_free.
-llama_sampler * make_sampler(const SamplingOptions & o, const llama_vocab * vocab,
-                             const std::vector<llama_token> & prompt);
+using Clock = std::chrono::steady_clock;
+
+inline double ms_between(Clock::time_point t0, Clock::time_point t1) {
+    return std::chrono::duration<double, std::milli>(t1 - t0).count();
+}
+
+// One sequence's sampler: llama.cpp's sampler chain for `o` (penalties, then
+// greedy or top-k, top-p, min-p, temperature and the seeded draw); the
+// prompt's tail primes the penalties. Without penalties it skips the copy of
+// the whole vocabulary that llama_sampler_sample makes for every token:
+// greedy is an argmax over the logits, and a top-k chain is handed only the
+// k best candidates, which is all its top-k step would keep. The token drawn
+// is the chain's own (the same candidates in the same order, up to exact ties
+// at the k-th logit).
+class Sampler {
+public:
+    Sampler(const SamplingOptions & o, const llama_vocab * vocab, const std::vector<llama_token> & prompt);
+    ~Sampler();
+    Sampler(const Sampler &) = delete;
+    Sampler & operator=(const Sampler &) = delete;
+
+    // Draw the next token from the logits of batch row `idx` (-1: the last) and accept it.
+    llama_token sample(llama_context * ctx, int32_t idx);
+
+private:
+    llama_sampler * chain_ = nullptr;
+    int32_t n_vocab_ = 0;
+    bool argmax_ = false;  // greedy without penalties
+    int32_t top_k_ = 0;    // > 0: top-k without penalties, candidates preselected here
+    std::vector<llama_token_data> cand_;
+};
 
 // Text of the generated tokens, held back while it could still be cut by a stop string.
 class TextOutput {

@@ -251,3 +251,29 @@ def test_the_gil_is_released_while_the_engine_works(model32) -> None:
             stop.set()
             t.join()
     assert spins > 1000
+
+
+def test_a_full_shared_cache_ends_the_longest_request_and_never_gives_garbage(model32) -> None:
+    """kv_unified: four slots share one cache that holds one request's context. When it fills,
+    llama_decode returns 1; the engine ends the longest request with "length" (its tokens so far
+    are right) and the others go on; every output is a prefix of what the request gets alone."""
+    shared = {"n_ctx": 128}
+    prompts = PROMPTS[:4]
+    with step35.Engine(model32, slots=1, context=shared, kv_unified=True) as solo:
+        alone = {p: solo.generate(p, max_tokens=None, temperature=0).tokens for p in prompts}
+    with step35.Engine(model32, slots=4, context=shared, kv_unified=True) as engine:
+        assert "sharing 128 tokens" in repr(engine)
+        streams = [engine.generate(p, max_tokens=None, temperature=0, stream=True) for p in prompts]
+        for s in streams:
+            "".join(s)
+        m = engine.metrics()
+        assert m["kv_full_events"] > 0, m
+        ended = [s.finish_reason for s in streams]
+        assert set(ended) <= {"length", "stop"}, ended
+        for p, s in zip(prompts, streams):
+            assert s.tokens == alone[p][:len(s.tokens)], p
+        # At least one request was cut short by the full cache, and the cache recovers: a new
+        # request (the idle slots' caches are dropped for it) gets its whole answer.
+        assert any(len(s.tokens) < len(alone[p]) for p, s in zip(prompts, streams))
+        again = engine.generate(prompts[0], max_tokens=None, temperature=0)
+        assert again.tokens == alone[prompts[0]]

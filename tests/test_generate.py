@@ -212,6 +212,22 @@ def test_seed_determinism(model) -> None:
     assert _fresh(model, "A", seed=d.stats.seed, **kw).tokens == d.tokens
 
 
+@pytest.mark.parametrize("kw", [
+    {"temperature": 0},
+    {"temperature": 1.0, "top_k": 40, "seed": 7},
+    {"temperature": 1.5, "top_k": 5, "top_p": 0.9, "min_p": 0.01, "seed": 11},
+    {"temperature": 2.0, "top_k": 1, "seed": 3},
+])
+def test_sampling_shortcuts_draw_what_the_full_chain_draws(model, kw) -> None:
+    """Without penalties greedy is an argmax and a top-k chain gets only the k best candidates.
+    A presence penalty of 1e-30 leaves every float32 logit as it is but takes llama.cpp's own
+    path (llama_sampler_sample over the whole vocabulary): the tokens drawn must be the same."""
+    fast = _fresh(model, "Once upon a time", max_tokens=48, **kw)
+    full = _fresh(model, "Once upon a time", max_tokens=48, presence_penalty=1e-30, **kw)
+    assert len(fast.tokens) > 1
+    assert fast.tokens == full.tokens
+
+
 def test_max_tokens_and_stats(model) -> None:
     out = model.generate("Hi", max_tokens=0)
     assert out.text == "" and out.tokens == [] and out.finish_reason == "length"
@@ -460,17 +476,20 @@ def test_invalid_parameters_name_themselves(model, call, kwargs, name) -> None:
     assert model.context.tokens == []  # refused before anything was decoded
 
 
-#: The parameters of generate and chat that are not sampling settings.
+#: The parameters of generate and chat (of a Model and of an Engine) that are not sampling settings.
 NOT_SAMPLING = {
-    "generate": ["prompt", "max_tokens", "stop", "stream", "add_special", "parse_special", "context"],
-    "chat": ["messages", "tools", "tool_choice", "stream", "max_tokens", "stop", "context", "template_kwargs"],
+    "Model.generate": ["prompt", "max_tokens", "stop", "stream", "add_special", "parse_special", "context"],
+    "Model.chat": ["messages", "tools", "tool_choice", "stream", "max_tokens", "stop", "context", "template_kwargs"],
+    "Engine.generate": ["prompt", "max_tokens", "stop", "stream", "add_special", "parse_special"],
+    "Engine.chat": ["messages", "tools", "tool_choice", "stream", "max_tokens", "stop", "template_kwargs"],
 }
 
 
 @pytest.mark.parametrize("method", sorted(NOT_SAMPLING))
 def test_generate_and_chat_take_exactly_the_sampling_params_fields(method) -> None:
     fields = dataclasses.fields(step35.SamplingParams)
-    params = dict(inspect.signature(getattr(step35.Model, method)).parameters)
+    owner, name = method.split(".")
+    params = dict(inspect.signature(getattr(getattr(step35, owner), name)).parameters)
     del params["self"]
     assert not [p for p in params.values() if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL)]
     sampling = [p for name, p in params.items() if name not in NOT_SAMPLING[method]]

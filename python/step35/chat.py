@@ -149,18 +149,23 @@ class _ChunkMaker:
             yield self.chunk(d)
 
 
+def _last_chunks(stream: CompletionStream, parser: ChatStreamParser, maker: _ChunkMaker) -> Iterator[dict[str, Any]]:
+    """What follows the last piece: the parser's held-back deltas, then the chunk with the finish reason."""
+    yield from maker.deltas(parser.finish())
+    stats = stream.stats
+    reason = stream.finish_reason or "stop"
+    if maker.tool_calls and reason == "stop":
+        reason = "tool_calls"
+    yield maker.chunk({}, reason, usage=_usage(stats), timings=_timings(stats))
+
+
 def _chunks(stream: CompletionStream, parser: ChatStreamParser, maker: _ChunkMaker) -> Iterator[dict[str, Any]]:
     """The chunk sequence of one streamed chat completion (closes ``stream`` however it ends)."""
     try:
         yield maker.chunk({"role": "assistant"})
         for piece in stream:
             yield from maker.deltas(parser.feed(piece))
-        yield from maker.deltas(parser.finish())
-        stats = stream.stats
-        reason = stream.finish_reason or "stop"
-        if maker.tool_calls and reason == "stop":
-            reason = "tool_calls"
-        yield maker.chunk({}, reason, usage=_usage(stats), timings=_timings(stats))
+        yield from _last_chunks(stream, parser, maker)
     finally:
         stream.close()
 
@@ -173,13 +178,8 @@ async def _achunks(stream: CompletionStream, parser: ChatStreamParser,
         async for piece in stream:
             for chunk in maker.deltas(parser.feed(piece)):
                 yield chunk
-        for chunk in maker.deltas(parser.finish()):
+        for chunk in _last_chunks(stream, parser, maker):
             yield chunk
-        stats = stream.stats
-        reason = stream.finish_reason or "stop"
-        if maker.tool_calls and reason == "stop":
-            reason = "tool_calls"
-        yield maker.chunk({}, reason, usage=_usage(stats), timings=_timings(stats))
     finally:
         stream.close()
 

@@ -468,7 +468,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         header = read_header(model_files(args.model or _default_model())[0])
         n_ctx = int(header.metadata.get(f"{header.architecture}.context_length", 0) or 0)
     # The memory plan covers the engine's context: one KV stream of the per-slot context per slot.
-    planned = engine_context(per_slot, slots, n_ctx)
+    planned = engine_context(per_slot, slots, n_ctx, args.kv_unified)
     check = not args.no_fit_check
     path, pre = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device)
     path = path or str(_default_model())
@@ -479,7 +479,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    context=planned, check_memory=check and not pre, devices=args.device)
     with model:
-        engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting)
+        engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
+                        kv_unified=args.kv_unified)
         try:
             app = server.create_app(engine, model_name=name, aliases=sorted(aliases), api_key=api_key,
                                     max_body_bytes=args.max_body_bytes, defaults=defaults)
@@ -487,7 +488,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             def ready(host: str, port: int) -> None:
                 url = server.url_of(host, port)
                 key = "<the --api-key>" if api_key else "none"
-                print(f"step35 serve: {name} on {url}/v1 ({slots} slots x {engine.n_ctx_slot} tokens"
+                shape = "sharing" if engine.kv_unified else "x"
+                print(f"step35 serve: {name} on {url}/v1 ({slots} slots {shape} {engine.n_ctx_slot} tokens"
                       f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
                 print(f"  OpenAI clients: base_url={url}/v1 api_key={key} model={name} "
                       f"(agents: OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY={key})", flush=True)
@@ -633,6 +635,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
     s.add_argument("-np", "--parallel", type=int, default=4, help="slots: requests decoded at once (default 4)")
+    s.add_argument("-kvu", "--kv-unified", action="store_true",
+                   help="the slots share one KV cache of -c tokens instead of -c each (llama-server --kv-unified)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
     s.add_argument("--api-key", default=None,

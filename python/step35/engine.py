@@ -32,16 +32,18 @@ __all__ = ["Engine", "EngineStream"]
 MAX_SLOTS = 256
 
 
-def engine_context(per_slot: ContextParams, slots: int, n_ctx_slot: int) -> ContextParams:
+def engine_context(per_slot: ContextParams, slots: int, n_ctx_slot: int, kv_unified: bool = False) -> ContextParams:
     """The context an engine of ``slots`` slots makes (and the memory plan must cover).
 
-    One KV stream per slot (``kv_unified=False``), each of ``n_ctx_slot``
-    tokens: a sequence attends only to its own cells, so its output is the
-    one it gets alone (as llama-server's slots do), and attention costs
-    what its own context costs, not the sum of all slots'.
+    By default, one KV stream per slot (``kv_unified=False``), each of
+    ``n_ctx_slot`` tokens: a sequence attends only to its own cells, so its
+    output is the one it gets alone (as llama-server's slots do), and
+    attention costs what its own context costs, not the sum of all slots'.
+    With ``kv_unified=True`` the slots share one cache of ``n_ctx_slot``
+    cells, and any one of them may fill it (llama-server's ``--kv-unified``).
     """
-    return per_slot.replace(n_ctx=n_ctx_slot * slots, n_seq_max=slots, kv_unified=False,
-                            n_batch=max(per_slot.n_batch, slots))
+    n_ctx = n_ctx_slot if kv_unified else n_ctx_slot * slots
+    return per_slot.replace(n_ctx=n_ctx, n_seq_max=slots, kv_unified=kv_unified, n_batch=max(per_slot.n_batch, slots))
 
 
 class EngineStream(CompletionStream):
@@ -79,6 +81,11 @@ class Engine:
             the KV cache holds ``slots`` streams of ``n_ctx`` tokens each.
         max_waiting: requests that may wait for a slot; one more raises
             :class:`~step35.errors.QueueFullError`.
+        kv_unified: the slots share one KV cache of ``n_ctx`` cells instead of
+            holding ``n_ctx`` each: more slots in the same memory when most
+            requests are short. When the shared cache is full the engine drops
+            idle slots' cached prefixes, then holds prompts back, and as a last
+            resort ends the longest request with ``finish_reason="length"``.
 
     Example::
 
@@ -88,7 +95,7 @@ class Engine:
     """
 
     def __init__(self, model: Model, slots: int = 4, *, context: ContextParams | Mapping[str, Any] | None = None,
-                 max_waiting: int = 64) -> None:
+                 max_waiting: int = 64, kv_unified: bool = False) -> None:
         from .context import ContextParams
 
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
@@ -97,10 +104,11 @@ class Engine:
             raise ValueError(f"max_waiting must be an int >= 0, got {max_waiting!r}")
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
-        params = engine_context(base, slots, n_ctx_slot)
+        params = engine_context(base, slots, n_ctx_slot, bool(kv_unified))
         self.model = model
         self.slots = slots
         self.n_ctx_slot = n_ctx_slot
+        self.kv_unified = bool(kv_unified)
         self._ctx = model.new_context(params)
         self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot)
         self._closed = False
@@ -291,4 +299,6 @@ class Engine:
     def __repr__(self) -> str:
         m = self.metrics() if not self._closed else {}
         state = "closed" if self._closed else f"{m.get('running', 0)} running, {m.get('waiting', 0)} waiting"
-        return f"<step35.Engine {self.model.path.name}: {self.slots} slots x {self.n_ctx_slot} tokens, {state}>"
+        shape = (f"{self.slots} slots sharing {self.n_ctx_slot} tokens" if self.kv_unified
+                 else f"{self.slots} slots x {self.n_ctx_slot} tokens")
+        return f"<step35.Engine {self.model.path.name}: {shape}, {state}>"

@@ -584,17 +584,39 @@ class _Service:
                            param="model", code="model_not_found")
         return JSONResponse(self._model_card(name))
 
-    async def chat(self, request: Request) -> Response:
-        tracker = _Tracker(self.metrics, "/v1/chat/completions")
+    async def _start(self, request: Request, route: str, arguments: Callable[..., dict[str, Any]],
+                     method: Callable[..., Any], field: str) -> tuple[_Tracker, Any, bool, bool]:
+        """Parse and check a completion request, then queue it: its tracker, stream and stream flags."""
+        tracker = _Tracker(self.metrics, route)
         body = await self.json_body(request)
         self.check_model(body)
         stream_mode, include_usage = _stream_flags(body)
-        kwargs = chat_arguments(body, self.defaults)
-        messages = kwargs.pop("messages")
-        stream = await self.submit(self.engine.chat, messages, prompt_field="messages", **kwargs)
+        kwargs = arguments(body, self.defaults)
+        first = kwargs.pop(field)
+        stream = await self.submit(method, first, prompt_field=field, **kwargs)
+        return tracker, stream, stream_mode, include_usage
+
+    def _events(self, events: AsyncIterator[dict[str, str]]) -> Response:
+        return EventSourceResponse(events, ping=self.ping_seconds,
+                                   headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    async def _run_to_end(self, request: Request, stream: Any, tracker: _Tracker, on_item: Callable[[Any], None],
+                          field: str) -> bool:
+        """A non-streaming answer: collect it (False, tracked, when the client went away)."""
+        try:
+            finished = await self._collect(request, stream, on_item)
+        except _ENGINE_ERRORS as e:
+            tracker.end("error")
+            raise _from_exception(e, field) from None
+        if not finished:
+            tracker.end("disconnected")
+        return finished
+
+    async def chat(self, request: Request) -> Response:
+        tracker, stream, stream_mode, include_usage = await self._start(
+            request, "/v1/chat/completions", chat_arguments, self.engine.chat, "messages")
         if stream_mode:
-            return EventSourceResponse(self._chat_events(stream, include_usage, tracker), ping=self.ping_seconds,
-                                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return self._events(self._chat_events(stream, include_usage, tracker))
         return await self._chat_response(request, stream, tracker)
 
     async def _chat_events(self, stream: Any, include_usage: bool, tracker: _Tracker) -> AsyncIterator[dict[str, str]]:
@@ -660,13 +682,7 @@ class _Service:
                 if choice.get("finish_reason"):
                     reason[0] = choice["finish_reason"]
 
-        try:
-            finished = await self._collect(request, stream, on_chunk)
-        except _ENGINE_ERRORS as e:
-            tracker.end("error")
-            raise _from_exception(e, "messages") from None
-        if not finished:
-            tracker.end("disconnected")
+        if not await self._run_to_end(request, stream, tracker, on_chunk, "messages"):
             return Response(status_code=499)
         tracker.end(reason[0])
         stats = stream.stats
@@ -679,19 +695,12 @@ class _Service:
         })
 
     async def completions(self, request: Request) -> Response:
-        tracker = _Tracker(self.metrics, "/v1/completions")
-        body = await self.json_body(request)
-        self.check_model(body)
-        stream_mode, include_usage = _stream_flags(body)
-        kwargs = completion_arguments(body, self.defaults)
-        prompt = kwargs.pop("prompt")
-        stream = await self.submit(self.engine.generate, prompt, prompt_field="prompt", **kwargs)
+        tracker, stream, stream_mode, include_usage = await self._start(
+            request, "/v1/completions", completion_arguments, self.engine.generate, "prompt")
         head = {"id": f"cmpl-{uuid.uuid4().hex[:24]}", "object": "text_completion", "created": int(time.time()),
                 "model": self.model_name}
         if stream_mode:
-            return EventSourceResponse(self._completion_events(stream, head, include_usage, tracker),
-                                       ping=self.ping_seconds,
-                                       headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            return self._events(self._completion_events(stream, head, include_usage, tracker))
         pieces: list[str] = []
 
         def on_piece(piece: str) -> None:
@@ -699,13 +708,7 @@ class _Service:
                 tracker.output()
                 pieces.append(piece)
 
-        try:
-            finished = await self._collect(request, stream, on_piece)
-        except _ENGINE_ERRORS as e:
-            tracker.end("error")
-            raise _from_exception(e, "prompt") from None
-        if not finished:
-            tracker.end("disconnected")
+        if not await self._run_to_end(request, stream, tracker, on_piece, "prompt"):
             return Response(status_code=499)
         reason = stream.finish_reason or "stop"
         tracker.end(reason)
