@@ -13,7 +13,7 @@
 # materialized a second time, `--with tools`, into a separate tree
 # build/llama-server/llama.cpp/source/ (llama.cpp/source/ is never touched).
 # The build directory sits at the same relative distance from that tree as the
-# wheel's build/<tag>/ from llama.cpp/source/, so ccache (CCACHE_BASEDIR=/)
+# wheel's build/<tag>/ from llama.cpp/source/, so ccache (CCACHE_BASEDIR=the repo)
 # reuses the wheel build's objects for libllama, ggml and the CPU variants.
 # No web UI (no npm, no downloaded assets), no OpenSSL.
 #
@@ -25,7 +25,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 mode=${1:-}
 source_args=()
 if [ "$mode" = "--server" ]; then

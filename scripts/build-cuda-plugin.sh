@@ -16,7 +16,7 @@ cd "$(dirname "$0")/.."
 major=${1:?usage: build-cuda-plugin.sh 12|13 [CUDA architectures]}
 PY=${PYTHON:-python3}
 archs=${2:-}
-export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1} CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-8G}
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1} CCACHE_MAXSIZE=${CCACHE_MAXSIZE:-8G}
 
 home=${CUDA_HOME:-}
 if [ -z "$home" ]; then

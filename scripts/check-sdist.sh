@@ -6,7 +6,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-python3}
-export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 rm -rf dist/sdist && mkdir -p dist/sdist
 BUILD_PY=$(bash scripts/build-env.sh)
 "$BUILD_PY" -m build --sdist -o dist/sdist . >/dev/null
@@ -24,7 +24,9 @@ if grep -qE '(^|/)\.venv|/build/' "$listing"; then echo "sdist carries build jun
 rm -f "$listing"
 
 empty=$(mktemp -d)
-STEP35_CACHE="$empty" STEP35_LLAMA_SDIST="$empty/no-such-file.tar.gz" \
+# uv unpacks the sdist in its cache: kept under the repo (CCACHE_BASEDIR), the
+# compiler sees the same relative paths as in the wheel build and ccache hits.
+UV_CACHE_DIR=${UV_CACHE_DIR:-$PWD/build/uv-cache} STEP35_CACHE="$empty" STEP35_LLAMA_SDIST="$empty/no-such-file.tar.gz" \
   "$(dirname "$BUILD_PY")/uv" build --python "$BUILD_PY" --wheel -o dist/sdist "$sdist"
 rm -rf .venv-sdist && "$PY" -m venv .venv-sdist
 .venv-sdist/bin/pip install -q dist/sdist/step35-*.whl

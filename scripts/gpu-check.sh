@@ -47,7 +47,7 @@ sdist=$(ls "$GPU"/step35-*.tar.gz 2>/dev/null | head -1)
 [ -n "$sdist" ] || { echo "no sdist in $GPU: run 'bash scripts/gpu-check.sh prepare' first (with network)" >&2; exit 1; }
 jobs=${GPU_CHECK_JOBS:-$(nproc)}
 export CMAKE_BUILD_PARALLEL_LEVEL=$jobs
-export CCACHE_BASEDIR=${CCACHE_BASEDIR:-/} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
+export CCACHE_BASEDIR=${CCACHE_BASEDIR:-$PWD} CCACHE_NOHASHDIR=${CCACHE_NOHASHDIR:-1}
 variants=${GPU_CHECK_CPU_VARIANTS:-$([ $dry = 1 ] && echo all || echo one)}
 work=${GPU_CHECK_WORK:-/tmp/step35-gpu-check}
 rm -rf "$work" && mkdir -p "$work/wheels"

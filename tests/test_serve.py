@@ -593,7 +593,7 @@ class CannedEngine:
         self.streams: list[CannedStream] = []
 
     def _start(self, kwargs: dict[str, Any]) -> CannedStream:
-        self.calls.append(kwargs)
+        self.calls.append(dict(kwargs, thread=threading.current_thread().name))
         SamplingParams(**{k: v for k, v in kwargs.items() if k in SamplingParams.__dataclass_fields__})
         if self.queue_full:
             e = step35.errors.QueueFullError("4 requests are already waiting for a slot")
@@ -758,6 +758,22 @@ def test_defaults_fill_what_a_request_leaves_out() -> None:
     assert second["template_kwargs"] == {"x": 1}
     assert third["prompt"] == [1, 2, 3] and third["max_tokens"] == 16  # OpenAI's default for completions
     assert r.choices[0].text == "plain text" and r.choices[0].finish_reason == "stop"
+
+
+def test_small_requests_are_queued_on_the_event_loop_large_ones_in_a_worker_thread() -> None:
+    from step35.server import INLINE_BODY_BYTES
+
+    engine = CannedEngine(["plain text"])
+
+    async def body(client: openai.AsyncOpenAI, http: httpx.AsyncClient) -> Any:
+        await client.chat.completions.create(model="canned", messages=hello())
+        await client.chat.completions.create(model="canned", messages=hello("x" * INLINE_BODY_BYTES))
+        return threading.current_thread().name
+
+    loop_thread = in_process(engine, body)
+    small, large = engine.calls
+    assert small["thread"] == loop_thread
+    assert large["thread"] != loop_thread and len(large["messages"][-1]["content"]) == INLINE_BODY_BYTES
 
 
 def test_openai_error_bodies_for_unknown_routes_and_methods() -> None:

@@ -38,6 +38,7 @@ import hmac
 import json
 import math
 import re
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping, MutableMapping, Sequence
@@ -74,6 +75,13 @@ DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 ROUTES = ("/v1/chat/completions", "/v1/completions", "/v1/models", "/health", "/metrics")
 
 #: Time-to-first-token histogram buckets, in seconds.
+#: Requests whose body is at most this many bytes are templated and tokenized on the event loop
+#: (well under a millisecond); larger ones in a worker thread, so that they never stall other streams.
+INLINE_BODY_BYTES = 16 * 1024
+#: The GIL switch interval while `run` serves: the event loop, the engine's wake-ups and worker
+#: threads hand the GIL to each other many times per token, and Python's default of 5 ms would
+#: add up to that much to every hand-off.
+SWITCH_INTERVAL = 0.0005
 _TTFT_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 #: Sampling settings a request may carry, with the JSON type each must have.
@@ -501,7 +509,8 @@ class _Service:
         self.created = int(time.time())
 
     # -- helpers ----------------------------------------------------------------
-    async def json_body(self, request: Request) -> dict[str, Any]:
+    async def json_body(self, request: Request) -> tuple[dict[str, Any], int]:
+        """The request's JSON object and its size in bytes (400 when it is not one, 413 when too large)."""
         limit = self.max_body_bytes
         too_large = APIError(413, f"the request body is larger than this server's limit of {limit} bytes "
                                   "(step35 serve --max-body-bytes)", code="request_too_large")
@@ -524,7 +533,7 @@ class _Service:
         if not isinstance(body, dict):
             raise _bad(None, f"the request body must be a JSON object, got {type(body).__name__}",
                        code="invalid_json")
-        return body
+        return body, len(data)
 
     def check_model(self, body: Mapping[str, Any]) -> None:
         model = body.get("model")
@@ -536,9 +545,13 @@ class _Service:
             raise APIError(404, f"the model {model!r} does not exist: this server serves {self.model_name!r}",
                            param="model", code="model_not_found")
 
-    async def submit(self, method: Callable[..., Any], *args: Any, prompt_field: str, **kwargs: Any) -> Any:
-        """Queue a request on the engine (templating and tokenizing run in a worker thread)."""
+    async def submit(self, method: Callable[..., Any], *args: Any, prompt_field: str, inline: bool,
+                     **kwargs: Any) -> Any:
+        """Queue a request on the engine; templating and tokenizing run here when ``inline``
+        (a small request), else in a worker thread."""
         try:
+            if inline:
+                return method(*args, stream=True, **kwargs)
             return await anyio.to_thread.run_sync(lambda: method(*args, stream=True, **kwargs))
         except _ENGINE_ERRORS as e:
             raise _from_exception(e, prompt_field) from None
@@ -588,12 +601,12 @@ class _Service:
                      method: Callable[..., Any], field: str) -> tuple[_Tracker, Any, bool, bool]:
         """Parse and check a completion request, then queue it: its tracker, stream and stream flags."""
         tracker = _Tracker(self.metrics, route)
-        body = await self.json_body(request)
+        body, size = await self.json_body(request)
         self.check_model(body)
         stream_mode, include_usage = _stream_flags(body)
         kwargs = arguments(body, self.defaults)
         first = kwargs.pop(field)
-        stream = await self.submit(method, first, prompt_field=field, **kwargs)
+        stream = await self.submit(method, first, prompt_field=field, inline=size <= INLINE_BODY_BYTES, **kwargs)
         return tracker, stream, stream_mode, include_usage
 
     def _events(self, events: AsyncIterator[dict[str, str]]) -> Response:
@@ -835,14 +848,17 @@ class _Uvicorn(uvicorn.Server):
 
 
 def run(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
-        shutdown_timeout: float = 10.0, on_ready: Callable[[str, int], None] | None = None) -> str | None:
+        shutdown_timeout: float = 10.0, on_ready: Callable[[str, int], None] | None = None,
+        switch_interval: float | None = SWITCH_INTERVAL) -> str | None:
     """Serve ``app`` with uvicorn until SIGINT or SIGTERM; returns the signal's name (or None).
 
     On the signal the server stops accepting connections; event streams end
     at once (their generation is cancelled), other requests get up to
     ``shutdown_timeout`` seconds to finish before they are cancelled too.
     ``on_ready(host, port)`` is called once the socket is bound (``port=0``
-    picks a free port; ``on_ready`` gets the real one).
+    picks a free port; ``on_ready`` gets the real one). ``switch_interval``:
+    the GIL switch interval while serving (:func:`sys.setswitchinterval`;
+    None keeps the process's), restored afterwards.
     """
     import signal
     import threading
@@ -858,9 +874,13 @@ def run(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str =
     main = threading.current_thread() is threading.main_thread()
     signals = [signal.SIGINT, signal.SIGTERM] if main else []
     previous = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in signals}
+    interval = sys.getswitchinterval()
+    if switch_interval is not None:
+        sys.setswitchinterval(switch_interval)
     try:
         server.run()
     finally:
+        sys.setswitchinterval(interval)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return signal.Signals(received[0]).name if received else None
