@@ -488,8 +488,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             def ready(host: str, port: int) -> None:
                 url = server.url_of(host, port)
                 key = "<the --api-key>" if api_key else "none"
-                shape = "sharing" if engine.kv_unified else "x"
-                print(f"step35 serve: {name} on {url}/v1 ({slots} slots {shape} {engine.n_ctx_slot} tokens"
+                print(f"step35 serve: {name} on {url}/v1 ({engine.layout}"
                       f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
                 print(f"  OpenAI clients: base_url={url}/v1 api_key={key} model={name} "
                       f"(agents: OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY={key})", flush=True)

@@ -104,7 +104,7 @@ class Engine:
             raise ValueError(f"max_waiting must be an int >= 0, got {max_waiting!r}")
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
-        params = engine_context(base, slots, n_ctx_slot, bool(kv_unified))
+        params = engine_context(base, slots, n_ctx_slot, kv_unified)
         self.model = model
         self.slots = slots
         self.n_ctx_slot = n_ctx_slot
@@ -274,6 +274,11 @@ class Engine:
     # ---- lifetime --------------------------------------------------------------
 
     @property
+    def layout(self) -> str:
+        """The KV cache's shape in words: "4 slots x 8192 tokens" or "4 slots sharing 8192 tokens"."""
+        return f"{self.slots} slots {'sharing' if self.kv_unified else 'x'} {self.n_ctx_slot} tokens"
+
+    @property
     def closed(self) -> bool:
         """True once :meth:`close` was called."""
         return self._closed
@@ -299,6 +304,4 @@ class Engine:
     def __repr__(self) -> str:
         m = self.metrics() if not self._closed else {}
         state = "closed" if self._closed else f"{m.get('running', 0)} running, {m.get('waiting', 0)} waiting"
-        shape = (f"{self.slots} slots sharing {self.n_ctx_slot} tokens" if self.kv_unified
-                 else f"{self.slots} slots x {self.n_ctx_slot} tokens")
-        return f"<step35.Engine {self.model.path.name}: {shape}, {state}>"
+        return f"<step35.Engine {self.model.path.name}: {self.layout}, {state}>"
