@@ -67,6 +67,7 @@ struct Request {
     bool finished = false;
     std::string finish_reason;
     std::string error;
+    ErrorKind error_kind = ErrorKind::DecodeError;
     size_t n_cached = 0, n_evaluated = 0;
     Clock::time_point t_submit = Clock::now(), t_admit, t_prompt_done, t_first, t_end;
     bool have_first = false;
@@ -441,9 +442,22 @@ private:
             }
             lk.unlock();
             std::vector<std::pair<Entry, llama_token>> sampled;
-            for (const auto & e : entries)
-                if (e.output >= 0) sampled.push_back({e, e.slot->req->sampler->sample(c, e.output)});
+            std::vector<std::pair<Entry, Error>> failed;  // e.g. a grammar that allows no token
+            for (const auto & e : entries) {
+                if (e.output < 0) continue;
+                try {
+                    sampled.push_back({e, e.slot->req->sampler->sample(c, e.output)});
+                } catch (const Error & err) {
+                    failed.push_back({e, err});
+                }
+            }
             lk.lock();
+            for (auto & [e, err] : failed) {
+                if (!e.slot->req) continue;
+                e.slot->req->error = err.what();
+                e.slot->req->error_kind = err.kind;
+                finish_locked(*e.slot->req, "error");
+            }
             for (auto & [e, tok] : sampled) {
                 Slot & s = *e.slot;
                 if (!s.req) continue;
@@ -526,11 +540,13 @@ public:
             }
         }
         std::string error;
+        ErrorKind kind;
         {
             std::lock_guard<std::mutex> lk(engine_->mutex());
             error = req_->error;
+            kind = req_->error_kind;
         }
-        if (!error.empty()) throw Error(ErrorKind::DecodeError, error);
+        if (!error.empty()) throw Error(kind, error);
         return decode_utf8(text);
     }
 

@@ -21,6 +21,7 @@ const char * kind_name(ErrorKind k) {
         case ErrorKind::DecodeError: return "DecodeError";
         case ErrorKind::QuantizeError: return "QuantizeError";
         case ErrorKind::QueueFullError: return "QueueFullError";
+        case ErrorKind::GrammarError: return "GrammarError";
         case ErrorKind::Step35Error: break;
     }
     return "Step35Error";

@@ -26,6 +26,7 @@ enum class ErrorKind {
     DecodeError,           // llama_decode failed
     QuantizeError,         // llama_model_quantize failed
     QueueFullError,        // the engine's wait queue is full
+    GrammarError,          // a grammar or JSON Schema that cannot be used
 };
 
 struct Error : std::runtime_error {

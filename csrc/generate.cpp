@@ -52,9 +52,13 @@ public:
         ctx_->interrupt().arm();
         auto mark = log_mark();
         Status st;
-        {
+        try {
             py::gil_scoped_release nogil;
             st = run(all);
+        } catch (const Error &) {  // e.g. a grammar that allows no token: end, free the context, raise
+            finish("error");
+            release();
+            throw;
         }
         if (ctx_->interrupt().signalled()) {  // Ctrl-C: stop, free the context, re-raise
             finish("cancelled");
@@ -216,7 +220,8 @@ void register_generate(py::module_ & m) {
         .def_readwrite("repeat_last_n", &SamplingOptions::repeat_last_n)
         .def_readwrite("presence_penalty", &SamplingOptions::presence_penalty)
         .def_readwrite("frequency_penalty", &SamplingOptions::frequency_penalty)
-        .def_readwrite("seed", &SamplingOptions::seed);
+        .def_readwrite("seed", &SamplingOptions::seed)
+        .def_readwrite("constraint", &SamplingOptions::constraint);
 
     py::class_<Generation>(m, "Generation", "A running token loop (use step35.Model.generate).")
         .def(py::init<std::shared_ptr<ContextHandle>, std::vector<llama_token>, int64_t, const SamplingOptions &,

@@ -1,6 +1,10 @@
 #include "sequence.h"
 
 #include <algorithm>
+#include <cmath>
+
+#include "errors.h"
+#include "reasoning-budget.h"
 
 namespace py = pybind11;
 
@@ -30,13 +34,40 @@ Sampler::Sampler(const SamplingOptions & o, const llama_vocab * vocab, const std
         const size_t k = o.repeat_last_n < 0 ? prompt.size() : std::min(prompt.size(), (size_t) o.repeat_last_n);
         for (size_t i = prompt.size() - k; i < prompt.size(); ++i) llama_sampler_accept(chain_, prompt[i]);
     }
+    if (o.constraint) {
+        grammar_ = o.constraint->clone_grammar();
+        budget_ = o.constraint->clone_budget();
+        lazy_ = o.constraint->lazy();
+    }
 }
 
-Sampler::~Sampler() { llama_sampler_free(chain_); }
+Sampler::~Sampler() {
+    llama_sampler_free(chain_);
+    if (grammar_ != nullptr) llama_sampler_free(grammar_);
+    if (budget_ != nullptr) llama_sampler_free(budget_);
+}
 
 llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
+    if (grammar_ == nullptr && budget_ == nullptr) {
+        const llama_token tok = draw(ctx, idx);
+        llama_sampler_accept(chain_, tok);
+        return tok;
+    }
+    const bool grammar = grammar_applies();
+    const bool forcing = budget_ != nullptr && common_reasoning_budget_get_state(budget_) == REASONING_BUDGET_FORCING;
+    llama_token tok = LLAMA_TOKEN_NULL;
+    if (!forcing) {  // sample first, check after
+        tok = draw(ctx, idx);
+        if (grammar && !grammar_allows(tok)) tok = LLAMA_TOKEN_NULL;
+    }
+    if (tok == LLAMA_TOKEN_NULL) tok = draw_all(ctx, idx, grammar);
+    accept(tok, grammar);
+    return tok;
+}
+
+llama_token Sampler::draw(llama_context * ctx, int32_t idx) {
     const float * logits = (argmax_ || top_k_ > 0) ? llama_get_logits_ith(ctx, idx) : nullptr;
-    if (logits == nullptr) return llama_sampler_sample(chain_, ctx, idx);
+    if (logits == nullptr) return draw_all(ctx, idx, false);
     if (argmax_) {  // the first of the largest logits, as llama_sampler_init_greedy picks
         llama_token best = 0;
         float best_logit = logits[0];
@@ -45,7 +76,6 @@ llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
                 best_logit = logits[t];
                 best = t;
             }
-        llama_sampler_accept(chain_, best);
         return best;
     }
     // The k largest logits: cand_ holds the best k seen so far, `low` is the index of its smallest.
@@ -68,10 +98,64 @@ llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
     }
     llama_token_data_array cur_p = {cand_.data(), cand_.size(), -1, false};
     llama_sampler_apply(chain_, &cur_p);
-    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) return llama_sampler_sample(chain_, ctx, idx);
-    const llama_token tok = cur_p.data[cur_p.selected].id;
+    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size) return draw_all(ctx, idx, false);
+    return cur_p.data[cur_p.selected].id;
+}
+
+// As llama_sampler_sample: every logit, then (when there is one) the reasoning
+// budget and the grammar, then the chain.
+llama_token Sampler::draw_all(llama_context * ctx, int32_t idx, bool grammar) {
+    const float * logits = llama_get_logits_ith(ctx, idx);
+    if (logits == nullptr) throw Error(ErrorKind::DecodeError, "no logits for batch row " + std::to_string(idx));
+    cand_.resize((size_t) n_vocab_);
+    for (llama_token t = 0; t < n_vocab_; ++t) cand_[(size_t) t] = {t, logits[t], 0.0f};
+    llama_token_data_array cur_p = {cand_.data(), cand_.size(), -1, false};
+    if (budget_ != nullptr) llama_sampler_apply(budget_, &cur_p);
+    if (grammar) llama_sampler_apply(grammar_, &cur_p);
+    llama_sampler_apply(chain_, &cur_p);
+    if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size ||
+        cur_p.data[cur_p.selected].logit == -INFINITY)
+        throw Error(ErrorKind::GrammarError,
+                    "the grammar allows no token here (the output so far cannot be continued under it)");
+    return cur_p.data[cur_p.selected].id;
+}
+
+// As common_sampler: a lazy grammar waits while the model reasons.
+bool Sampler::grammar_applies() const {
+    if (grammar_ == nullptr) return false;
+    if (budget_ == nullptr || !lazy_) return true;
+    const auto state = common_reasoning_budget_get_state(budget_);
+    return state == REASONING_BUDGET_IDLE || state == REASONING_BUDGET_DONE;
+}
+
+bool Sampler::grammar_allows(llama_token tok) {
+    llama_token_data one = {tok, 1.0f, 0.0f};
+    llama_token_data_array arr = {&one, 1, -1, false};
+    llama_sampler_apply(grammar_, &arr);
+    return arr.data[0].logit != -INFINITY;
+}
+
+void Sampler::accept(llama_token tok, bool grammar) {
+    if (budget_ != nullptr) {
+        llama_sampler_accept(budget_, tok);
+        // The end of reasoning may itself start a lazy grammar (<tool_call> ends
+        // reasoning and opens a call): it is replayed to the grammar, as common_sampler does.
+        if (grammar_ != nullptr && !grammar &&
+            common_reasoning_budget_get_state(budget_) == REASONING_BUDGET_DONE) {
+            if (const llama_tokens * end = common_reasoning_budget_get_end_match(budget_))
+                for (llama_token t : *end) accept_grammar(t);
+        }
+    }
+    if (grammar) accept_grammar(tok);
     llama_sampler_accept(chain_, tok);
-    return tok;
+}
+
+void Sampler::accept_grammar(llama_token tok) {
+    try {
+        llama_sampler_accept(grammar_, tok);
+    } catch (const std::exception & e) {
+        throw Error(ErrorKind::GrammarError, std::string("the grammar rejected the output: ") + e.what());
+    }
 }
 
 namespace {

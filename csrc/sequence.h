@@ -8,9 +8,11 @@
 #include <pybind11/pybind11.h>
 
 #include <chrono>
+#include <memory>
 #include <string>
 #include <vector>
 
+#include "constraint.h"
 #include "llama.h"
 
 namespace step35 {
@@ -25,6 +27,7 @@ struct SamplingOptions {
     float presence_penalty = 0.0f;
     float frequency_penalty = 0.0f;
     uint32_t seed = LLAMA_DEFAULT_SEED;
+    std::shared_ptr<Constraint> constraint;  // grammar and/or reasoning budget (none: free text)
 };
 
 using Clock = std::chrono::steady_clock;
@@ -41,6 +44,13 @@ inline double ms_between(Clock::time_point t0, Clock::time_point t1) {
 // k best candidates, which is all its top-k step would keep. The token drawn
 // is the chain's own (the same candidates in the same order, up to exact ties
 // at the k-th logit).
+//
+// With a Constraint, it samples as llama.cpp's common_sampler does: the
+// reasoning budget first (it forces the end of reasoning once the budget is
+// spent), then the token is drawn as above and checked against the grammar;
+// only a rejected token makes it apply the grammar to the whole vocabulary and
+// draw again. A lazy grammar (tool calls under tool_choice "auto") is not
+// applied while the model reasons.
 class Sampler {
 public:
     Sampler(const SamplingOptions & o, const llama_vocab * vocab, const std::vector<llama_token> & prompt);
@@ -49,10 +59,21 @@ public:
     Sampler & operator=(const Sampler &) = delete;
 
     // Draw the next token from the logits of batch row `idx` (-1: the last) and accept it.
+    // Throws GrammarError when the grammar leaves no token to choose.
     llama_token sample(llama_context * ctx, int32_t idx);
 
 private:
+    llama_token draw(llama_context * ctx, int32_t idx);  // the chain's choice, not yet accepted
+    llama_token draw_all(llama_context * ctx, int32_t idx, bool grammar);  // over the whole vocabulary
+    bool grammar_applies() const;
+    bool grammar_allows(llama_token tok);
+    void accept(llama_token tok, bool grammar);
+    void accept_grammar(llama_token tok);
+
     llama_sampler * chain_ = nullptr;
+    llama_sampler * grammar_ = nullptr;  // cloned from the Constraint
+    llama_sampler * budget_ = nullptr;   // cloned from the Constraint
+    bool lazy_ = false;
     int32_t n_vocab_ = 0;
     bool argmax_ = false;  // greedy without penalties
     int32_t top_k_ = 0;    // > 0: top-k without penalties, candidates preselected here

@@ -250,6 +250,63 @@ def test_tools_on_the_real_model_have_the_right_shape(server: Server) -> None:
             assert choice.message.tool_calls is None or isinstance(choice.message.tool_calls, list)
 
 
+# --------------------------------------------------------------------------- live: structured output
+
+ANSWER = {"type": "object", "properties": {
+    "label": {"enum": ["yes", "no"]}, "score": {"type": "integer", "minimum": 0, "maximum": 9}},
+    "required": ["label", "score"], "additionalProperties": False}
+BOUNDED_TOOLS = [{"type": "function", "function": {
+    "name": "set_alarm", "description": "Set an alarm",
+    "parameters": {"type": "object", "properties": {
+        "hour": {"type": "integer", "minimum": 0, "maximum": 23},
+        "label": {"type": "string", "maxLength": 6}}, "required": ["hour", "label"]}}}]
+
+
+def test_response_format_json_schema_through_the_client(server: Server) -> None:
+    """The random model answers valid JSON under the schema, streaming or not (the budget ends its reasoning)."""
+    jsonschema = pytest.importorskip("jsonschema")
+    fmt = {"type": "json_schema", "json_schema": {"name": "answer", "schema": ANSWER}}
+    with server.client() as c:
+        for seed in range(3):
+            r = c.chat.completions.create(model=MODEL, messages=hello(), response_format=fmt,  # type: ignore[arg-type]
+                                          temperature=1.0, seed=seed, max_tokens=200,
+                                          extra_body={"reasoning_budget": 3})
+            assert r.choices[0].finish_reason == "stop"
+            jsonschema.validate(json.loads(r.choices[0].message.content or ""), ANSWER)
+            stream = c.chat.completions.create(model=MODEL, messages=hello(), response_format=fmt,  # type: ignore[arg-type]
+                                               temperature=1.0, seed=seed, max_tokens=200, stream=True,
+                                               extra_body={"reasoning_budget": 3})
+            text = "".join(ch.choices[0].delta.content or "" for ch in stream if ch.choices)
+            assert json.loads(text) == json.loads(r.choices[0].message.content or "")
+
+
+def test_required_tool_choice_through_the_client(server: Server) -> None:
+    jsonschema = pytest.importorskip("jsonschema")
+    with server.client() as c:
+        for seed in range(3):
+            r = c.chat.completions.create(model=MODEL, messages=hello("Wake me at seven."), tools=BOUNDED_TOOLS,  # type: ignore[arg-type]
+                                          tool_choice="required", temperature=1.0, seed=seed, max_tokens=300,
+                                          extra_body={"reasoning_budget": 2})
+            choice = r.choices[0]
+            assert choice.finish_reason == "tool_calls"
+            assert choice.message.tool_calls
+            for call in choice.message.tool_calls:
+                assert call.function.name == "set_alarm"
+                jsonschema.validate(json.loads(call.function.arguments),
+                                    BOUNDED_TOOLS[0]["function"]["parameters"])
+
+
+def test_completions_take_a_json_schema(server: Server) -> None:
+    with server.client() as c:
+        r = c.completions.create(model=MODEL, prompt="x", max_tokens=100, temperature=1.0, seed=1,
+                                 extra_body={"json_schema": ANSWER})
+        assert r.choices[0].finish_reason == "stop"
+        assert json.loads(r.choices[0].text)["label"] in ("yes", "no")
+        with pytest.raises(openai.BadRequestError) as e:
+            c.completions.create(model=MODEL, prompt="x", max_tokens=1, extra_body={"grammar": "root ::= ("})
+        assert "parse" in _error(e.value)["message"]
+
+
 # --------------------------------------------------------------------------- live: errors
 
 
@@ -287,7 +344,11 @@ def test_malformed_json_is_400(server: Server) -> None:
     ({"seed": 2**40}, "seed"),
     ({"n": 2}, "n"),
     ({"logprobs": True}, "logprobs"),
-    ({"response_format": {"type": "json_object"}}, "response_format"),
+    ({"response_format": {"type": "xml"}}, "response_format"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "pattern": "[a-z]+"}}}}, "response_format"),
+    ({"reasoning_budget": -3}, "reasoning_budget"),
+    ({"parallel_tool_calls": "yes"}, "parallel_tool_calls"),
     ({"stop": 7}, "stop"),
     ({"messages": [{"role": "robot", "content": "hi"}]}, "messages[0].role"),
     ({"messages": "hi"}, "messages"),

@@ -24,6 +24,7 @@ from .errors import (
     ContextError,
     ContextOverflowError,
     DecodeError,
+    GrammarError,
     InvalidModelError,
     MemoryFitError,
     ModelLoadError,
@@ -33,6 +34,7 @@ from .errors import (
     Step35Error,
     TokenizeError,
 )
+from .constraints import json_schema_to_grammar
 from .engine import Engine, EngineStream
 from .generation import Completion, CompletionStream, GenerationStats, SamplingParams
 from .model import Model
@@ -60,7 +62,9 @@ __all__ = [
     "DecodeError",
     "QuantizeError",
     "QueueFullError",
+    "GrammarError",
     "MemoryFitError",
+    "json_schema_to_grammar",
     "Context",
     "ContextParams",
     "SamplingParams",

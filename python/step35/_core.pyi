@@ -113,7 +113,21 @@ class SamplingOptions:
     presence_penalty: float
     frequency_penalty: float
     seed: int
+    constraint: Constraint | None
     def __init__(self) -> None: ...
+
+class Constraint:
+    def __init__(self, model: ModelHandle, grammar: str, lazy: bool = False,
+                 trigger_patterns: Sequence[str] = ..., reasoning_budget: int = -1,
+                 reasoning_start: Sequence[int] = ..., reasoning_end: Sequence[Sequence[int]] = ...,
+                 reasoning_forced: Sequence[int] = ..., reasoning_prefill: Sequence[int] = ...) -> None: ...
+    @property
+    def lazy(self) -> bool: ...
+
+def json_schema_to_grammar(schema: str) -> str: ...
+def build_grammar(schemas: Sequence[tuple[str, str]],
+                  rules: Sequence[tuple[str, str]]) -> tuple[str, dict[str, str]]: ...
+def gbnf_literal(text: str) -> str: ...
 
 class Generation:
     def __init__(self, context: ContextHandle, prompt: Sequence[int], max_tokens: int, sampling: SamplingOptions,

@@ -27,10 +27,11 @@ __all__ = ["ChatStream", "build_prompt", "check_template_kwargs", "select_tools"
 def select_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) -> list[dict[str, Any]] | None:
     """The tools to render and parse for ``tool_choice``.
 
-    ``"auto"`` (default) and ``"required"`` offer every tool (``"required"`` is
-    not enforced by constrained decoding: the model is asked, not forced);
-    ``"none"`` offers none; ``{"type": "function", "function": {"name": N}}``
-    offers only N.
+    ``"auto"`` (default) and ``"required"`` offer every tool; ``"none"``
+    offers none; ``{"type": "function", "function": {"name": N}}`` offers only
+    N. "required" and a named function are enforced by constrained decoding
+    (:func:`step35.constraints.for_chat`): the answer is one or more calls
+    whose arguments follow the tool's schema.
     """
     if tools is None:
         if tool_choice not in (None, "auto", "none"):
@@ -100,9 +101,9 @@ def _finish_reason(native_reason: str, tool_calls: list[Any]) -> str:
 
 
 def complete(context: Context, prompt: list[int], tools: list[dict[str, Any]] | None, *, model_name: str,
-             max_tokens: int | None, sampling: SamplingParams, stop: Any) -> dict[str, Any]:
+             max_tokens: int | None, sampling: SamplingParams, stop: Any, constraint: Any = None) -> dict[str, Any]:
     """Run a non-streaming chat completion and return the OpenAI-shaped response."""
-    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop)
+    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop, constraint=constraint)
     return response(native, seed, tools, model_name=model_name)
 
 

@@ -200,6 +200,9 @@ def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
     g.add_argument("--repeat-penalty", type=float, default=1.0)
     g.add_argument("--repeat-last-n", type=int, default=64, help="tokens the repeat penalty looks at (-1 = all)")
     g.add_argument("-s", "--seed", type=int, default=None)
+    g.add_argument("--reasoning-budget", type=int, default=None, metavar="N",
+                   help="most reasoning tokens before </think> is forced (0 = no reasoning, -1 = unlimited, "
+                        "the default)")
 
 
 def _context_params(args: argparse.Namespace) -> dict:
@@ -211,7 +214,8 @@ def _context_params(args: argparse.Namespace) -> dict:
 
 def _sampling(args: argparse.Namespace) -> dict:
     return {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repeat_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n, "seed": args.seed}
+            "repeat_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n, "seed": args.seed,
+            "reasoning_budget": args.reasoning_budget}
 
 
 def _device_list(value: str) -> list[str]:

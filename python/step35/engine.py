@@ -119,10 +119,11 @@ class Engine:
     # ---- requests ------------------------------------------------------------
 
     def _submit(self, ids: list[int], *, max_tokens: int | None, sampling: SamplingParams,
-                stop: str | Sequence[str] | None) -> tuple[Any, int]:
+                stop: str | Sequence[str] | None, constraint: Any = None) -> tuple[Any, int]:
         if self._closed:
             raise ClosedError("the engine is closed")
         native_sampling, seed = sampling._native(self._ctx._core)
+        native_sampling.constraint = constraint
         native = self._native.submit(ids, check_max_tokens(max_tokens), native_sampling, check_stop(stop))
         return native, seed
 
@@ -144,6 +145,8 @@ class Engine:
         stream: bool = False,
         add_special: bool = True,
         parse_special: bool = True,
+        grammar: str | None = None,
+        reasoning_budget: int | None = None,
     ) -> Completion | EngineStream:
         """Continue ``prompt``, batched with the engine's other requests (see :meth:`step35.Model.generate`).
 
@@ -155,9 +158,13 @@ class Engine:
             ContextOverflowError: the prompt does not fit in one slot's context.
             QueueFullError: ``max_waiting`` requests are already waiting.
         """
+        from .constraints import for_generate
+
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         ids = self.model._prompt_tokens(prompt, add_special, parse_special)
-        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        constraint = for_generate(self.model, ids, grammar, reasoning_budget)
+        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                                         constraint=constraint)
         return result(native, used_seed, stream=stream, owner=self, stream_type=EngineStream)
 
     def chat(
@@ -178,6 +185,9 @@ class Engine:
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | list[str] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        reasoning_budget: int | None = None,
+        parallel_tool_calls: bool = True,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | ChatStream:
         """An OpenAI-style chat completion, batched with the engine's other requests.
@@ -188,12 +198,16 @@ class Engine:
         reused: only the new tokens are evaluated.
         """
         from .chat import ChatStream, response, select_tools
+        from .constraints import for_chat
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         chosen = select_tools(tools, tool_choice)
         prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
+        constraint = for_chat(self.model, prompt, chosen, tool_choice, response_format, reasoning_budget,
+                              parallel_tool_calls)
         ids = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
-        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                                         constraint=constraint)
         name = self.model.path.name
         if stream:
             return ChatStream(EngineStream(native, used_seed, self), chosen, name)
@@ -201,30 +215,46 @@ class Engine:
 
     def generate_many(self, prompts: Sequence[str | bytes | Iterable[int]], max_tokens: int | None = 256, *,
                       add_special: bool = True, parse_special: bool = True,
-                      stop: str | list[str] | None = None, **sampling: Any) -> list[Completion]:
+                      stop: str | list[str] | None = None, grammar: str | None = None,
+                      reasoning_budget: int | None = None, **sampling: Any) -> list[Completion]:
         """Continue every prompt at once; the :class:`~step35.Completion` of each, in order.
 
         ``sampling``: :class:`~step35.SamplingParams` fields, the same for every
         prompt (with a ``seed``, each prompt's output is as reproducible as alone).
+        ``grammar`` and ``reasoning_budget`` as in :meth:`step35.Model.generate`.
         """
+        from .constraints import for_generate
+
         params = SamplingParams(**sampling)
-        natives = [self._submit(self.model._prompt_tokens(p, add_special, parse_special), max_tokens=max_tokens,
-                                sampling=params, stop=stop) for p in prompts]
+        natives = []
+        for p in prompts:
+            ids = self.model._prompt_tokens(p, add_special, parse_special)
+            natives.append(self._submit(ids, max_tokens=max_tokens, sampling=params, stop=stop,
+                                        constraint=for_generate(self.model, ids, grammar, reasoning_budget)))
         return [result(n, sd, stream=False, owner=self) for n, sd in natives]  # type: ignore[misc]
 
     def chat_many(self, conversations: Sequence[list[dict[str, Any]]], tools: list[dict[str, Any]] | None = None,
                   tool_choice: Any = "auto", *, max_tokens: int | None = None, stop: str | list[str] | None = None,
-                  template_kwargs: Mapping[str, Any] | None = None, **sampling: Any) -> list[dict[str, Any]]:
-        """Answer every conversation at once; the ``chat.completion`` dict of each, in order."""
+                  template_kwargs: Mapping[str, Any] | None = None, response_format: Mapping[str, Any] | None = None,
+                  reasoning_budget: int | None = None, parallel_tool_calls: bool = True,
+                  **sampling: Any) -> list[dict[str, Any]]:
+        """Answer every conversation at once; the ``chat.completion`` dict of each, in order.
+
+        ``response_format``, ``reasoning_budget`` and ``parallel_tool_calls`` as in :meth:`step35.Model.chat`.
+        """
         from .chat import response, select_tools
+        from .constraints import for_chat
 
         params = SamplingParams(**sampling)
         chosen = select_tools(tools, tool_choice)
         natives = []
         for messages in conversations:
             prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
+            constraint = for_chat(self.model, prompt, chosen, tool_choice, response_format, reasoning_budget,
+                                  parallel_tool_calls)
             ids = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
-            natives.append(self._submit(ids, max_tokens=max_tokens, sampling=params, stop=stop))
+            natives.append(self._submit(ids, max_tokens=max_tokens, sampling=params, stop=stop,
+                                        constraint=constraint))
         name = self.model.path.name
         return [response(n, sd, chosen, model_name=name) for n, sd in natives]
 

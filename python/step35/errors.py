@@ -24,6 +24,7 @@ __all__ = [
     "DecodeError",
     "QuantizeError",
     "QueueFullError",
+    "GrammarError",
     "MemoryFitError",
 ]
 
@@ -84,6 +85,12 @@ class QueueFullError(Step35Error):
     """An :class:`~step35.Engine`'s wait queue is full; retry after :attr:`retry_after` seconds."""
 
     retry_after: float = 1.0
+
+
+class GrammarError(Step35Error, ValueError):
+    """A grammar or JSON Schema cannot be used: GBNF that does not parse (llama.cpp's
+    reason follows), a schema feature the converter cannot express (named with its
+    schema path), or a grammar that allows no token where generation stands."""
 
 
 class QuantizeError(Step35Error):

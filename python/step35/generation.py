@@ -267,18 +267,23 @@ def check_max_tokens(max_tokens: int | None) -> int:
 
 
 def start(context: Context, prompt: list[int], *, max_tokens: int | None, sampling: SamplingParams,
-          stop: str | Sequence[str] | None, render_special: bool = True) -> tuple[Any, int]:
-    """Create the native generation (validated) on ``context``; returns it and the seed used."""
+          stop: str | Sequence[str] | None, render_special: bool = True,
+          constraint: Any = None) -> tuple[Any, int]:
+    """Create the native generation (validated) on ``context``; returns it and the seed used.
+
+    ``constraint``: a grammar and/or reasoning budget (see :mod:`step35.constraints`).
+    """
     native_sampling, seed = sampling._native(context._core)
+    native_sampling.constraint = constraint
     native = context._core.Generation(context._handle, prompt, check_max_tokens(max_tokens), native_sampling,
                                       check_stop(stop), render_special)
     return native, seed
 
 
 def run(context: Context, prompt: list[int], *, stream: bool, max_tokens: int | None, sampling: SamplingParams,
-        stop: str | Sequence[str] | None) -> Completion | CompletionStream:
+        stop: str | Sequence[str] | None, constraint: Any = None) -> Completion | CompletionStream:
     """Generate from ``prompt`` token ids on ``context``, streaming or not."""
-    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop)
+    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop, constraint=constraint)
     return result(native, seed, stream=stream, owner=context)
 
 

@@ -339,6 +339,8 @@ class Model:
         stream: bool = False,
         add_special: bool = True,
         parse_special: bool = True,
+        grammar: str | None = None,
+        reasoning_budget: int | None = None,
         context: Context | None = None,
     ) -> Completion | CompletionStream | list[Completion]:
         """Continue ``prompt`` (text or token ids).
@@ -363,6 +365,13 @@ class Model:
                 presence_penalty, frequency_penalty, seed: see :class:`~step35.SamplingParams`
                 (temperature 0 is greedy; the same seed gives the same output).
             stop: string(s) that end generation; they are not part of the output.
+            grammar: GBNF (llama.cpp's grammar format) the output must follow
+                from its first token, e.g. from :func:`step35.json_schema_to_grammar`.
+                Sampling stays fast: a drawn token is checked, and only a
+                rejected one makes the grammar filter the vocabulary.
+            reasoning_budget: most tokens of reasoning after a ``<think>`` (in
+                the prompt or the output) before ``</think>`` is forced; 0 closes
+                reasoning at once, -1 or None leaves it unlimited.
             context: run on this context instead of the model's default one.
 
         Example::
@@ -374,9 +383,12 @@ class Model:
 
         Raises:
             ValueError: an invalid parameter (named in the message).
+            GrammarError: ``grammar`` does not parse (llama.cpp's reason), or
+                allows no token where generation stands.
             ContextOverflowError: the prompt does not fit in the context.
             ContextBusyError: the context is used by an unfinished stream or another thread.
         """
+        from .constraints import for_generate
         from .generation import SamplingParams, run
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
@@ -384,11 +396,13 @@ class Model:
             self._batch_only(stream, context)
             with self._batch_engine(len(prompt)) as engine:  # type: ignore[arg-type]
                 return engine.generate_many(prompt, max_tokens, add_special=add_special,  # type: ignore[arg-type]
-                                            parse_special=parse_special, stop=stop,
-                                            **dataclasses.asdict(sampling))
+                                            parse_special=parse_special, stop=stop, grammar=grammar,
+                                            reasoning_budget=reasoning_budget, **dataclasses.asdict(sampling))
         ids = self._prompt_tokens(prompt, add_special, parse_special)
+        constraint = for_generate(self, ids, grammar, reasoning_budget)
         ctx = context if context is not None else self.context
-        return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                   constraint=constraint)
 
     def _batch_only(self, stream: bool, context: Context | None) -> None:
         if stream:
@@ -455,6 +469,9 @@ class Model:
         frequency_penalty: float = 0.0,
         seed: int | None = None,
         stop: str | list[str] | None = None,
+        response_format: Mapping[str, Any] | None = None,
+        reasoning_budget: int | None = None,
+        parallel_tool_calls: bool = True,
         context: Context | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
     ) -> dict[str, Any] | ChatStream | list[dict[str, Any]]:
@@ -477,11 +494,23 @@ class Model:
             messages, tools: the conversation and the tools offered (OpenAI shapes).
             tool_choice: ``"auto"``, ``"none"``, ``"required"`` or
                 ``{"type": "function", "function": {"name": ...}}`` (see :func:`step35.chat.select_tools`).
+                "required" and a named function are enforced: after its
+                reasoning, the model can only write tool calls (of that
+                function), with arguments valid under the tool's schema.
             max_tokens: most tokens to generate (None: until the context is full).
             temperature, top_k, top_p, min_p, repeat_penalty, repeat_last_n,
                 presence_penalty, frequency_penalty, seed: see :class:`~step35.SamplingParams`;
                 the same settings, with the same defaults, as :meth:`generate`.
             stop: string(s) that end generation; they are not part of the output.
+            response_format: OpenAI's ``{"type": "json_schema", "json_schema":
+                {"name": ..., "schema": {...}}}`` or ``{"type": "json_object"}``:
+                the answer after the reasoning is JSON valid under the schema
+                (enforced by llama.cpp's grammar sampler; the reasoning stays free).
+            reasoning_budget: most reasoning tokens before ``</think>`` is forced
+                (0: no reasoning; None or -1: unlimited). Set one with a
+                ``response_format`` or a required tool call when the model may
+                reason for long: the constraint starts where reasoning ends.
+            parallel_tool_calls: with an enforced tool call, allow several back to back.
             context: run on this context instead of the model's default one.
             template_kwargs: further variables for the chat template, e.g.
                 ``{"current_date": "2025-01-31"}`` for a template that reads one
@@ -500,10 +529,13 @@ class Model:
 
         Raises:
             ValueError: malformed messages or tools, or an invalid parameter (before anything runs).
+            GrammarError: ``response_format``'s schema (or a tool's) cannot be
+                enforced; the message names the schema path and the feature.
             ContextOverflowError: the conversation does not fit in the context.
             ToolCallParseError: the model wrote a tool call that cannot be parsed.
         """
         from .chat import ChatStream, complete, select_tools
+        from .constraints import for_chat
         from .generation import SamplingParams, run
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
@@ -511,16 +543,22 @@ class Model:
             self._batch_only(stream, context)
             with self._batch_engine(len(messages)) as engine:
                 return engine.chat_many(messages, tools, tool_choice, max_tokens=max_tokens,  # type: ignore[return-value,arg-type]
-                                        stop=stop, template_kwargs=template_kwargs, **dataclasses.asdict(sampling))
+                                        stop=stop, template_kwargs=template_kwargs, response_format=response_format,
+                                        reasoning_budget=reasoning_budget, parallel_tool_calls=parallel_tool_calls,
+                                        **dataclasses.asdict(sampling))
         chosen = select_tools(tools, tool_choice)
         prompt, add_bos = self._render_chat(messages, chosen, template_kwargs)
+        constraint = for_chat(self, prompt, chosen, tool_choice, response_format, reasoning_budget,
+                              parallel_tool_calls)
         ids = self.tokenize(prompt, add_special=add_bos, parse_special=True)
         ctx = context if context is not None else self.context
         name = self.path.name
         if stream:
-            completion = run(ctx, ids, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop)
+            completion = run(ctx, ids, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                             constraint=constraint)
             return ChatStream(completion, chosen, name)  # type: ignore[arg-type]
-        return complete(ctx, ids, chosen, model_name=name, max_tokens=max_tokens, sampling=sampling, stop=stop)
+        return complete(ctx, ids, chosen, model_name=name, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                        constraint=constraint)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, quant: str | None = None, *, include: str | list[str] | None = None,

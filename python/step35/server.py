@@ -63,7 +63,8 @@ except ImportError as e:  # pragma: no cover - exercised by tests/test_serve.py 
 
 from jinja2.exceptions import TemplateError
 
-from .errors import ClosedError, ContextOverflowError, QueueFullError, Step35Error
+from .constraints import json_schema_to_grammar, response_schema
+from .errors import ClosedError, ContextOverflowError, GrammarError, QueueFullError, Step35Error
 from .toolcalls import ToolCallParseError
 
 __all__ = ["create_app", "run", "APIError", "DEFAULT_MAX_BODY_BYTES", "ROUTES"]
@@ -93,7 +94,9 @@ _SAMPLING_FIELDS: dict[str, type] = {
 #: Top-level request fields whose name may start an engine ValueError's message (so it becomes ``param``).
 _PARAMS = frozenset(_SAMPLING_FIELDS) | {"messages", "tools", "tool_choice", "stop", "max_tokens",
                                          "max_completion_tokens", "prompt", "chat_template_kwargs",
-                                         "template_kwargs", "model", "stream", "stream_options"}
+                                         "template_kwargs", "model", "stream", "stream_options",
+                                         "response_format", "reasoning_budget", "grammar", "json_schema",
+                                         "parallel_tool_calls"}
 #: What the engine raises for a request it refuses or cannot finish (mapped by :func:`_from_exception`).
 _ENGINE_ERRORS = (Step35Error, ValueError, TypeError, TemplateError)
 _PARAM_RE = re.compile(r"[A-Za-z_]\w*(?:\[\d+\]|\.[A-Za-z_]\w*)*")
@@ -222,6 +225,18 @@ def _common(body: Mapping[str, Any], defaults: Mapping[str, Any], *, default_max
             kwargs["stop"] = stop
     _refuse_unless(body, "n", lambda v: v == 1, "this server returns one choice per request (n=1)")
     _refuse_unless(body, "logit_bias", lambda v: v == {}, "logit_bias is not implemented")
+    # llama-server's names for the reasoning budget are accepted too
+    for field in ("reasoning_budget", "reasoning_budget_tokens", "thinking_budget_tokens"):
+        budget = _get(body, field)
+        if budget is not None:
+            _check_type(field, budget, int)
+            if budget < -1:
+                raise _bad(field, f"{field} must be -1 (unlimited), 0 (no reasoning) or a number of tokens")
+            kwargs["reasoning_budget"] = budget
+            break
+    else:
+        if defaults.get("reasoning_budget") is not None:
+            kwargs["reasoning_budget"] = defaults["reasoning_budget"]
     return kwargs
 
 
@@ -277,8 +292,18 @@ def chat_arguments(body: Mapping[str, Any], defaults: Mapping[str, Any] | None =
             kwargs["template_kwargs"] = template_kwargs
     _refuse_unless(body, "logprobs", lambda v: v is False, "token log-probabilities are not implemented")
     _refuse_unless(body, "top_logprobs", lambda v: v == 0, "token log-probabilities are not implemented")
-    _refuse_unless(body, "response_format", lambda v: isinstance(v, dict) and v.get("type") == "text",
-                   "structured output (json_object, json_schema) is not implemented")
+    response_format = _get(body, "response_format")
+    if response_format is not None:
+        try:
+            if response_schema(response_format) is not None:
+                kwargs["response_format"] = response_format
+        except ValueError as e:
+            raise _bad("response_format", str(e)) from None
+    parallel = _get(body, "parallel_tool_calls")
+    if parallel is not None:
+        if not isinstance(parallel, bool):
+            raise _bad("parallel_tool_calls", f"parallel_tool_calls must be true or false, got {parallel!r}")
+        kwargs["parallel_tool_calls"] = parallel
     _refuse_unless(body, "modalities", lambda v: v == ["text"], "this model answers in text only")
     _refuse_unless(body, "audio", lambda v: False, "this model answers in text only")
     _refuse_unless(body, "functions", lambda v: v == [], "the deprecated functions field is not supported: use tools")
@@ -303,6 +328,20 @@ def completion_arguments(body: Mapping[str, Any], defaults: Mapping[str, Any] | 
         raise _bad("prompt", f"prompt must be a string or a list of token ids, got {type(prompt).__name__}")
     kwargs = _common(body, defaults, default_max_tokens=16)  # OpenAI's default for completions
     kwargs["prompt"] = prompt
+    grammar, schema = _get(body, "grammar"), _get(body, "json_schema")  # llama-server's fields
+    if grammar is not None and schema is not None:
+        raise _bad("grammar", "give grammar or json_schema, not both")
+    if grammar is not None:
+        if not isinstance(grammar, str):
+            raise _bad("grammar", f"grammar must be GBNF text, got {type(grammar).__name__}")
+        kwargs["grammar"] = grammar
+    elif schema is not None:
+        if not isinstance(schema, (dict, bool)):
+            raise _bad("json_schema", f"json_schema must be a JSON Schema object, got {type(schema).__name__}")
+        try:
+            kwargs["grammar"] = json_schema_to_grammar(schema)
+        except GrammarError as e:
+            raise _bad("json_schema", f"json_schema cannot be enforced: {e}") from None
     _refuse_unless(body, "echo", lambda v: v is False, "echoing the prompt is not implemented")
     _refuse_unless(body, "suffix", lambda v: v == "", "insertion (suffix) is not implemented")
     _refuse_unless(body, "best_of", lambda v: v == 1, "this server returns one choice per request (best_of=1)")
