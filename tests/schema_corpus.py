@@ -112,4 +112,14 @@ UNSUPPORTED: dict[str, tuple[Any, str]] = {
     "bad-ref": ({"type": "object", "properties": {"a": {"$ref": "#/$defs/missing"}}}, "missing"),
     "false-items": ({"type": "array", "prefixItems": [{"type": "integer"}], "items": False}, "#/items"),
     "unsupported-escape": ({"type": "string", "pattern": "^\\p{L}+$"}, "unsupported escape"),
+    # keywords the converter would skip without a word: refused, naming the path
+    "uniqueItems": ({"type": "array", "items": {"type": "integer"}, "uniqueItems": True}, "#: 'uniqueItems'"),
+    "multipleOf": ({"type": "object", "properties": {"n": {"type": "integer", "multipleOf": 5}}},
+                   "#/properties/n: 'multipleOf'"),
+    "not": ({"not": {"type": "string"}}, "'not'"),
+    "if-then": ({"if": {"type": "integer"}, "then": {"minimum": 0}}, "'if'"),
+    "contains": ({"type": "array", "contains": {"const": 1}}, "'contains'"),
+    "minProperties": ({"type": "object", "minProperties": 2}, "'minProperties'"),
+    "format-email": ({"type": "string", "format": "email"}, "#/format: format 'email'"),
+    "number-bounds": ({"type": "number", "minimum": 0.5}, "integers only"),
 }

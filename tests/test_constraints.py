@@ -14,7 +14,8 @@ import jsonschema
 import pytest
 import step35
 from schema_corpus import CORPUS, UNSUPPORTED
-from step35.constraints import THINK_END, answer_grammar
+from step35.constraints import answer_grammar
+from step35.toolcalls import THINK_CLOSE
 
 SEEDS = range(20)
 USER = [{"role": "user", "content": "Answer in JSON."}]
@@ -202,7 +203,7 @@ def test_a_budget_on_generate_counts_from_the_prompts_think_tag(tiny_model) -> N
     assert prompt.endswith("<think>\n")
     out = tiny_model.generate(prompt, max_tokens=30, temperature=1.0, seed=1, reasoning_budget=4,
                               add_special=False)
-    head, sep, _ = out.text.partition(THINK_END)
+    head, sep, _ = out.text.partition(THINK_CLOSE)
     assert sep, out.text
     assert len(tiny_model.tokenize(head, add_special=False)) <= 4 + 1
 
@@ -262,6 +263,18 @@ def test_naming_a_tool_that_is_not_offered_is_a_value_error(tiny_model) -> None:
 def test_a_response_format_and_a_forced_call_are_refused_together(tiny_model) -> None:
     with pytest.raises(ValueError, match="cannot both"):
         tiny_model.chat(USER, tools=TOOLS, tool_choice="required", response_format={"type": "json_object"})
+
+
+def test_a_tool_argument_that_cannot_be_enforced_is_named(tiny_model) -> None:
+    tools = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {
+        "code": {"type": "string", "pattern": "^[A-Z]{3}$"}}, "required": ["code"]}}}]
+    with pytest.raises(step35.GrammarError, match="tools cannot be enforced.*properties/code.*'pattern'"):
+        tiny_model.chat(USER, tools=tools, tool_choice="required", max_tokens=4)
+    tools[0]["function"]["parameters"]["properties"]["code"] = {"type": "integer", "multipleOf": 3}
+    with pytest.raises(step35.GrammarError, match="properties/code: 'multipleOf'"):
+        tiny_model.chat(USER, tools=tools, tool_choice="required", max_tokens=4)
+    # "auto" does not constrain, so nothing is refused
+    tiny_model.chat(USER, tools=tools, tool_choice="auto", max_tokens=2)
 
 
 def test_the_tool_grammar_is_the_templates_call_format() -> None:

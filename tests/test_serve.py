@@ -285,11 +285,11 @@ def test_required_tool_choice_through_the_client(server: Server) -> None:
     with server.client() as c:
         for seed in range(3):
             r = c.chat.completions.create(model=MODEL, messages=hello("Wake me at seven."), tools=BOUNDED_TOOLS,  # type: ignore[arg-type]
-                                          tool_choice="required", temperature=1.0, seed=seed, max_tokens=300,
-                                          extra_body={"reasoning_budget": 2})
+                                          tool_choice="required", parallel_tool_calls=False, temperature=1.0,
+                                          seed=seed, max_tokens=300, extra_body={"reasoning_budget": 2})
             choice = r.choices[0]
             assert choice.finish_reason == "tool_calls"
-            assert choice.message.tool_calls
+            assert choice.message.tool_calls and len(choice.message.tool_calls) == 1
             for call in choice.message.tool_calls:
                 assert call.function.name == "set_alarm"
                 jsonschema.validate(json.loads(call.function.arguments),

@@ -23,20 +23,16 @@ from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .errors import GrammarError
+from .toolcalls import CALL_CLOSE, CALL_OPEN, FUNC_CLOSE, FUNC_OPEN, PARAM_CLOSE, PARAM_OPEN, THINK_CLOSE, THINK_OPEN
 
 if TYPE_CHECKING:
     from .model import Model
 
 __all__ = ["json_schema_to_grammar", "check_reasoning_budget", "response_schema", "answer_grammar",
-           "THINK_START", "THINK_END"]
+           "for_generate", "for_chat"]
 
-#: The tags around Step 3.5's reasoning (the chat template opens it in the generation prompt).
-THINK_START = "<think>"
-THINK_END = "</think>"
 #: What a spent reasoning budget forces: the end tag on a line of its own.
-THINK_FORCED = "\n" + THINK_END
-#: Tool calls, as the chat template writes them and step35.toolcalls parses them.
-TOOL_CALL_START = "<tool_call>"
+THINK_FORCED = "\n" + THINK_CLOSE
 #: Whitespace allowed between the end of reasoning and the answer (bounded, so a
 #: model cannot wander off in blank space).
 _GAP = "[ \\t\\n]{0,4}"
@@ -59,9 +55,57 @@ def json_schema_to_grammar(schema: Mapping[str, Any] | bool) -> str:
     return str(_core().json_schema_to_grammar(_schema_json(schema)))
 
 
-def _schema_json(schema: Any) -> str:
+#: The keywords llama.cpp's converter enforces (common/json-schema.cpp at the pin), and
+#: the containers and annotations that need no enforcing. Anything else (uniqueItems,
+#: multipleOf, not, if/then, contains, minProperties, ...) the converter would skip
+#: without a word, and an answer could break it: such a schema is refused instead.
+_ENFORCED = frozenset({
+    "type", "properties", "required", "additionalProperties", "items", "prefixItems", "minItems", "maxItems",
+    "minLength", "maxLength", "pattern", "format", "enum", "const", "anyOf", "oneOf", "allOf", "$ref",
+    "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"})
+_CONTAINERS = frozenset({"$defs", "definitions"})
+_ANNOTATIONS = frozenset({
+    "title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly",
+    "writeOnly", "name", "strict", "discriminator", "nullable"})
+#: String formats the converter turns into grammar (any other would be a plain string).
+_FORMATS = frozenset({"date", "time", "date-time", "uuid", "uuid1", "uuid2", "uuid3", "uuid4", "uuid5"})
+_BOUNDS = ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum")
+
+
+def _check_enforceable(schema: Any, path: str = "#") -> None:
+    """GrammarError naming the path and the keyword of anything the converter would not enforce."""
+    if not isinstance(schema, Mapping):
+        return  # booleans, and shapes the converter itself refuses with their path
+    for key, value in schema.items():
+        where = f"{path}/{key}"
+        if key in _ANNOTATIONS:
+            continue
+        if key not in _ENFORCED and key not in _CONTAINERS:
+            raise GrammarError(f"JSON schema error at {path}: {key!r} is not supported by llama.cpp's JSON Schema "
+                               f"converter (it would be ignored, and the answer might not satisfy it)")
+        if key == "format" and value not in _FORMATS:
+            raise GrammarError(f"JSON schema error at {where}: format {value!r} is not supported "
+                               f"(supported: {', '.join(sorted(_FORMATS))})")
+        if key in _BOUNDS:
+            types = schema.get("type")
+            if types != "integer" and not (isinstance(types, list) and types == ["integer"]):
+                raise GrammarError(f"JSON schema error at {where}: bounds are enforced for integers only "
+                                   f'(give "type": "integer", or drop {key!r})')
+        if key in ("properties", "$defs", "definitions") and isinstance(value, Mapping):
+            for name, sub in value.items():
+                _check_enforceable(sub, f"{where}/{name}")
+        elif key in ("anyOf", "oneOf", "allOf", "prefixItems") and isinstance(value, list):
+            for i, sub in enumerate(value):
+                _check_enforceable(sub, f"{where}/{i}")
+        elif key in ("items", "additionalProperties"):
+            _check_enforceable(value, where)
+
+
+def _schema_json(schema: Any, path: str = "#") -> str:
+    """``schema`` as JSON text for the converter, once checked (``path``: where it sits, for messages)."""
     if not isinstance(schema, (Mapping, bool)):
         raise TypeError(f"a JSON Schema must be a dict (or a bool), not {type(schema).__name__}")
+    _check_enforceable(schema, path)
     try:
         return json.dumps(schema)
     except (TypeError, ValueError) as e:
@@ -145,30 +189,31 @@ def _tool_rules(tools: Sequence[Mapping[str, Any]], parallel: bool) -> tuple[lis
         arg_rules = {}
         for j, (pname, pschema) in enumerate(props.items()):
             value = f"x-t{i}-v{j}"
-            string_rule = _raw_string_rule(pschema if isinstance(pschema, Mapping) else {})
+            where = f"#/tools/{i}/function/parameters/properties/{pname}"
+            string_rule = _raw_string_rule(pschema if isinstance(pschema, Mapping) else {}, where)
             if string_rule is not None:
                 rules.append((value, string_rule))
             else:
-                schemas.append((value, _schema_json(pschema if isinstance(pschema, (Mapping, bool)) else {})))
+                schemas.append((value, _schema_json(pschema if isinstance(pschema, (Mapping, bool)) else {}, where)))
                 value = "{{" + value + "}}"  # the converter names it (see answer_grammar)
             name = f"x-t{i}-a{j}"
-            open_tag, close_tag = _lit(f"<parameter={pname}>\n"), _lit("\n</parameter>\n")
+            open_tag, close_tag = _lit(f"{PARAM_OPEN}{pname}>\n"), _lit(f"\n{PARAM_CLOSE}\n")
             rules.append((name, f"{open_tag} {value} {close_tag}"))
             arg_rules[pname] = name
         body = " ".join(arg_rules[p] for p in required)
         if optional:
             body += " (" + " | ".join(arg_rules[p] for p in optional) + ")*"
         fname = f"x-t{i}"
-        open_tag, close_tag = _lit("<function=" + fn["name"] + ">\n"), _lit("</function>\n")
+        open_tag, close_tag = _lit(f"{FUNC_OPEN}{fn['name']}>\n"), _lit(f"{FUNC_CLOSE}\n")
         rules.append((fname, f"{open_tag} {body} {close_tag}"))
         alternatives.append(fname)
     choice = " | ".join(alternatives)
-    rules.append(("x-call", f"{_lit(TOOL_CALL_START + chr(10))} ({choice}) {_lit('</tool_call>')}"))
+    rules.append(("x-call", f"{_lit(CALL_OPEN + chr(10))} ({choice}) {_lit(CALL_CLOSE)}"))
     rules.append(("x-calls", f"x-call ({_GAP} x-call)*" if parallel else "x-call"))
     return schemas, rules
 
 
-def _raw_string_rule(schema: Mapping[str, Any]) -> str | None:
+def _raw_string_rule(schema: Mapping[str, Any], path: str) -> str | None:
     """GBNF for a string parameter written raw (None: the value is JSON)."""
     types = schema.get("type")
     if "enum" in schema or "const" in schema:
@@ -178,6 +223,10 @@ def _raw_string_rule(schema: Mapping[str, Any]) -> str | None:
         return None
     if types != "string":
         return None
+    for key in ("pattern", "format"):
+        if key in schema:
+            raise GrammarError(f"JSON schema error at {path}: a string argument is written raw in a tool call, "
+                               f"and its {key!r} cannot be enforced there (use an enum or maxLength)")
     lo = int(schema.get("minLength", 0))
     hi = schema.get("maxLength")
     # Raw text never holds "<" (it would end the value); its length is bounded when the schema says so.
@@ -205,8 +254,8 @@ def answer_grammar(json_schema: Mapping[str, Any] | bool | None, tools: Sequence
         raise ValueError("answer_grammar needs a schema or tools")
     patterns: list[str] = []
     if reasoning:
-        rules.insert(0, ("root", f"{_lit(THINK_END)} {_GAP} {answer}"))
-        patterns.append(re.escape(THINK_END))
+        rules.insert(0, ("root", f"{_lit(THINK_CLOSE)} {_GAP} {answer}"))
+        patterns.append(re.escape(THINK_CLOSE))
     else:
         rules.insert(0, ("root", f"{_GAP} {answer}"))
     # The converter names each schema's rule (a primitive schema is its shared rule, e.g.
@@ -231,8 +280,8 @@ def _reasoning_args(model: Model, budget: int | None, prefill: Sequence[int]) ->
     def toks(text: str) -> list[int]:
         return model.tokenize(text, add_special=False, parse_special=True)
 
-    return {"reasoning_budget": -1 if budget is None else budget, "reasoning_start": toks(THINK_START),
-            "reasoning_end": [toks(THINK_END)], "reasoning_forced": toks(THINK_FORCED),
+    return {"reasoning_budget": -1 if budget is None else budget, "reasoning_start": toks(THINK_OPEN),
+            "reasoning_end": [toks(THINK_CLOSE)], "reasoning_forced": toks(THINK_FORCED),
             "reasoning_prefill": list(prefill)}
 
 
@@ -268,7 +317,7 @@ def for_chat(model: Model, prompt_text: str, tools: Sequence[Mapping[str, Any]] 
     if schema is not None and forced_tools:
         raise ValueError("response_format and a required tool call cannot both be enforced: "
                          'use tool_choice="auto" with a response_format')
-    reasoning = prompt_text.rstrip().endswith(THINK_START)
+    reasoning = prompt_text.rstrip().endswith(THINK_OPEN)
     if schema is None and not forced_tools:
         if budget is None:
             return None
@@ -287,5 +336,5 @@ def for_chat(model: Model, prompt_text: str, tools: Sequence[Mapping[str, Any]] 
 
 def _tail(model: Model, prompt_text: str) -> list[int]:
     """The tokens of the prompt's open reasoning tag (the budget sampler starts counting after it)."""
-    at = prompt_text.rfind(THINK_START)
+    at = prompt_text.rfind(THINK_OPEN)
     return model.tokenize(prompt_text[at:], add_special=False, parse_special=True) if at >= 0 else []
