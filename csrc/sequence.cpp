@@ -54,7 +54,7 @@ llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
         return tok;
     }
     const bool grammar = grammar_applies();
-    const bool forcing = budget_ != nullptr && common_reasoning_budget_get_state(budget_) == REASONING_BUDGET_FORCING;
+    const bool forcing = budget_on() && common_reasoning_budget_get_state(budget_) == REASONING_BUDGET_FORCING;
     llama_token tok = LLAMA_TOKEN_NULL;
     if (!forcing) {  // sample first, check after
         tok = draw(ctx, idx);
@@ -65,19 +65,30 @@ llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
     return tok;
 }
 
+namespace {
+// The first of the largest logits, as llama_sampler_init_greedy picks: the
+// maximum from 8 running maxima (a loop the compiler vectorizes), then the
+// first token that holds it.
+llama_token first_of_largest(const float * logits, int32_t n) {
+    constexpr int32_t kLanes = 8;
+    float lane[kLanes];
+    for (float & m : lane) m = -INFINITY;
+    int32_t t = 0;
+    for (; t + kLanes <= n; t += kLanes)
+        for (int32_t j = 0; j < kLanes; ++j) lane[j] = std::max(lane[j], logits[t + j]);
+    float best = -INFINITY;
+    for (float m : lane) best = std::max(best, m);
+    for (; t < n; ++t) best = std::max(best, logits[t]);
+    for (t = 0; t < n; ++t)
+        if (logits[t] == best) return t;
+    return 0;  // every logit is NaN
+}
+}  // namespace
+
 llama_token Sampler::draw(llama_context * ctx, int32_t idx) {
     const float * logits = (argmax_ || top_k_ > 0) ? llama_get_logits_ith(ctx, idx) : nullptr;
     if (logits == nullptr) return draw_all(ctx, idx, false);
-    if (argmax_) {  // the first of the largest logits, as llama_sampler_init_greedy picks
-        llama_token best = 0;
-        float best_logit = logits[0];
-        for (llama_token t = 1; t < n_vocab_; ++t)
-            if (logits[t] > best_logit) {
-                best_logit = logits[t];
-                best = t;
-            }
-        return best;
-    }
+    if (argmax_) return first_of_largest(logits, n_vocab_);
     // The k largest logits: cand_ holds the best k seen so far, `low` is the index of its smallest.
     const size_t k = (size_t) top_k_;
     cand_.clear();
@@ -110,7 +121,7 @@ llama_token Sampler::draw_all(llama_context * ctx, int32_t idx, bool grammar) {
     cand_.resize((size_t) n_vocab_);
     for (llama_token t = 0; t < n_vocab_; ++t) cand_[(size_t) t] = {t, logits[t], 0.0f};
     llama_token_data_array cur_p = {cand_.data(), cand_.size(), -1, false};
-    if (budget_ != nullptr) llama_sampler_apply(budget_, &cur_p);
+    if (budget_on()) llama_sampler_apply(budget_, &cur_p);
     if (grammar) llama_sampler_apply(grammar_, &cur_p);
     llama_sampler_apply(chain_, &cur_p);
     if (cur_p.selected < 0 || cur_p.selected >= (int64_t) cur_p.size ||
@@ -120,13 +131,18 @@ llama_token Sampler::draw_all(llama_context * ctx, int32_t idx, bool grammar) {
     return cur_p.data[cur_p.selected].id;
 }
 
-// As common_sampler: a lazy grammar waits while the model reasons.
+// As common_sampler: a lazy grammar waits while the model reasons. Once the
+// answer has started, the grammar holds to the end (a "<think>" inside a JSON
+// string is text, not new reasoning).
 bool Sampler::grammar_applies() const {
     if (grammar_ == nullptr) return false;
-    if (budget_ == nullptr || !lazy_) return true;
+    if (!budget_on() || !lazy_) return true;
     const auto state = common_reasoning_budget_get_state(budget_);
     return state == REASONING_BUDGET_IDLE || state == REASONING_BUDGET_DONE;
 }
+
+// The reasoning budget is consulted until a lazy grammar's answer starts.
+bool Sampler::budget_on() const { return budget_ != nullptr && !answer_started_; }
 
 bool Sampler::grammar_allows(llama_token tok) {
     llama_token_data one = {tok, 1.0f, 0.0f};
@@ -136,14 +152,15 @@ bool Sampler::grammar_allows(llama_token tok) {
 }
 
 void Sampler::accept(llama_token tok, bool grammar) {
-    if (budget_ != nullptr) {
+    if (budget_on()) {
         llama_sampler_accept(budget_, tok);
-        // The end of reasoning may itself start a lazy grammar (<tool_call> ends
-        // reasoning and opens a call): it is replayed to the grammar, as common_sampler does.
+        // The end of reasoning starts a lazy grammar (its trigger is the end tag):
+        // it is replayed to the grammar, as common_sampler does.
         if (grammar_ != nullptr && !grammar &&
             common_reasoning_budget_get_state(budget_) == REASONING_BUDGET_DONE) {
             if (const llama_tokens * end = common_reasoning_budget_get_end_match(budget_))
                 for (llama_token t : *end) accept_grammar(t);
+            answer_started_ = lazy_;
         }
     }
     if (grammar) accept_grammar(tok);

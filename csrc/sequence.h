@@ -49,8 +49,8 @@ inline double ms_between(Clock::time_point t0, Clock::time_point t1) {
 // reasoning budget first (it forces the end of reasoning once the budget is
 // spent), then the token is drawn as above and checked against the grammar;
 // only a rejected token makes it apply the grammar to the whole vocabulary and
-// draw again. A lazy grammar (tool calls under tool_choice "auto") is not
-// applied while the model reasons.
+// draw again. A lazy grammar (a chat answer's) is not applied while the model
+// reasons, and holds from the end of reasoning to the end.
 class Sampler {
 public:
     Sampler(const SamplingOptions & o, const llama_vocab * vocab, const std::vector<llama_token> & prompt);
@@ -66,6 +66,7 @@ private:
     llama_token draw(llama_context * ctx, int32_t idx);  // the chain's choice, not yet accepted
     llama_token draw_all(llama_context * ctx, int32_t idx, bool grammar);  // over the whole vocabulary
     bool grammar_applies() const;
+    bool budget_on() const;
     bool grammar_allows(llama_token tok);
     void accept(llama_token tok, bool grammar);
     void accept_grammar(llama_token tok);
@@ -74,6 +75,7 @@ private:
     llama_sampler * grammar_ = nullptr;  // cloned from the Constraint
     llama_sampler * budget_ = nullptr;   // cloned from the Constraint
     bool lazy_ = false;
+    bool answer_started_ = false;  // a lazy grammar's answer began: the budget has no more say
     int32_t n_vocab_ = 0;
     bool argmax_ = false;  // greedy without penalties
     int32_t top_k_ = 0;    // > 0: top-k without penalties, candidates preselected here

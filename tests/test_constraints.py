@@ -90,6 +90,20 @@ def test_greedy_under_a_grammar_is_reproducible_and_streams_the_same(tiny_model)
     jsonschema.validate(json.loads(whole.text), CORPUS["object-typed"])
 
 
+@pytest.mark.parametrize("settings", [{"temperature": 0}, {"temperature": 1.0, "top_k": 40},
+                                      {"temperature": 0.7, "top_k": 5, "top_p": 0.9, "min_p": 0.05}])
+def test_the_fast_draw_under_a_grammar_is_the_full_chains(tiny_model, settings) -> None:
+    """Under a grammar the token is drawn first (greedy as an argmax, top-k over the k best)
+    and then checked. A presence penalty of 1e-30 leaves every float32 logit as it is but
+    draws with llama.cpp's chain over the whole vocabulary: the tokens must be the same."""
+    grammar = step35.json_schema_to_grammar(CORPUS["extraction"])
+    for seed in range(6):
+        kw = dict(settings, max_tokens=120, seed=seed, grammar=grammar)
+        fast = tiny_model.generate("x", **kw)
+        full = tiny_model.generate("x", presence_penalty=1e-30, **kw)
+        assert fast.tokens == full.tokens, seed
+
+
 def test_malformed_gbnf_is_a_grammar_error_with_llama_cpps_reason(tiny_model) -> None:
     with pytest.raises(step35.GrammarError, match="does not parse") as info:
         tiny_model.generate("x", max_tokens=4, grammar='root ::= "unterminated')
