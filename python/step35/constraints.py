@@ -9,7 +9,7 @@ rejected token makes the grammar filter the whole vocabulary.
 
 Step 3.5 reasons first: the chat prompt ends in ``<think>\\n``, so the model
 writes its reasoning, then ``</think>``, then the answer. A chat constraint is
-therefore a *lazy* grammar that starts at ``</think>`` (or at a tool call) and
+therefore a *lazy* grammar that starts at ``</think>`` and
 leaves the reasoning free; the reasoning budget forces ``</think>`` after N
 reasoning tokens, so a model that never closes its reasoning still reaches
 the constrained answer.
