@@ -162,17 +162,8 @@ def _tool_rules(tools: Sequence[Mapping[str, Any]], parallel: bool) -> tuple[lis
                                                                               list[tuple[str, str]]]:
     """Schemas and rules of a grammar for one or more Step 3.5 tool calls.
 
-    The format is the chat template's (Qwen3-Coder XML)::
-
-        <tool_call>
-        <function=NAME>
-        <parameter=ARG>
-        VALUE
-        </parameter>
-        </function>
-        </tool_call>
-
-    Required parameters come in the schema's order, then any optional ones.
+    The format is the chat template's (Qwen3-Coder XML), the one
+    :mod:`step35.toolcalls` parses. Required parameters come in the schema's order, then any optional ones.
     Values are typed as :mod:`step35.toolcalls` reads them: a string parameter
     is raw text (an enum or const is one of its values, maxLength bounds it),
     anything else JSON under the parameter's schema.
