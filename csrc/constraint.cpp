@@ -71,19 +71,11 @@ const common_grammar_options kStrict = [] {
     return o;
 }();
 
-std::string schema_to_grammar(const std::string & schema_json) {
-    try {
-        const auto doc = common_chat_schema_from_json(common_json::parse(schema_json));
-        return build_grammar([&](const common_grammar_builder & b) { b.add_schema("root", *doc.root); }, kStrict);
-    } catch (const std::exception & e) {
-        throw Error(ErrorKind::GrammarError, e.what());
-    }
-}
-
 // A grammar of rules made from JSON Schemas by llama.cpp's converter, then
 // rules written by the caller, in one rule set (libcommon's build_grammar).
-// Returns the grammar and the name each schema and rule got (a schema of a
-// primitive type is its shared rule, e.g. "boolean"; a clashing name gets a suffix).
+// A rule body refers to a schema's rule as {{name}}: the converter names it
+// (a schema of a primitive type is its shared rule, e.g. "boolean"). Returns
+// the grammar and the name each rule got (a clashing name gets a suffix).
 std::pair<std::string, std::map<std::string, std::string>> grammar_from_parts(
     const std::vector<std::pair<std::string, std::string>> & schemas,
     const std::vector<std::pair<std::string, std::string>> & rules) {
@@ -94,14 +86,24 @@ std::pair<std::string, std::map<std::string, std::string>> grammar_from_parts(
         for (const auto & [name, schema] : schemas)
             docs.push_back(common_chat_schema_from_json(common_json::parse(schema)));
         grammar = build_grammar([&](const common_grammar_builder & b) {
+            std::map<std::string, std::string> schema_rule;
             for (size_t i = 0; i < schemas.size(); ++i)
-                names[schemas[i].first] = b.add_schema(schemas[i].first, *docs[i].root);
-            for (const auto & [name, body] : rules) names[name] = b.add_rule(name, body);
+                schema_rule["{{" + schemas[i].first + "}}"] = b.add_schema(schemas[i].first, *docs[i].root);
+            for (auto [name, body] : rules) {
+                for (const auto & [placeholder, rule] : schema_rule)
+                    for (size_t at = body.find(placeholder); at != std::string::npos; at = body.find(placeholder, at))
+                        body.replace(at, placeholder.size(), rule);
+                names[name] = b.add_rule(name, body);
+            }
         }, kStrict);
     } catch (const std::exception & e) {
         throw Error(ErrorKind::GrammarError, e.what());
     }
     return {grammar, names};
+}
+
+std::string schema_to_grammar(const std::string & schema_json) {
+    return grammar_from_parts({{"root", schema_json}}, {}).first;
 }
 
 }  // namespace
@@ -130,7 +132,8 @@ void register_constraint(py::module_ & m) {
     m.def("json_schema_to_grammar", &schema_to_grammar, py::arg("schema"),
           "GBNF for a JSON Schema (a JSON string), by llama.cpp's converter; GrammarError when it cannot.");
     m.def("build_grammar", &grammar_from_parts, py::arg("schemas"), py::arg("rules"),
-          "One GBNF from (name, body) rules and (name, JSON Schema) pairs; returns it and each schema's rule name.");
+          "One GBNF from (name, JSON Schema) pairs and (name, body) rules that refer to them as {{name}}; "
+          "returns it and the name each rule got.");
     m.def("gbnf_literal", &gbnf_format_literal, py::arg("text"), "A GBNF string literal matching exactly `text`.");
 }
 

@@ -249,20 +249,13 @@ def answer_grammar(json_schema: Mapping[str, Any] | bool | None, tools: Sequence
         patterns.append(re.escape(THINK_CLOSE))
     else:
         rules.insert(0, ("root", f"{_GAP} {answer}"))
-    # The converter names each schema's rule (a primitive schema is its shared rule, e.g.
-    # "boolean"): learn the names, then write the rules that refer to them.
-    _, schema_names = _core().build_grammar(schemas, [])
-    rules = [(name, _refer(body, schema_names)) for name, body in rules]
+    # Rules refer to a schema's rule as {{name}}; the converter names it (a primitive schema
+    # is its shared rule, e.g. "boolean").
     grammar, names = _core().build_grammar(schemas, rules)
     for name, _ in rules:
         if names[name] != name:  # a clash with a converter rule: refuse rather than mis-reference
             raise GrammarError(f"internal grammar rule {name!r} was renamed to {names[name]!r}")
     return str(grammar), patterns
-
-
-def _refer(body: str, names: Mapping[str, str]) -> str:
-    """``body`` with each schema placeholder ``{{name}}`` replaced by the rule the converter gave it."""
-    return re.sub(r"\{\{([A-Za-z0-9-]+)\}\}", lambda m: names[m.group(1)], body)
 
 
 # ---- the native constraint ---------------------------------------------------
