@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import statistics
 import subprocess
@@ -35,6 +36,16 @@ def bench_model(size: str, quant: str | None, f32: bool = False) -> Path:
     return testing.bench_model_path(size, quant if quant else "default")
 
 
+def add_bench_rows_args(ap: argparse.ArgumentParser, ntg: str) -> None:
+    """The model and row flags of the batched-bench comparisons (-npp, -ntg, -npl as llama-batched-bench)."""
+    ap.add_argument("--size", default="tiny", help="built-in model: tiny, small or mid")
+    ap.add_argument("--quant", default=None, help="quantize the built-in model first (e.g. Q4_K_S)")
+    ap.add_argument("-m", "--model", help="a GGUF instead of a built-in model")
+    ap.add_argument("-npp", default="128,512")
+    ap.add_argument("-ntg", default=ntg)
+    ap.add_argument("-npl", default="1,4")
+
+
 def add_generation_args(ap: argparse.ArgumentParser) -> None:
     """The model, prompt, context and repetition flags of the generation comparisons."""
     ap.add_argument("--size", default="tiny", help="built-in model: tiny, small or mid")
@@ -58,6 +69,17 @@ def generation_setup(a: argparse.Namespace) -> tuple[int, str]:
     from step35.context import default_threads
 
     return a.threads or default_threads(), a.model or str(bench_model(a.size, a.quant, f32=a.f32))
+
+
+def parse_jsonl(text: str) -> dict[tuple[int, int, int], dict]:
+    """Rows of a batched-bench JSONL output (llama-batched-bench's or `step35 bench`'s), by (pp, tg, pl)."""
+    rows = {}
+    for line in text.splitlines():
+        line = line.strip()
+        if line.startswith("{"):
+            d = json.loads(line)
+            rows[(d["pp"], d["tg"], d["pl"])] = d
+    return rows
 
 
 def median(xs: list[float]) -> float:

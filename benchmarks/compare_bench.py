@@ -13,30 +13,14 @@ per row, the median S_PP and S_TG of each and their ratio (step35 / native).
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
-from _common import bench_model, median, native_bin, run
-
-
-def parse_jsonl(text: str) -> dict[tuple[int, int, int], dict]:
-    rows = {}
-    for line in text.splitlines():
-        line = line.strip()
-        if line.startswith("{"):
-            d = json.loads(line)
-            rows[(d["pp"], d["tg"], d["pl"])] = d
-    return rows
+from _common import add_bench_rows_args, bench_model, median, native_bin, parse_jsonl, run
 
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", default="tiny", help="built-in model: tiny, small or mid")
-    ap.add_argument("--quant", default=None, help="quantize the built-in model first (e.g. Q4_K_S)")
-    ap.add_argument("-m", "--model", help="a GGUF instead of a built-in model")
-    ap.add_argument("-npp", default="128,512")
-    ap.add_argument("-ntg", default="128")
-    ap.add_argument("-npl", default="1,4")
+    add_bench_rows_args(ap, ntg="128")
     ap.add_argument("-t", "--threads", type=int, default=None)
     ap.add_argument("-b", default="2048")
     ap.add_argument("-ub", default="512")

@@ -14,6 +14,7 @@
 
 #include "context.h"
 #include "errors.h"
+#include "rpc.h"
 #include "log.h"
 
 namespace py = pybind11;
@@ -61,6 +62,7 @@ public:
                 batch_.logits[k] = t.out[i + k];
             }
             const int rc = llama_decode(ctx, batch_);
+            rpc_check(ctx, c_.model());  // on RPC workers: RPCError if one went away
             if (rc != 0) return rc;
             if (synchronize) llama_synchronize(ctx);
             c_.work_done.fetch_add((long long) n, std::memory_order_relaxed);

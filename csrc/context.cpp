@@ -12,6 +12,7 @@
 #include "errors.h"
 #include "log.h"
 #include "model.h"
+#include "rpc.h"
 
 namespace py = pybind11;
 
@@ -179,6 +180,7 @@ int ContextHandle::decode(const llama_token * tokens, size_t n, llama_pos pos0, 
         }
     }
     llama_batch_free(batch);
+    rpc_check(ctx, model());  // a model on RPC workers: RPCError if one went away (before anyone reads the logits)
     return rc;
 }
 

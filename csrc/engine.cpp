@@ -30,6 +30,7 @@
 #include "errors.h"
 #include "log.h"
 #include "model.h"
+#include "rpc.h"
 #include "sequence.h"
 
 namespace py = pybind11;
@@ -374,8 +375,25 @@ private:
 
             lk.unlock();
             const int rc = llama_decode(c, batch_);
+            std::string rpc_error;
+            try {
+                rpc_check(c, ctx_->model());
+            } catch (const Error & err) {
+                rpc_error = err.what();
+            }
             lk.lock();
             ++total_steps_;
+
+            if (!rpc_error.empty()) {  // an RPC worker went away: this step's results cannot be used
+                for (const auto & e : entries) llama_memory_seq_rm(mem, e.slot->seq, (llama_pos) e.slot->cached.size(), -1);
+                for (auto & s : slots_)
+                    if (s.req) {
+                        s.req->error = rpc_error;
+                        s.req->error_kind = ErrorKind::RPCError;
+                        finish_locked(*s.req, "error");
+                    }
+                continue;
+            }
 
             if (rc != 0) {
                 // Whatever part of the batch was processed comes out again.
@@ -545,6 +563,7 @@ public:
             std::lock_guard<std::mutex> lk(engine_->mutex());
             error = req_->error;
             kind = req_->error_kind;
+            if (!error.empty()) error_raised_ = true;
         }
         if (!error.empty()) throw Error(kind, error);
         return decode_utf8(text);
@@ -569,7 +588,8 @@ public:
     // Ended, and its text all handed out (or the request was closed).
     bool finished() {
         std::lock_guard<std::mutex> lk(engine_->mutex());
-        return closed_ || (req_->finished && req_->ready.empty());
+        // A request that failed is finished once its error has been raised by step().
+        return closed_ || (req_->finished && req_->ready.empty() && (req_->error.empty() || error_raised_));
     }
     std::string finish_reason() {
         std::lock_guard<std::mutex> lk(engine_->mutex());
@@ -602,6 +622,7 @@ private:
     std::shared_ptr<Engine> engine_;
     std::shared_ptr<Request> req_;
     bool closed_ = false;
+    bool error_raised_ = false;  // guarded by the engine mutex
 };
 
 }  // namespace

@@ -22,6 +22,7 @@ const char * kind_name(ErrorKind k) {
         case ErrorKind::QuantizeError: return "QuantizeError";
         case ErrorKind::QueueFullError: return "QueueFullError";
         case ErrorKind::GrammarError: return "GrammarError";
+        case ErrorKind::RPCError: return "RPCError";
         case ErrorKind::Step35Error: break;
     }
     return "Step35Error";

@@ -27,6 +27,7 @@ enum class ErrorKind {
     QuantizeError,         // llama_model_quantize failed
     QueueFullError,        // the engine's wait queue is full
     GrammarError,          // a grammar or JSON Schema that cannot be used
+    RPCError,              // an RPC worker cannot be reached, speaks another protocol, or went away
 };
 
 struct Error : std::runtime_error {

@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "ggml-backend.h"
 #include "log.h"
+#include "rpc.h"
 
 namespace py = pybind11;
 
@@ -72,7 +73,8 @@ struct Progress {
 
 std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_layers, bool use_mmap, bool use_mlock,
                        bool vocab_only, bool check_tensors, int main_gpu, py::object progress, bool no_alloc,
-                       std::optional<std::vector<std::string>> devices) {
+                       std::optional<std::vector<std::string>> devices, std::vector<float> tensor_split,
+                       std::vector<std::string> rpc) {
     llama_model_params params = llama_model_default_params();
     params.n_gpu_layers = n_gpu_layers;
     params.main_gpu = main_gpu;
@@ -89,6 +91,15 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
         devs.push_back(nullptr);
         params.devices = devs.data();
     }
+    // Fractions of the offloaded layers per device (in `devices` order); checked in Python.
+    std::vector<float> split(llama_max_devices(), 0.0f);
+    if (!tensor_split.empty()) {
+        if (tensor_split.size() > split.size())
+            throw py::value_error("tensor_split has " + std::to_string(tensor_split.size()) +
+                                  " values; llama.cpp takes at most " + std::to_string(split.size()));
+        std::copy(tensor_split.begin(), tensor_split.end(), split.begin());
+        params.tensor_split = split.data();
+    }
     params.vocab_only = vocab_only;
     params.check_tensors = check_tensors;
     if (use_mmap) params.load_mode = use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
@@ -104,6 +115,7 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
     params.progress_callback_user_data = &state;
 
     auto mark = log_mark();
+    const RpcWatch watch = rpc_watch_begin(rpc);  // workers whose devices are in `devices`
     llama_model * raw;
     {
         py::gil_scoped_release nogil;
@@ -115,13 +127,19 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
         delete state.error;
         throw e;
     }
+    std::shared_ptr<llama_model> model(raw, [](llama_model * m) {
+        if (!m) return;
+        rpc_forget_model(m);
+        llama_model_free(m);
+    });
+    rpc_watch_check(watch);  // a worker that failed while loading: RPCError (the model is freed)
     if (!raw) {
         if (state.user_cancelled)
             throw Error(ErrorKind::Cancelled, "loading " + path + " was cancelled by the progress callback");
         fail(ErrorKind::ModelLoadError, "llama.cpp could not load " + path, mark);
     }
-    return std::make_unique<ModelHandle>(
-        std::shared_ptr<llama_model>(raw, [](llama_model * m) { llama_model_free(m); }));
+    rpc_watch_model(raw, watch);
+    return std::make_unique<ModelHandle>(std::move(model));
 }
 
 py::object utf8(const std::string & s) {
@@ -243,9 +261,12 @@ void register_model(py::module_ & m) {
     m.def("load_model", &load_model, py::arg("path"), py::arg("n_gpu_layers") = -1, py::arg("use_mmap") = true,
           py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("check_tensors") = false,
           py::arg("main_gpu") = 0, py::arg("progress") = py::none(), py::arg("no_alloc") = false,
-          py::arg("devices") = py::none(),
+          py::arg("devices") = py::none(), py::arg("tensor_split") = std::vector<float>{},
+          py::arg("rpc") = std::vector<std::string>{},
           "Load a GGUF (the first file of a split set loads them all). GIL released while loading.\n"
           "devices: ggml device names to use (None: every GPU; []: CPU only).\n"
+          "tensor_split: the share of offloaded layers per device, in `devices` order (empty: by free memory).\n"
+          "rpc: the host:port of every RPC worker among `devices` (a worker that fails raises RPCError).\n"
           "no_alloc=True only plans the buffers (for memory estimates; such a model cannot run).");
 }
 

@@ -18,6 +18,7 @@ void register_bench(py::module_ & m);
 void register_memory(py::module_ & m);
 void register_engine(py::module_ & m);
 void register_constraint(py::module_ & m);
+void register_rpc(py::module_ & m);
 }  // namespace step35
 
 PYBIND11_MODULE(_core, m) {
@@ -35,6 +36,7 @@ PYBIND11_MODULE(_core, m) {
     step35::register_memory(m);
     step35::register_engine(m);
     step35::register_constraint(m);
+    step35::register_rpc(m);
     m.def("backend_init", [] {
         py::gil_scoped_release nogil;
         llama_backend_init();

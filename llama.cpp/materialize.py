@@ -66,11 +66,11 @@ KEEP = [
     "models/templates/StepFun3.5-Flash.jinja",
     "models/ggml-vocab-gpt-2.gguf",
 ]
-# Backends we never build (only CPU, Metal, CUDA, Vulkan and BLAS are used).
+# Backends we never build (only CPU, Metal, CUDA, Vulkan, BLAS and RPC are used).
 DROP = [
     "ggml/src/ggml-" + name
     for name in (
-        "cann", "et", "hexagon", "hip", "musa", "opencl", "openvino", "rpc",
+        "cann", "et", "hexagon", "hip", "musa", "opencl", "openvino",
         "sycl", "virtgpu", "webgpu", "zdnn", "zendnn",
     )
 ] + ["ggml/tests", "ggml/examples"]

@@ -31,6 +31,7 @@ from .errors import (
     PluginUnavailable,
     QuantizeError,
     QueueFullError,
+    RPCError,
     Step35Error,
     TokenizeError,
 )
@@ -64,6 +65,7 @@ __all__ = [
     "QueueFullError",
     "GrammarError",
     "MemoryFitError",
+    "RPCError",
     "json_schema_to_grammar",
     "Context",
     "ContextParams",
@@ -77,12 +79,13 @@ __all__ = [
     "fit",
     "plugins",
     "presets",
+    "rpc",
 ]
 
 # Imported on first use (they pull in numpy): name -> submodule.
-_LAZY = {"testing": ".testing", "fit": ".fit", "presets": ".presets",
+_LAZY = {"testing": ".testing", "fit": ".fit", "presets": ".presets", "rpc": ".rpc",
          "Context": ".context", "ContextParams": ".context"}
-_LAZY_MODULES = {"testing", "fit", "presets"}
+_LAZY_MODULES = {"testing", "fit", "presets", "rpc"}
 
 
 def __getattr__(name: str):

@@ -293,6 +293,68 @@ def backends() -> BackendReport:
     )
 
 
+#: The registry name ggml gives the devices of RPC workers (``ggml_backend_reg_name`` of their device).
+RPC_BACKEND = "RPC"
+
+
+def is_remote(device: dict[str, Any]) -> bool:
+    """Whether a device dict (as :func:`backends` lists them) belongs to an RPC worker."""
+    return device.get("backend") == RPC_BACKEND
+
+
+def note_remote(endpoint: str, device_names: Sequence[str]) -> None:
+    """Record (or refresh) the RPC worker at ``endpoint`` as a loaded backend, with its devices' memory now."""
+    name = f"{RPC_BACKEND}[{endpoint}]"
+    wanted = set(device_names)
+    devices = [d for r in core().registries() if r["name"] == name for d in r["devices"] if d["name"] in wanted]
+    entry = LoadedBackend(name, None, f"RPC worker {endpoint}", devices,
+                          note="remote: its devices take layers like local GPUs (step35.rpc)")
+    with _lock:
+        for i, b in enumerate(_loaded):
+            if b.name == name:
+                _loaded[i] = entry
+                break
+        else:
+            _loaded.append(entry)
+
+
+def local_gpus() -> list[str]:
+    """The GPUs llama.cpp uses by default, without RPC workers' devices.
+
+    As llama.cpp chooses them: every discrete GPU (one per physical device when
+    two backends see the same one); when there is none, the first integrated GPU.
+    """
+    local = [d for b in backends().loaded for d in b.devices if not is_remote(d)]
+    gpus: list[str] = []
+    seen: set[str] = set()
+    for d in local:
+        if d["type"] != DEVICE_GPU:
+            continue
+        if d.get("device_id"):
+            if d["device_id"] in seen:
+                continue
+            seen.add(d["device_id"])
+        gpus.append(d["name"])
+    if not gpus:
+        gpus = [d["name"] for d in local if d["type"] == DEVICE_IGPU][:1]
+    return gpus
+
+
+def check_tensor_split(split: Sequence[float] | None, devices: Sequence[str] | None) -> list[float]:
+    """``tensor_split`` checked against the devices used: non-negative shares, at most one per device."""
+    if split is None:
+        return []
+    values = list(split)
+    n = len(devices) if devices is not None else None
+    if not values or any(isinstance(v, bool) or not isinstance(v, (int, float)) or not v >= 0 for v in values) \
+            or sum(values) <= 0:
+        raise ValueError(f"tensor_split takes non-negative shares, not all zero (e.g. [3, 1]), got {split!r}")
+    if n is not None and len(values) > n:
+        raise ValueError(f"tensor_split has {len(values)} shares but the model uses {n} device(s)"
+                         f"{' (' + ', '.join(devices) + ')' if devices else ''}")
+    return [float(v) for v in values]
+
+
 def resolve_devices(devices: Sequence[str] | str | None,
                     available: Sequence[dict[str, Any]] | None = None) -> list[str] | None:
     """Check ``devices`` (names, or one comma-separated string) against the devices there are.

@@ -168,6 +168,8 @@ def run(
     n_gpu_layers: int = -1,
     use_mmap: bool = True,
     devices: Sequence[str] | None = None,
+    rpc: str | Sequence[str] | None = None,
+    tensor_split: Sequence[float] | None = None,
     seed: int = 0,
     progress: bool | None = None,
     on_row: Callable[[BenchRow], None] | None = None,
@@ -184,7 +186,8 @@ def run(
         n_batch, n_ubatch, flash_attn, type_k, type_v, n_threads, n_threads_batch,
             kv_unified: context settings (``-b -ub -fa -ctk -ctv -t -tb -kvu``);
             kv_unified defaults to False as in llama-batched-bench.
-        n_gpu_layers, use_mmap, devices: how to load ``model`` when it is a path (see :class:`Model`).
+        n_gpu_layers, use_mmap, devices, rpc, tensor_split: how to load ``model`` when it is a
+            path (see :class:`Model`).
         seed: seed of the random token ids.
         progress: a progress line on stderr (default: when stderr is a terminal).
         on_row: called with each row as soon as it is measured.
@@ -204,7 +207,8 @@ def run(
                            n_threads_batch=n_threads_batch, kv_unified=kv_unified, warmup=False)
     own = not isinstance(model, Model)
     # context=params: the memory check made when loading plans for this benchmark's context
-    m = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, devices=devices, context=params) if own else model
+    m = Model(model, n_gpu_layers=n_gpu_layers, use_mmap=use_mmap, devices=devices, rpc=rpc,
+              tensor_split=tensor_split, context=params) if own else model
     display = _Progress(progress)
     rows: list[BenchRow] = []
     try:

@@ -127,6 +127,10 @@ def _print_preset(args: argparse.Namespace) -> None:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
+    if args.rpc:  # the workers' devices join the report
+        from .rpc import connect
+
+        connect(args.rpc)
     if args.json:
         from dataclasses import asdict
 
@@ -141,7 +145,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         _print_backends()
         _print_preset(args)
     if args.model:
-        model, dt = _load_with_progress(args.model, n_gpu_layers=args.n_gpu_layers)
+        model, dt = _load_with_progress(args.model, n_gpu_layers=args.n_gpu_layers, rpc=args.rpc)
         with model:
             print()
             _print_model(model, dt)
@@ -182,6 +186,7 @@ def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str = "context leng
     g.add_argument("--swa-full", action="store_true")
     g.add_argument("--no-warmup", action="store_true")
     g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    _add_rpc_flags(g)
     g.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
                    help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     g.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
@@ -218,12 +223,30 @@ def _sampling(args: argparse.Namespace) -> dict:
             "reasoning_budget": args.reasoning_budget}
 
 
+def _float_list(text: str) -> list[float]:
+    try:
+        return [float(x) for x in text.replace("/", ",").split(",") if x.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (e.g. 3,1), got {text!r}") from None
+
+
+def _add_rpc_flags(g, split: bool = True) -> None:
+    g.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
+                   help="RPC workers (`step35 rpc-server`) whose devices take layers too; they come first, "
+                        "then the local GPUs; -ngl layers are offloaded, the rest run on this CPU")
+    if split:
+        g.add_argument("-ts", "--tensor-split", type=_float_list, default=None, metavar="N0,N1,...",
+                       help="share of the offloaded layers per device, in device order (RPC workers first), "
+                            "e.g. 3,1 (default: by free memory)")
+
+
 def _device_list(value: str) -> list[str]:
     """``-dev`` as llama.cpp takes it: comma-separated names, or ``none``."""
     return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
 
 
-def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None) -> tuple[str | None, bool]:
+def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None, rpc=None,
+               tensor_split=None) -> tuple[str | None, bool]:
     """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
 
     With context ``params`` the memory plan of a repo is made from its headers
@@ -237,7 +260,8 @@ def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=N
         if params is not None and not hub.is_offline():
             from .fit import check_context
 
-            check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices)
+            check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices, rpc=rpc,
+                          tensor_split=tensor_split)
             planned = True
         return str(hub.download(value)), planned
     return value, False
@@ -248,9 +272,11 @@ def _open_model(args: argparse.Namespace):
 
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
-    path, planned = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device)
+    path, planned = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device, args.rpc,
+                               args.tensor_split)
     model, _ = _load_with_progress(path or _default_model(), n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
-                                   context=params, check_memory=check and not planned, devices=args.device)
+                                   context=params, check_memory=check and not planned, devices=args.device,
+                                   rpc=args.rpc, tensor_split=args.tensor_split)
     return model
 
 
@@ -400,6 +426,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = {"n_kv_max": args.ctx_size or "auto", "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
                 "flash_attn": args.flash_attn, "is_pp_shared": int(args.pps), "n_gpu_layers": args.n_gpu_layers,
                 "devices": ",".join(args.device) if args.device is not None else "all",
+                **({"rpc": args.rpc} if args.rpc else {}),
+                **({"tensor_split": ",".join(map(str, args.tensor_split))} if args.tensor_split else {}),
                 "n_threads": args.threads or "default", "type_k": args.cache_type_k, "type_v": args.cache_type_v}
     fmt = args.output_format
     if fmt == "md":
@@ -417,7 +445,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                      n_batch=args.batch_size, n_ubatch=args.ubatch_size, flash_attn=args.flash_attn,
                      type_k=args.cache_type_k, type_v=args.cache_type_v, n_threads=args.threads,
                      n_threads_batch=args.threads_batch, kv_unified=args.kv_unified,
-                     n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), devices=args.device, on_row=on_row)
+                     n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), devices=args.device, rpc=args.rpc,
+                     tensor_split=args.tensor_split, on_row=on_row)
     if fmt == "json":
         print(json.dumps([r.as_dict() for r in rows], indent=2))
     elif fmt == "csv":
@@ -443,7 +472,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
                  type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
                  n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
                  kv_unified=args.kv_unified, flash_attn=args.flash_attn, memory=args.memory,
-                 kv_contexts=args.kv_table, devices=args.device)
+                 kv_contexts=args.kv_table, devices=args.device, rpc=args.rpc, tensor_split=args.tensor_split)
     print(json.dumps(p.to_dict(), indent=2) if args.json else p)
     return 0 if p.fits else 2
 
@@ -474,14 +503,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The memory plan covers the engine's context: one KV stream of the per-slot context per slot.
     planned = engine_context(per_slot, slots, n_ctx, args.kv_unified)
     check = not args.no_fit_check
-    path, pre = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device)
+    path, pre = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
+                           args.tensor_split)
     path = path or str(_default_model())
     api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
     defaults = dict(_sampling(args), max_tokens=args.n_predict)  # no -n: each route's own default
     name = args.alias or (args.model if is_repo else Path(path).name)
     aliases = {Path(path).name, Path(path).stem} - {name}
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
-                                   context=planned, check_memory=check and not pre, devices=args.device)
+                                   context=planned, check_memory=check and not pre, devices=args.device,
+                                   rpc=args.rpc, tensor_split=args.tensor_split)
     with model:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
                         kv_unified=args.kv_unified)
@@ -505,6 +536,27 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bytes_list(text: str) -> list[int]:
+    return [_parse_bytes(x) for x in text.split(",") if x.strip()]
+
+
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    import os
+
+    from . import rpc
+
+    try:
+        rpc.serve(args.host, args.port, devices=args.device, mem=args.mem, cache_dir=args.cache,
+                  threads=args.threads, allow_open_network=args.allow_open_network)
+    except KeyboardInterrupt:
+        # The server loop runs in native code that never returns: leave at once
+        # (a normal interpreter exit would tear down ggml under it).
+        print("step35 rpc-server: stopped", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        os._exit(0)
+    return 1  # serve() only returns by raising
+
+
 def cmd_download(args: argparse.Namespace) -> int:
     from . import hub
 
@@ -525,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-m", "--model", help="also load this GGUF and summarize it")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    _add_rpc_flags(s, split=False)
     s.add_argument("--preset", metavar="NAME",
                    help="show this validated platform's install line and settings "
                         "(mac-m4-max, dgx-spark, ryzen-ai-max-395) instead of the detected one")
@@ -591,6 +644,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-tb", "--threads-batch", type=int, default=None)
     s.add_argument("-kvu", "--kv-unified", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    _add_rpc_flags(s)
     s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
                    help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     s.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
@@ -614,6 +668,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-ctv", "--cache-type-v", default="f16")
     s.add_argument("--swa-full", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
+    _add_rpc_flags(s)
     s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
                    help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     s.add_argument("--memory", type=_parse_bytes, help="plan for this much RAM instead of this machine's (e.g. 128G)")
@@ -621,6 +676,25 @@ def build_parser() -> argparse.ArgumentParser:
                    help="context lengths of the KV-cache table (default 16384,65536,262144)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_fit)
+
+    s = sub.add_parser("rpc-server", help="serve this machine's devices to other step35 / llama.cpp processes "
+                                          "(llama.cpp's RPC backend; no authentication: keep it on 127.0.0.1 "
+                                          "and use an SSH tunnel)")
+    s.add_argument("--host", default="127.0.0.1",
+                   help="address to bind (default 127.0.0.1; anything else needs --allow-open-network)")
+    s.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
+    s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+                   help="devices to serve (CUDA0, Vulkan0, CPU; see `step35 info`); default: every GPU, else the CPU")
+    s.add_argument("--mem", type=_bytes_list, default=None, metavar="BYTES[,BYTES...]",
+                   help="the memory to offer per device (e.g. 64GiB), reported to clients as its total and "
+                        "free memory, so their memory plans leave the rest of this machine alone "
+                        "(default: what the device reports)")
+    s.add_argument("--cache", metavar="DIR", default=None,
+                   help="keep large tensors clients send in DIR, so loading the same model again sends only hashes")
+    s.add_argument("-t", "--threads", type=int, default=None, help="CPU threads for a CPU device")
+    s.add_argument("--allow-open-network", action="store_true",
+                   help="allow binding an address other than loopback (the protocol has no authentication)")
+    s.set_defaults(func=cmd_rpc_server)
 
     s = sub.add_parser("download", help="download a GGUF (only the chosen quant, whole split sets) from the Hub")
     s.add_argument("repo", help="owner/name or owner/name:QUANT, e.g. ubergarm/Step-3.5-Flash-GGUF:IQ4_XS")

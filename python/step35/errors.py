@@ -26,6 +26,7 @@ __all__ = [
     "QueueFullError",
     "GrammarError",
     "MemoryFitError",
+    "RPCError",
 ]
 
 
@@ -91,6 +92,12 @@ class GrammarError(Step35Error, ValueError):
     """A grammar or JSON Schema cannot be used: GBNF that does not parse (llama.cpp's
     reason follows), a schema feature the converter cannot express (named with its
     schema path), or a grammar that allows no token where generation stands."""
+
+
+class RPCError(Step35Error):
+    """An RPC worker (``step35 rpc-server``) cannot be reached, speaks another
+    protocol version, or went away while a model ran on it. The message names the
+    worker and the reason; a model that lost a worker must be closed and loaded again."""
 
 
 class QuantizeError(Step35Error):

@@ -250,12 +250,13 @@ class Machine:
         return cls(total, avail, devices, sys.platform, platform.machine(), notes)
 
     def place(self, path: Path, *, n_gpu_layers: int, main_gpu: int, context: Any,
-              devices: list[str] | None) -> list[dict[str, Any]]:
+              devices: list[str] | None, tensor_split: Sequence[float] = (),
+              rpc: Sequence[str] = ()) -> list[dict[str, Any]]:
         """Where llama.cpp puts the model's buffers: one dict per buffer type
         (``device``, ``host``, ``buffer_type``, and the bytes of ``model`` weights,
         KV cache (``context``) and ``compute`` buffers), as
         :meth:`step35.Context.memory_breakdown` reports them."""
-        return _simulate(path, n_gpu_layers, main_gpu, context, devices)
+        return _simulate(path, n_gpu_layers, main_gpu, context, devices, tensor_split, rpc)
 
 
 def _is_unified(device: dict[str, Any], machine: Machine) -> bool:
@@ -391,12 +392,13 @@ def _remote_source(spec: str, quant: str | None, revision: str | None,
     return _Source(label, files, headers, tmp)
 
 
-def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any,
-              devices: list[str] | None = None) -> list[dict[str, Any]]:
+def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any, devices: list[str] | None = None,
+              tensor_split: Sequence[float] = (), rpc: Sequence[str] = ()) -> list[dict[str, Any]]:
     from ._backends import core
 
     c = core()
-    m = c.load_model(str(path), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices)
+    m = c.load_model(str(path), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices,
+                     tensor_split=list(tensor_split), rpc=list(rpc))
     try:
         opts = ctx.replace(warmup=False)._native(c)
         h = c.new_context(m, opts)
@@ -424,7 +426,8 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
          main_gpu: int = 0, n_outputs: int | None = None, devices: Sequence[str] | None = None,
          memory: int | None = None, kv_contexts: Sequence[int] = (16384, 65536, 262144),
          revision: str | None = None, include: str | Sequence[str] | None = None,
-         machine: Machine | None = None) -> FitPlan:
+         machine: Machine | None = None, rpc: str | Sequence[str] | None = None,
+         tensor_split: Sequence[float] | None = None) -> FitPlan:
     """Plan the memory of ``model`` with this context on this machine.
 
     ``model`` is a local ``.gguf`` (any part of a split set) or a Hub repo
@@ -433,7 +436,9 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     ``memory`` pretends the machine has that many bytes of RAM (for "would it
     fit on a 128 GB Mac?"). ``n_outputs`` is the most logits rows one call returns
     (default ``n_seq_max``: generation; scoring a whole prompt needs one per
-    token). ``devices`` restricts the GPUs as :class:`~step35.Model` does.
+    token). ``devices``, ``rpc`` (workers whose devices join the plan, each a
+    pool of the memory it reports) and ``tensor_split`` place the layers as
+    :class:`~step35.Model` does.
     ``machine`` plans for another :class:`Machine` than this one. The
     other arguments are the context's (see :class:`~step35.ContextParams`);
     ``n_ctx=0`` means the training context.
@@ -443,11 +448,19 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
 
     ctx = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, swa_full=swa_full, n_batch=n_batch,
                         n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_unified=kv_unified, flash_attn=flash_attn)
+    from ._backends import check_tensor_split
+    from .rpc import model_devices, remote_devices
+
+    endpoints: list[str] = []
+    if rpc is not None or remote_devices():  # workers: connected first, so that their devices are in the plan
+        device_list, endpoints = model_devices(devices, rpc)
     if machine is None:
         machine = Machine.here(memory)
     elif memory is not None:
         machine = replace(machine, memory_total=int(memory), memory_available=int(memory))
-    device_list = resolve_devices(devices, machine.devices)
+    if not endpoints and not remote_devices():
+        device_list = resolve_devices(devices, machine.devices)
+    split = check_tensor_split(tensor_split, device_list)
     local = Path(os.fspath(model)).expanduser()
     remote = not local.exists() and looks_like_repo(str(model))
     if not remote and (revision is not None or include is not None):
@@ -460,7 +473,8 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
                             kv_unified=ctx.kv_unified, n_ubatch=n_ubatch, flash_attn=ctx.flash_attn != "off")
         weights = weight_bytes(src.headers)
         breakdown = machine.place(src.files[0], n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
-                                  context=ctx.replace(n_ctx=kv.n_ctx), devices=device_list)
+                                  context=ctx.replace(n_ctx=kv.n_ctx), devices=device_list, tensor_split=split,
+                                  rpc=endpoints)
     finally:
         if src.tmpdir:
             shutil.rmtree(src.tmpdir, ignore_errors=True)
@@ -535,10 +549,19 @@ def _suggest(p: FitPlan, meta: dict[str, Any], layer_bytes: dict[int, int], ctx:
                 hi = mid - 1
         if best and best < p.n_ctx:
             p.suggestions.append(f"a shorter context: -c {best} fits with a {t} KV cache")
-    if worst is not ram and not worst.shares_ram and layer_bytes and p.n_gpu_layers != 0:
+    devices_used = [q for q in p.pools[1:] if q.weights]
+    if worst is not ram and not worst.shares_ram and len(devices_used) > 1:
+        # several devices share the offloaded layers: the split decides what each one holds
+        p.suggestions.append(f"give {worst.name} a smaller share of the layers with -ts/--tensor-split (one share "
+                             f"per device, in order: {', '.join(q.name for q in devices_used)}), "
+                             f"or offload fewer layers (-ngl)")
+    elif worst is not ram and not worst.shares_ram and layer_bytes and p.n_gpu_layers != 0:
         # offload fewer layers: each layer moves its weights and its KV share back to RAM
         per_kv = p.kv.total / max(len(layer_bytes), 1)
-        room = _usable(worst.available) - worst.compute - (worst.weights - sum(layer_bytes.values()))
+        n_layers = len(layer_bytes)
+        n_off = n_layers if p.n_gpu_layers < 0 else min(p.n_gpu_layers, n_layers)
+        offloaded = sum(layer_bytes[il] for il in sorted(layer_bytes)[n_layers - n_off:])  # -ngl N: the last N
+        room = _usable(worst.available) - worst.compute - max(worst.weights - offloaded, 0)
         n, used = 0, 0.0
         for il in sorted(layer_bytes, reverse=True):  # -ngl N offloads the last N layers
             if used + layer_bytes[il] + per_kv > room:
@@ -571,7 +594,8 @@ def check(model: str | os.PathLike[str], **kw: Any) -> FitPlan:
 
 def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: int = -1, main_gpu: int = 0,
                   quant: str | None = None, devices: Sequence[str] | None = None, revision: str | None = None,
-                  include: str | Sequence[str] | None = None) -> FitPlan | None:
+                  include: str | Sequence[str] | None = None, rpc: str | Sequence[str] | None = None,
+                  tensor_split: Sequence[float] | None = None) -> FitPlan | None:
     """:func:`check` for a :class:`~step35.ContextParams`; does nothing (None) when
     ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Model` and the CLI call."""
     if _skip_check():
@@ -580,4 +604,4 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
     return check(model, quant=quant, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
                  n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
                  flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, devices=devices,
-                 revision=revision, include=include, kv_contexts=())
+                 revision=revision, include=include, kv_contexts=(), rpc=rpc, tensor_split=tensor_split or None)

@@ -62,6 +62,13 @@ class Model:
         devices: the GPUs to use, by name as :func:`step35.backends` lists them
             (``["CUDA0"]``, ``["Vulkan0", "Vulkan1"]``); ``None`` (default) uses
             every GPU of every loaded backend, ``[]`` only the CPU.
+        rpc: RPC workers (``step35 rpc-server``) whose devices take layers too:
+            ``"host:port"``, a list of them, or comma-separated. Their devices
+            come first, then ``devices``; the layers that are not offloaded
+            (``n_gpu_layers``) stay on this machine's CPU. See :mod:`step35.rpc`.
+        tensor_split: the share of the offloaded layers each device gets, in the
+            order of :attr:`devices` (e.g. ``[3, 1]``: three quarters on the
+            first); default: in proportion to each device's free memory.
         context: settings of the default context that :meth:`generate` and
             :meth:`chat` use (a :class:`~step35.ContextParams` or a dict of its
             fields, e.g. ``{"n_ctx": 32768, "type_k": "q8_0"}``); created on first use.
@@ -76,6 +83,7 @@ class Model:
         InvalidModelError: not a GGUF file, corrupt, or an unsupported early-fork GGUF.
         MemoryFitError: the model and its default context would not fit (see ``check_memory``).
         ModelLoadError: llama.cpp refused the model (its reason is in the message).
+        RPCError: an RPC worker cannot be reached, speaks another protocol version, or failed while loading.
     """
 
     def __init__(
@@ -90,6 +98,8 @@ class Model:
         check_tensors: bool = False,
         main_gpu: int = 0,
         devices: Sequence[str] | None = None,
+        rpc: str | Sequence[str] | None = None,
+        tensor_split: Sequence[float] | None = None,
         context: ContextParams | dict[str, Any] | None = None,
         check_memory: bool = True,
     ) -> None:
@@ -101,9 +111,13 @@ class Model:
         reject_fork_era(self._header, self.path)
         _check_int("n_gpu_layers", n_gpu_layers, -1, "-1 = all layers, 0 = none, N = the first N")
         _check_int("main_gpu", main_gpu, 0, "an index into the GPUs used")
-        from ._backends import resolve_devices
+        from ._backends import check_tensor_split
+        from .rpc import model_devices
 
-        device_list = resolve_devices(devices)
+        device_list, self._rpc = model_devices(devices, rpc)
+        split = check_tensor_split(tensor_split, device_list)
+        self.devices: list[str] | None = device_list
+        """The devices the layers are spread over, in order (None: llama.cpp's default GPUs)."""
         if device_list and main_gpu >= len(device_list):
             raise ValueError(f"main_gpu={main_gpu} but only {len(device_list)} device(s) are used "
                              f"({', '.join(device_list)}); main_gpu must be in [0, {len(device_list) - 1}]")
@@ -115,7 +129,7 @@ class Model:
             from .fit import check_context
 
             check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
-                          devices=device_list)
+                          devices=device_list, tensor_split=split, rpc=self._rpc)
         from ._backends import core
 
         self._handle = core().load_model(
@@ -128,6 +142,8 @@ class Model:
             main_gpu=int(main_gpu),
             progress=progress,
             devices=device_list,
+            tensor_split=split,
+            rpc=self._rpc,
         )
 
     # -- lifetime -------------------------------------------------------------
