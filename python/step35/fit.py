@@ -472,9 +472,10 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
         kv = kv_cache_bytes(meta, n_ctx, ctx.type_k, ctx.type_v, swa_full=swa_full, n_seq_max=n_seq_max,
                             kv_unified=ctx.kv_unified, n_ubatch=n_ubatch, flash_attn=ctx.flash_attn != "off")
         weights = weight_bytes(src.headers)
+        # (only when set: a Machine of another machine may implement place() without them)
+        placement = {k: v for k, v in (("tensor_split", split), ("rpc", endpoints)) if v}
         breakdown = machine.place(src.files[0], n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
-                                  context=ctx.replace(n_ctx=kv.n_ctx), devices=device_list, tensor_split=split,
-                                  rpc=endpoints)
+                                  context=ctx.replace(n_ctx=kv.n_ctx), devices=device_list, **placement)
     finally:
         if src.tmpdir:
             shutil.rmtree(src.tmpdir, ignore_errors=True)
