@@ -14,8 +14,8 @@
 
 #include "context.h"
 #include "errors.h"
-#include "rpc.h"
 #include "log.h"
+#include "rpc.h"
 
 namespace py = pybind11;
 

@@ -42,7 +42,7 @@ from typing import Any
 from ._backends import DEVICE_IGPU, GPU_TYPES, resolve_devices
 from ._system import system_memory
 from .errors import MemoryFitError
-from .gguf import model_files, read_header, reject_fork_era
+from .gguf import check_model_header, model_files, read_header
 
 __all__ = [
     "MemoryFitError",
@@ -468,7 +468,7 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     src = _remote_source(str(model), quant, revision, include) if remote else _local_source(local)
     try:
         meta = src.headers[0].metadata
-        reject_fork_era(src.headers[0], src.files[0])
+        check_model_header(src.headers[0], src.files[0])
         kv = kv_cache_bytes(meta, n_ctx, ctx.type_k, ctx.type_v, swa_full=swa_full, n_seq_max=n_seq_max,
                             kv_unified=ctx.kv_unified, n_ubatch=n_ubatch, flash_attn=ctx.flash_attn != "off")
         weights = weight_bytes(src.headers)

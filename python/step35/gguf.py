@@ -13,6 +13,7 @@ is in upstream llama.cpp's format.
 from __future__ import annotations
 
 import errno
+import functools
 import io
 import os
 import re
@@ -53,9 +54,7 @@ class TensorInfo:
     @property
     def nbytes(self) -> int:
         """Size of the tensor's data in bytes, from ggml's block sizes."""
-        from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
-
-        block, size = GGML_QUANT_SIZES[GGMLQuantizationType(self.ggml_type)]
+        block, size = _ggml_type_sizes()[self.ggml_type]
         return self.n_elements // block * size
 
 
@@ -73,6 +72,14 @@ class GGUFHeader:
         """``general.architecture``, if present."""
         arch = self.metadata.get("general.architecture")
         return arch if isinstance(arch, str) else None
+
+
+@functools.lru_cache(maxsize=1)
+def _ggml_type_sizes() -> dict[int, tuple[int, int]]:
+    """ggml type id -> (block size, bytes per block), for the types llama.cpp can read (gguf-py's table)."""
+    from gguf.constants import GGML_QUANT_SIZES
+
+    return {int(t): v for t, v in GGML_QUANT_SIZES.items()}
 
 
 class _Reader:
@@ -97,9 +104,15 @@ class _Reader:
             raise InvalidModelError(f"{self.name} is corrupt: implausible {what} count {n}")
         return n
 
-    def string(self) -> str:
+    def string(self, what: str | None = None) -> str:
+        """A GGUF string; ``what`` names it when it must be valid UTF-8 (keys), else bad bytes are replaced."""
         raw = self.take(self.count("string length"))
-        return raw.decode("utf-8", errors="replace")
+        if what is None:
+            return raw.decode("utf-8", errors="replace")
+        try:
+            return raw.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidModelError(f"{self.name} is corrupt: a {what} is not UTF-8 ({raw[:40]!r})") from None
 
     def value(self, vtype: int, depth: int = 0) -> Any:
         if vtype in _SCALARS:
@@ -153,7 +166,7 @@ def read_header(source: str | os.PathLike[str] | BinaryIO, *, name: str | None =
     n_kv = r.count("metadata")
     metadata: dict[str, Any] = {}
     for _ in range(n_kv):
-        key = r.string()
+        key = r.string("metadata key")
         metadata[key] = r.value(r.unpack("<I"))
     tensors = []
     for _ in range(n_tensors):
@@ -163,6 +176,9 @@ def read_header(source: str | os.PathLike[str] | BinaryIO, *, name: str | None =
             raise InvalidModelError(f"{label} is corrupt: tensor {tname!r} has {n_dims} dimensions")
         shape = tuple(r.unpack("<Q") for _ in range(n_dims))
         ttype = r.unpack("<I")
+        if ttype not in _ggml_type_sizes():
+            raise InvalidModelError(f"{label} is corrupt: tensor {tname!r} has ggml type {ttype}, which this "
+                                    "llama.cpp does not know (or no longer supports)")
         offset = r.unpack("<Q")
         tensors.append(TensorInfo(tname, shape, ttype, offset))
     return GGUFHeader(version, metadata, tensors, r.pos)
@@ -220,6 +236,21 @@ def model_files(path: str | os.PathLike[str]) -> list[Path]:
 # Keys written only by the early StepFun llama.cpp fork; upstream cannot load these files.
 _FORK_ERA_KEYS = ("swiglu_limits", "swiglu_limits_shared", "rope.scaling.apply_mask")
 _UPSTREAM_GGUFS = "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S (Q4_K_S) or ubergarm/Step-3.5-Flash-GGUF (IQ4_XS)"
+
+
+def check_model_header(header: GGUFHeader, path: str | os.PathLike[str]) -> None:
+    """Raise :class:`InvalidModelError` naming ``path`` unless the header describes a model llama.cpp may load.
+
+    It must name its architecture and that architecture's layer count, and not
+    be an early-fork Step 3.5 GGUF (:func:`reject_fork_era`).
+    """
+    arch = header.architecture
+    if arch is None:
+        raise InvalidModelError(f"{path} has no general.architecture (a string): it is not a model GGUF")
+    if not isinstance(header.metadata.get(f"{arch}.block_count"), int):
+        raise InvalidModelError(f"{path} has no {arch}.block_count: not a {arch!r} model llama.cpp can load "
+                                "(unknown architecture, or a corrupt header)")
+    reject_fork_era(header, path)
 
 
 def reject_fork_era(header: GGUFHeader, path: str | os.PathLike[str]) -> None:

@@ -8,7 +8,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .gguf import model_files, read_header, reject_fork_era
+from .gguf import check_model_header, model_files, read_header
 
 if TYPE_CHECKING:
     import numpy as np
@@ -108,7 +108,7 @@ class Model:
         self.path: Path = self.files[0]
         """The file llama.cpp opens (the first part of a split set)."""
         self._header = read_header(self.path)
-        reject_fork_era(self._header, self.path)
+        check_model_header(self._header, self.path)
         _check_int("n_gpu_layers", n_gpu_layers, -1, "-1 = all layers, 0 = none, N = the first N")
         _check_int("main_gpu", main_gpu, 0, "an index into the GPUs used")
         from ._backends import check_tensor_split
