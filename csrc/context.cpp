@@ -11,6 +11,7 @@
 
 #include "errors.h"
 #include "log.h"
+#include "memory.h"
 #include "model.h"
 #include "rpc.h"
 
@@ -92,6 +93,7 @@ void ContextHandle::attach_threadpools(int n_threads, int n_threads_batch) {
 }
 
 void ContextHandle::free_native() {
+    const bool freed = ctx_ != nullptr;
     if (ctx_) llama_free(ctx_);
     ctx_ = nullptr;
     if (pool_free_) {
@@ -99,6 +101,7 @@ void ContextHandle::free_native() {
         if (pool_batch_) pool_free_(pool_batch_);
     }
     pool_ = pool_batch_ = nullptr;
+    if (freed) return_free_memory();
 }
 
 ContextHandle::~ContextHandle() { free_native(); }

@@ -1,7 +1,13 @@
 // Memory accounting: what llama.cpp holds for a context, per buffer type
 // (weights, KV cache, compute buffers), and what each device has free. Thin:
 // the planning policy lives in step35/fit.py.
+#include "memory.h"
+
 #include <pybind11/pybind11.h>
+
+#if defined(__GLIBC__)
+#include <malloc.h>
+#endif
 
 #include "context.h"
 #include "llama-ext.h"  // llama_get_memory_breakdown (staging API of the pinned llama.cpp)
@@ -9,6 +15,12 @@
 namespace py = pybind11;
 
 namespace step35 {
+
+void return_free_memory() {
+#if defined(__GLIBC__)
+    malloc_trim(0);
+#endif
+}
 
 namespace {
 

@@ -13,6 +13,7 @@
 #include "errors.h"
 #include "ggml-backend.h"
 #include "log.h"
+#include "memory.h"
 #include "rpc.h"
 
 namespace py = pybind11;
@@ -131,6 +132,7 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
         if (!m) return;
         rpc_forget_model(m);
         llama_model_free(m);
+        return_free_memory();
     });
     rpc_watch_check(watch);  // a worker that failed while loading: RPCError (the model is freed)
     if (!raw) {
