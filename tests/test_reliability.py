@@ -53,3 +53,14 @@ def test_ctrl_c_at_random_points_leaves_the_process_usable(model_cache) -> None:
     assert report["signals"] > 10
     interrupted = sum(v for k, v in report["counts"].items() if k.endswith("interrupted"))
     assert interrupted > 0
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the server's RSS from /proc")
+def test_server_survives_abuse(model_cache) -> None:
+    report = run_script("server_abuse.py", "--bad", "400", "--crowd", "60", "--soak", "400", timeout=1200)
+    b, c, s = report["bad_requests"], report["crowd"], report["soak"]
+    print(f"[abuse] bad requests {b['statuses']}; crowd {c['outcomes']}; soak {s['finish_reasons']}, "
+          f"RSS growth {s['rss_growth'] / MiB:+.2f} MiB")
+    assert not any(int(code) >= 500 for code in b["statuses"]), b
+    assert report["ok"], {k: v for k, v in report.items() if k != "server_log_tail"}

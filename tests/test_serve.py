@@ -331,7 +331,8 @@ def test_missing_or_wrong_key_is_401_everywhere_but_health(server: Server) -> No
 
 def test_malformed_json_is_400(server: Server) -> None:
     with server.http() as h:
-        for body in (b"{not json", b"[1, 2]", b'{"messages": NaN}'):
+        for body in (b"{not json", b"[1, 2]", b'{"messages": NaN}',
+                     b'{"messages": ' + b"[" * 20000 + b"]" * 20000 + b"}"):  # deeper than Python's json parses
             r = h.post("/v1/chat/completions", content=body, headers={"Content-Type": "application/json"})
             assert r.status_code == 400, r.text
             assert r.json()["error"]["type"] == "invalid_request_error"

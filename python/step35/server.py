@@ -569,6 +569,9 @@ class _Service:
             body = json.loads(bytes(data), parse_constant=no_constants)
         except (ValueError, UnicodeDecodeError) as e:
             raise _bad(None, f"the request body is not valid JSON: {e}", code="invalid_json") from None
+        except RecursionError:
+            raise _bad(None, "the request body nests arrays or objects too deeply to parse",
+                       code="invalid_json") from None
         if not isinstance(body, dict):
             raise _bad(None, f"the request body must be a JSON object, got {type(body).__name__}",
                        code="invalid_json")
