@@ -14,7 +14,8 @@ Endpoints (what ``HfApi.model_info`` and ``hf_hub_download`` request):
 Every request is logged in ``FakeHub.log`` as ``(method, path, filename, range)``.
 ``faults[filename]`` makes a file misbehave: ``"cut"`` (send half the body once, then
 drop the connection), ``"garbage"`` (same length, wrong bytes), ``"truncated"``
-(the server consistently serves and announces only the first half).
+(the server consistently serves and announces only the first half), ``"slow"``
+(the body trickles out in 4 KiB pieces, 20 ms apart: time to kill a client mid-way).
 """
 
 from __future__ import annotations
@@ -226,5 +227,20 @@ class _Handler(BaseHTTPRequestHandler):
             import socket
 
             self.connection.shutdown(socket.SHUT_RDWR)
+            return
+        if not head and self.fake.faults.get(fname) == "slow":
+            import time
+
+            self.send_response(code)
+            for k, v in headers.items():
+                self.send_header(k, v)
+            self.end_headers()
+            try:
+                for i in range(0, len(body), 4096):
+                    self.wfile.write(body[i:i + 4096])
+                    self.wfile.flush()
+                    time.sleep(0.02)
+            except (BrokenPipeError, ConnectionResetError):  # the client went away (killed): expected here
+                self.close_connection = True
             return
         self._send(code, body, headers, head)

@@ -351,3 +351,96 @@ def test_cli_plans_memory_once_for_a_repo(hub, monkeypatch):
     n = _count_plans(monkeypatch)
     assert main(["run", "-m", f"{REPO_ID}:IQ4_XS", "-p", "hi", "-n", "1", "-c", "256"]) == 0
     assert n == {"plan": 1, "no_alloc_load": 1}
+
+
+DOWNLOAD_IN_CHILD = r"""
+import sys
+import huggingface_hub.constants as C
+C.DOWNLOAD_CHUNK_SIZE = 16384  # written (so resumable) in 16 KiB pieces: our parts are ~190 KB
+from step35 import hub
+hub.download(sys.argv[1], sys.argv[2], progress=False)
+print("DONE")
+"""
+
+
+def test_download_killed_with_sigkill_resumes(hub, split_bytes):
+    import hashlib
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from step35 import hub as h
+
+    hub.faults[IQ4[1]] = "slow"  # part 2 trickles: the kill lands mid-way
+    sha2 = hashlib.sha256(split_bytes[1]).hexdigest()
+    blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--test--Step-Tiny-GGUF" / "blobs"
+    child = subprocess.Popen([sys.executable, "-c", DOWNLOAD_IN_CHILD, REPO_ID, "IQ4_XS"],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    partial = []
+    while time.monotonic() < deadline and child.poll() is None:
+        partial = [p for p in blobs.glob(f"{sha2}*.incomplete") if p.stat().st_size >= 32768] if blobs.is_dir() else []
+        if partial:
+            break
+        time.sleep(0.02)
+    assert partial, f"no partial download appeared: {child.communicate(timeout=60)}"
+    child.kill()  # SIGKILL: no cleanup of any kind
+    child.communicate(timeout=30)
+    written = partial[0].stat().st_size
+    del hub.faults[IQ4[1]]
+    n = len(hub.log)
+    path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    ranges = [r for m, p, f, r in hub.log[n:] if m == "GET" and f == IQ4[1] and p.startswith("/cdn/")]
+    assert ranges and ranges[0] is not None, ranges
+    assert int(ranges[0].removeprefix("bytes=").removesuffix("-")) >= written - 16384 > 0  # resumed, not restarted
+    assert (path.parent / IQ4[1]).read_bytes() == split_bytes[1]
+    assert not list(blobs.glob("*.incomplete"))
+
+
+@pytest.mark.parametrize("damage", ["truncated", "header"])
+def test_bad_file_in_cache_is_fetched_again(hub, split_bytes, damage):
+    from step35 import hub as h
+
+    path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    blob = (path.parent / IQ4[2]).resolve()
+    data = blob.read_bytes()
+    blob.write_bytes(data[: len(data) // 3] if damage == "truncated" else b"XXXX" + data[4:])
+    n = len(hub.gets())
+    again = h.download(REPO_ID, "IQ4_XS", progress=False)
+    assert hub.gets()[n:] == [IQ4[2]]  # only the damaged part, once
+    assert (again.parent / IQ4[2]).read_bytes() == split_bytes[2]
+
+
+def test_full_disk_is_a_clear_error_and_keeps_the_cache(hub, split_bytes, tmp_path, monkeypatch):
+    import subprocess
+
+    from step35 import hub as h
+
+    disk = tmp_path / "small-disk"
+    disk.mkdir()
+    size = sum(len(b) for b in split_bytes) + 256 * 1024  # one quant fits, not two
+    r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)], capture_output=True,
+                       text=True)
+    if r.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here (needs root): {r.stderr.strip()}")
+    try:
+        monkeypatch.setenv("HF_HOME", str(disk / "hf"))
+        first = h.download(REPO_ID, "IQ4_XS", progress=False)
+        # the other quant does not fit: refused before anything is written
+        with pytest.raises(h.HubError, match=r"not enough disk space .* GB free on the disk") as e:
+            h.download(REPO_ID, "Q4_K_S", progress=False)
+        assert "\n" not in str(e.value)
+        # the disk fills up during a download (e.g. another writer): a clear error as well
+        monkeypatch.setattr(h, "_free_bytes", lambda path: 1 << 40)
+        with pytest.warns(UserWarning, match="Not enough free disk space"), \
+                pytest.raises(h.HubError, match="no space left on the disk") as e:
+            h.download(REPO_ID, "Q4_K_S", progress=False)
+        assert "\n" not in str(e.value)
+        # the quant downloaded before is intact, and works offline
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        assert h.download(REPO_ID, "IQ4_XS", progress=False) == first
+        for name, data in zip(IQ4, split_bytes):
+            assert (first.parent / name).read_bytes() == data
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)

@@ -20,10 +20,12 @@ reported by name, dropped from the cache and never loaded.
 
 from __future__ import annotations
 
+import errno
 import fnmatch
 import hashlib
 import os
 import re
+import shutil
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -305,7 +307,82 @@ def _evict(path: Path) -> None:
         pass
 
 
-def _verify(plan: _Plan, paths: dict[str, Path], fresh: set[str]) -> None:
+def _resume_killed(plan: _Plan, name: str, cache: str | None, progress: bool) -> None:
+    """Finish the download of ``name`` that a killed process left half-written, if there is one.
+
+    huggingface_hub (2.x) downloads each blob to a process-unique
+    ``<sha256>.<id>.incomplete`` file and deletes it when the download fails;
+    a process killed with SIGKILL leaves it behind, and the next run starts
+    over from zero (1.x resumed from ``<sha256>.incomplete`` itself). Under
+    huggingface_hub's own lock for that blob (so never beside a live
+    download), the largest such leftover is completed with a ranged request,
+    checked against the Hub's sha256 and moved into place as the blob; the
+    others are removed. huggingface_hub then finds the blob and only links it.
+    """
+    size, sha256, _ = plan.meta.get(name, (None, None, None))
+    if not sha256:
+        return
+    import huggingface_hub.constants as C
+    from huggingface_hub import hf_hub_url
+    from huggingface_hub.file_download import http_get, repo_folder_name
+    from huggingface_hub.utils import WeakFileLock, build_hf_headers
+
+    root = Path(cache or C.HF_HUB_CACHE)
+    folder = repo_folder_name(repo_id=plan.repo_id, repo_type="model")
+    blobs = root / folder / "blobs"
+    blob = blobs / sha256
+    if blob.exists() or not blobs.is_dir():
+        return
+    with WeakFileLock(root / ".locks" / folder / f"{sha256}.lock"):
+        leftovers = sorted(blobs.glob(f"{sha256}*.incomplete"), key=lambda p: p.stat().st_size, reverse=True)
+        if blob.exists() or not leftovers:
+            return
+        part = leftovers[0]
+        for extra in leftovers[1:]:
+            extra.unlink(missing_ok=True)
+        have = part.stat().st_size
+        if size is not None and have > size:
+            part.unlink()
+            return
+        url = hf_hub_url(plan.repo_id, name, revision=plan.revision, endpoint=_endpoint())
+        with open(part, "ab") as f:
+            http_get(url, f, resume_size=have, headers=build_hf_headers(), expected_size=size,
+                     displayed_filename=PurePosixPath(name).name + (" (resumed)" if progress else ""))
+        if _hash_ok(part, sha256, None):
+            os.replace(part, blob)
+        else:
+            part.unlink()  # not the bytes it was meant to be: huggingface_hub downloads it afresh
+
+
+def _free_bytes(path: Path) -> int:
+    """Free bytes on the disk that holds ``path`` (or its nearest existing parent)."""
+    while not path.exists() and path.parent != path:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def _check_space(plan: _Plan, names: Iterable[str], cache: str | None) -> None:
+    """HubError before anything is fetched when the files to download cannot fit on the cache's disk."""
+    import huggingface_hub.constants as C
+    from huggingface_hub.file_download import repo_folder_name
+
+    need = sum(plan.meta.get(n, (None,))[0] or 0 for n in names)
+    if not need:
+        return
+    where = Path(cache or C.HF_HUB_CACHE)
+    free = _free_bytes(where / repo_folder_name(repo_id=plan.repo_id, repo_type="model") / "blobs")
+    if need > free:
+        raise HubError(f"not enough disk space for {plan.repo_id}: {len(list(names))} file(s) of "
+                       f"{need / 1e9:.2f} GB to download, {free / 1e9:.2f} GB free on the disk of {where}; "
+                       f"free some space, or point HF_HOME / --cache-dir at a bigger disk")
+
+
+def _verify(plan: _Plan, paths: dict[str, Path], fresh: set[str]) -> dict[str, str]:
+    """Check every file (size, hash of fresh downloads, GGUF header); evict the bad ones.
+
+    Returns ``{name: problem}`` for the files that were evicted (empty when all are good).
+    """
+    bad: dict[str, str] = {}
     for name, path in paths.items():
         size, sha256, git_sha1 = plan.meta.get(name, (None, None, None))
         problem = None
@@ -321,11 +398,12 @@ def _verify(plan: _Plan, paths: dict[str, Path], fresh: set[str]) -> None:
                 problem = _first_line(e)
         if problem:
             _evict(path)
-            raise HubError(f"downloaded file {name} from {plan.repo_id} is corrupt ({problem}); "
-                           f"removed it from the cache, run again to re-download")
-    for name, path in paths.items():
-        if _is_weights(name):
-            model_files(path)  # FileNotFoundError naming any missing part of a split set
+            bad[name] = problem
+    if not bad:
+        for name, path in paths.items():
+            if _is_weights(name):
+                model_files(path)  # FileNotFoundError naming any missing part of a split set
+    return bad
 
 
 def download(repo: str, quant: str | None = None, include: str | list[str] | None = None,
@@ -336,8 +414,12 @@ def download(repo: str, quant: str | None = None, include: str | list[str] | Non
     The returned path is what :class:`step35.Model` takes. Only the chosen quant's
     files are fetched (see :func:`resolve`); the cache is reused; with
     ``HF_HUB_OFFLINE=1`` or ``local_files_only=True`` nothing touches the network.
-    Every file is verified before the path is returned; a corrupt one raises
-    :class:`HubError` naming it and is removed from the cache.
+    Every file is verified before the path is returned. A corrupt or truncated
+    copy found in the cache is removed and fetched again; a download that
+    arrives corrupt raises :class:`HubError` naming it (and is removed from the
+    cache). An interrupted download (a dropped connection, a killed process)
+    resumes where it stopped on the next call. A full disk raises
+    :class:`HubError` saying so; what was already downloaded stays.
     """
     return download_files(repo, quant, include, revision, cache_dir, progress, local_files_only)[0]
 
@@ -358,24 +440,51 @@ def download_files(repo: str, quant: str | None = None, include: str | list[str]
     was_disabled = are_progress_bars_disabled()
     if not progress and not was_disabled:
         disable_progress_bars()
-    try:
-        for name in plan.files:
+    def fetch(names: Iterable[str]) -> None:
+        for name in names:
             cached = try_to_load_from_cache(plan.repo_id, name, cache_dir=cache, revision=plan.revision)
             try:
+                if not offline and not isinstance(cached, str):
+                    _resume_killed(plan, name, cache, progress)
                 local = hf_hub_download(plan.repo_id, name, revision=plan.revision, cache_dir=cache,
                                         endpoint=_endpoint(), local_files_only=offline)
             except LocalEntryNotFoundError:
                 raise HubError(f"{name} of {plan.repo_id} is not in the cache and the Hub cannot be reached"
                                f"{' (offline mode)' if offline else ''}") from None
             except OSError as e:
+                if e.errno == errno.ENOSPC:
+                    where = cache or os.environ.get("HF_HUB_CACHE") or "the Hugging Face cache"
+                    raise HubError(f"no space left on the disk of {where} while downloading {name} from "
+                                   f"{plan.repo_id}: free some space (or point HF_HOME / --cache-dir at a bigger "
+                                   f"disk) and run again; the files already downloaded are kept and this one "
+                                   f"resumes") from None
                 raise HubError(f"downloading {name} from {plan.repo_id} failed: {_first_line(e)}") from None
             paths[name] = Path(local)
             if not isinstance(cached, str) or not os.path.exists(cached):
                 fresh.add(name)
+
+    if not offline:
+        missing = [n for n in plan.files
+                   if not isinstance(try_to_load_from_cache(plan.repo_id, n, cache_dir=cache,
+                                                            revision=plan.revision), str)]
+        _check_space(plan, missing, cache)
+    try:
+        fetch(plan.files)
+        bad = _verify(plan, paths, fresh)
+        stale = [n for n in bad if n not in fresh]
+        if stale and not offline:  # bad copies in the cache: fetched once more
+            fetch(stale)
+            bad = {**{n: p for n, p in bad.items() if n not in stale},
+                   **_verify(plan, {n: paths[n] for n in stale}, fresh)}
     finally:
         if not progress and not was_disabled:
             enable_progress_bars()
-    _verify(plan, paths, fresh)
+    if bad:
+        name, problem = next(iter(bad.items()))
+        where = "downloaded" if name in fresh else "cached"
+        hint = "run again to re-download" if name in fresh else "run again online to fetch it again"
+        raise HubError(f"{where} file {name} from {plan.repo_id} is corrupt ({problem}); "
+                       f"removed it from the cache, {hint}")
     weights = [p for n, p in paths.items() if _is_weights(n)]
     others = [p for n, p in paths.items() if not _is_weights(n)]
     return weights + others
