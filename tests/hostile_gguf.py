@@ -312,6 +312,22 @@ def _token_type_short(src: Path, d: Path) -> Path:
     return _replace_kv(src, d / "token-type-short.gguf", "tokenizer.ggml.token_type", blob)
 
 
+@case("duplicate token texts")
+def _duplicate_tokens(src: Path, d: Path) -> Path:
+    lay = Layout.read(src)
+    kv = lay.kv("tokenizer.ggml.tokens")
+    assert kv.count_at is not None
+    n = struct.unpack_from("<Q", lay.raw, kv.count_at)[0]
+    pos, texts = kv.count_at + 8, []
+    for _ in range(n):
+        (length,) = struct.unpack_from("<Q", lay.raw, pos)
+        texts.append(lay.raw[pos + 8:pos + 8 + length])
+        pos += 8 + length
+    texts[1] = texts[0]  # same count, one text twice
+    blob = kv_blob("tokenizer.ggml.tokens", ARRAY, struct.pack("<IQ", STRING, n) + b"".join(pack_str(t) for t in texts))
+    return _replace_kv(src, d / "duplicate-tokens.gguf", "tokenizer.ggml.tokens", blob)
+
+
 @case("tokenizer merges of the wrong type (float32)")
 def _merges_wrong_type(src: Path, d: Path) -> Path:
     blob = kv_blob("tokenizer.ggml.merges", ARRAY, struct.pack("<IQ", FLOAT32, 2) + struct.pack("<2f", 1.0, 2.0))
