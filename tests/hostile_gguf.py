@@ -383,6 +383,14 @@ def _wrong_shape(src: Path, d: Path) -> Path:
     return out
 
 
+@case("experts used > experts")
+def _experts_used(src: Path, d: Path) -> Path:
+    lay = Layout.read(src)
+    n = struct.unpack_from("<I", lay.raw, lay.kv("step35.expert_count").value_at)[0]
+    blob = kv_blob("step35.expert_used_count", UINT32, struct.pack("<I", n + 1))
+    return _replace_kv(src, d / "experts-used.gguf", "step35.expert_used_count", blob)
+
+
 @case("architecture unknown")
 def _arch_unknown(src: Path, d: Path) -> Path:
     blob = kv_blob("general.architecture", STRING, pack_str("step99"))

@@ -117,3 +117,18 @@ def report():
         (Path(out) / "hostile_gguf.json").write_text(json.dumps(_results, indent=2, sort_keys=True))
     print(f"\n[hostile] {len(_results)} cases: " + ", ".join(
         f"{k}: {sum(1 for r in _results.values() if r['outcome'] == k)}" for k in ("error", "crash", "hang", "loaded")))
+
+
+REGRESSIONS = sorted((Path(__file__).resolve().parent.parent / "fuzz" / "regressions").glob("*.gguf"))
+
+
+@pytest.mark.parametrize("path", REGRESSIONS, ids=[p.name[:16] for p in REGRESSIONS])
+def test_fuzzer_findings_stay_fixed(path: Path, tmp_path: Path) -> None:
+    """Inputs on which the native fuzzer once found a crash or undefined behaviour (fuzz/regressions)."""
+    copy = tmp_path / "finding.gguf"
+    copy.write_bytes(path.read_bytes())
+    result = load_in_subprocess(copy)
+    _results[f"fuzz finding {path.name[:16]}"] = result
+    assert result["outcome"] in ("error", "loaded"), f"{path.name}: {result}"
+    if result["outcome"] == "error":
+        assert "Step35Error" in result["mro"] and result["names_file"], result
