@@ -13,13 +13,14 @@ cd "$(dirname "$0")/.."
 NATIVE_RUNS=${1:-10000000}
 PY_RUNS=${2:-200000}
 PY=${FUZZ_PYTHON:-.venv-fuzz/bin/python}
+SEED=${FUZZ_SEED:-1}  # fixed: the same corpus and seed mutate the same way every run
 B=$(bash fuzz/build.sh)
 mkdir -p "$B/findings" "$B/seeds"
 "$PY" fuzz/make_corpus.py "$B/seeds" >/dev/null
 for c in native py; do mkdir -p "$B/corpus-$c"; cp -n "$B/seeds"/*.gguf fuzz/regressions/*.gguf "$B/corpus-$c/"; done
 echo "== native: gguf parser + llama_model_load(no_alloc), $NATIVE_RUNS runs"
-"$B/gguf_load_fuzzer" "$B/corpus-native" -runs="$NATIVE_RUNS" -max_len=262144 -timeout=10 -rss_limit_mb=4096 \
+"$B/gguf_load_fuzzer" "$B/corpus-native" -runs="$NATIVE_RUNS" -seed="$SEED" -max_len=262144 -timeout=10 -rss_limit_mb=4096 \
   -artifact_prefix="$B/findings/" -print_final_stats=1 -close_fd_mask=3 2>&1 | grep -E "^(#|stat::|==|SUMMARY|INFO: (Loaded|seed))" | tail -25
 echo "== python: step35.gguf, $PY_RUNS runs"
-"$PY" fuzz/gguf_py_fuzzer.py "$B/corpus-py" -atheris_runs="$PY_RUNS" -max_len=262144 \
+"$PY" fuzz/gguf_py_fuzzer.py "$B/corpus-py" -atheris_runs="$PY_RUNS" -seed="$SEED" -max_len=262144 \
   -artifact_prefix="$B/findings/" -print_final_stats=1 2>&1 | grep -E "^(#|stat::|Done|===|Uncaught)" | tail -12
