@@ -444,3 +444,30 @@ def test_full_disk_is_a_clear_error_and_keeps_the_cache(hub, split_bytes, tmp_pa
             assert (first.parent / name).read_bytes() == data
     finally:
         subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_resume_that_fails_falls_back_to_a_full_download(hub, split_bytes, monkeypatch):
+    import hashlib
+    import os
+
+    import httpx
+    from huggingface_hub import file_download
+
+    from step35 import hub as h
+
+    # a leftover of a killed download of part 2, as huggingface_hub 2.x names it
+    blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--test--Step-Tiny-GGUF" / "blobs"
+    blobs.mkdir(parents=True)
+    sha2 = hashlib.sha256(split_bytes[1]).hexdigest()
+    (blobs / f"{sha2}.0badc0de.incomplete").write_bytes(split_bytes[1][:50000])
+    real = file_download.http_get
+
+    def flaky(url, temp_file, *, resume_size=0, **kw):
+        if resume_size:  # the resume: the network fails
+            raise httpx.ConnectError("connection refused")
+        return real(url, temp_file, resume_size=resume_size, **kw)
+
+    monkeypatch.setattr(file_download, "http_get", flaky)
+    with pytest.warns(RuntimeWarning, match="could not resume the partial download of .*00002-of-00003.gguf"):
+        path = h.download(REPO_ID, "IQ4_XS", progress=False)
+    assert (path.parent / IQ4[1]).read_bytes() == split_bytes[1]

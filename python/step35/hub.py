@@ -26,6 +26,7 @@ import hashlib
 import os
 import re
 import shutil
+import warnings
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
@@ -307,7 +308,7 @@ def _evict(path: Path) -> None:
         pass
 
 
-def _resume_killed(plan: _Plan, name: str, cache: str | None, progress: bool) -> None:
+def _resume_killed(plan: _Plan, name: str, cache: str | None) -> None:
     """Finish the download of ``name`` that a killed process left half-written, if there is one.
 
     huggingface_hub (2.x) downloads each blob to a process-unique
@@ -333,7 +334,9 @@ def _resume_killed(plan: _Plan, name: str, cache: str | None, progress: bool) ->
     blob = blobs / sha256
     if blob.exists() or not blobs.is_dir():
         return
-    with WeakFileLock(root / ".locks" / folder / f"{sha256}.lock"):
+    locks = root / ".locks" / folder
+    locks.mkdir(parents=True, exist_ok=True)
+    with WeakFileLock(locks / f"{sha256}.lock"):
         leftovers = sorted(blobs.glob(f"{sha256}*.incomplete"), key=lambda p: p.stat().st_size, reverse=True)
         if blob.exists() or not leftovers:
             return
@@ -347,7 +350,7 @@ def _resume_killed(plan: _Plan, name: str, cache: str | None, progress: bool) ->
         url = hf_hub_url(plan.repo_id, name, revision=plan.revision, endpoint=_endpoint())
         with open(part, "ab") as f:
             http_get(url, f, resume_size=have, headers=build_hf_headers(), expected_size=size,
-                     displayed_filename=PurePosixPath(name).name + (" (resumed)" if progress else ""))
+                     displayed_filename=PurePosixPath(name).name + " (resumed)")
         if _hash_ok(part, sha256, None):
             os.replace(part, blob)
         else:
@@ -445,7 +448,13 @@ def download_files(repo: str, quant: str | None = None, include: str | list[str]
             cached = try_to_load_from_cache(plan.repo_id, name, cache_dir=cache, revision=plan.revision)
             try:
                 if not offline and not isinstance(cached, str):
-                    _resume_killed(plan, name, cache, progress)
+                    try:
+                        _resume_killed(plan, name, cache)
+                    except Exception as e:  # only a transport failure: then the whole file is fetched below
+                        if not (isinstance(e, OSError) or type(e).__module__.split(".")[0] in _TRANSPORT_MODULES):
+                            raise
+                        warnings.warn(f"could not resume the partial download of {name} ({_first_line(e)}); "
+                                      "downloading it from the start", RuntimeWarning, stacklevel=2)
                 local = hf_hub_download(plan.repo_id, name, revision=plan.revision, cache_dir=cache,
                                         endpoint=_endpoint(), local_files_only=offline)
             except LocalEntryNotFoundError:
