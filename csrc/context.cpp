@@ -19,7 +19,9 @@ namespace py = pybind11;
 
 namespace step35 {
 
-ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOptions & o) : model_(std::move(model)) {
+ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOptions & o,
+                             std::shared_ptr<llama_model> heads)
+    : model_(std::move(model)) {
     llama_context_params p = llama_context_default_params();
     p.n_ctx = o.n_ctx;
     p.n_batch = o.n_batch;
@@ -45,6 +47,17 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
     }
     if (!ctx_) fail(ErrorKind::ContextError, "llama.cpp could not create a context with these settings", mark);
     attach_threadpools((int) llama_n_threads(ctx_), (int) llama_n_threads_batch(ctx_));
+    if (heads) {
+        try {
+            py::gil_scoped_release nogil;
+            drafter_ = std::make_unique<Drafter>(std::move(heads), ctx_, o.flash_attn, &Interrupt::ggml_abort,
+                                                 &interrupt_);
+            if (pool_) llama_attach_threadpool(drafter_->context(), pool_, pool_batch_);
+        } catch (const Error & e) {
+            free_native();
+            fail(e.kind, e.what(), mark);
+        }
+    }
 
     if (o.warmup) {
         // A cheap warm-up: one token through the graph, so the first real call
@@ -94,6 +107,7 @@ void ContextHandle::attach_threadpools(int n_threads, int n_threads_batch) {
 
 void ContextHandle::free_native() {
     const bool freed = ctx_ != nullptr;
+    drafter_.reset();  // before the target it follows
     if (ctx_) llama_free(ctx_);
     ctx_ = nullptr;
     if (pool_free_) {
@@ -122,6 +136,7 @@ void ContextHandle::close() {
 void ContextHandle::clear() {
     llama_memory_clear(llama_get_memory(get()), true);
     history_.clear();
+    if (drafter_) drafter_->remove_from(0);
 }
 
 bool ContextHandle::truncate(size_t n) {
@@ -132,6 +147,7 @@ bool ContextHandle::truncate(size_t n) {
     }
     llama_memory_t mem = llama_get_memory(get());
     llama_memory_seq_rm(mem, 0, (llama_pos) n, -1);
+    if (drafter_) drafter_->remove_from((llama_pos) n);
     history_.resize(n);
     // A sliding-window cache drops cells older than the window as it goes: when
     // the ones the next token at position n needs are gone, the kept prefix is
@@ -167,10 +183,16 @@ int ContextHandle::decode(const llama_token * tokens, size_t n, llama_pos pos0, 
             batch.logits[i] = outputs == 2 || (outputs == 1 && k == n - 1);
         }
         rc = llama_decode(ctx, batch);
+        if (rc == 0 && drafter_ && seq == 0) {
+            if (!drafter_->tracking) drafter_->synced = false;
+            else if (!drafter_->process(tokens + start, len, pos0 + (llama_pos) start))
+                rc = interrupt_.should_stop() ? 2 : 3;
+        }
         if (rc != 0) {
             *where = pos0 + (llama_pos) start;
             // Processed ubatches of an aborted/failed chunk stay in the cache: drop them.
             llama_memory_seq_rm(llama_get_memory(ctx), seq, *where, -1);
+            if (drafter_ && seq == 0) drafter_->remove_from(*where);
             break;
         }
         if (out) {
@@ -209,6 +231,10 @@ void raise_decode_error(ContextHandle & c, int rc, llama_pos where, size_t n_tok
                  mark);
         case 2: throw Error(ErrorKind::Cancelled, "decoding was stopped");
         case -1: fail(ErrorKind::DecodeError, "llama.cpp rejected the batch as invalid", mark);
+        case 3:
+            fail(ErrorKind::DecodeError,
+                 "the MTP heads failed on the tokens at position " + std::to_string(where) + " (n_ctx=" + n_ctx + ")",
+                 mark);
         default:
             fail(ErrorKind::DecodeError,
                  "llama_decode failed with code " + std::to_string(rc) + " at position " + std::to_string(where) +
@@ -219,8 +245,13 @@ void raise_decode_error(ContextHandle & c, int rc, llama_pos where, size_t n_tok
 
 namespace {
 
-std::shared_ptr<ContextHandle> new_context(const ModelHandle & m, const ContextOptions & o) {
-    return std::make_shared<ContextHandle>(m.get(), o);
+std::shared_ptr<ContextHandle> new_context(const ModelHandle & m, const ContextOptions & o, bool mtp) {
+    std::shared_ptr<llama_model> heads;
+    if (mtp) {
+        heads = m.heads();
+        if (!heads) throw py::value_error("this model has no MTP heads loaded; load it with mtp=True");
+    }
+    return std::make_shared<ContextHandle>(m.get(), o, std::move(heads));
 }
 
 // Decode tokens at positions [pos0, pos0+n) of `seq` and return the logits of
@@ -320,14 +351,18 @@ void register_context(py::module_ & m) {
         .def("seq_pos_max", [](ContextHandle & c, llama_seq_id s) {
             return llama_memory_seq_pos_max(llama_get_memory(c.get()), s);
         })
+        .def_property_readonly("has_drafter", [](ContextHandle & c) { return c.drafter() != nullptr; },
+                               "Whether the context drafts with MTP heads.")
+        .def_property_readonly("draft_max", [](ContextHandle & c) { return c.drafter() ? c.drafter()->n_max() : 0; },
+                               "Most tokens one MTP draft can hold (0: no drafter).")
         .def("cancel", [](ContextHandle & c) { c.interrupt().request(); },
              "Ask the running call to stop (from any thread).")
         .def("eval", &eval, py::arg("tokens"), py::arg("pos0") = 0, py::arg("seq_id") = 0, py::arg("outputs") = 2,
              py::arg("chunk") = 0,
              "Decode tokens at pos0.. and return the logits of the output rows (float32, rows x n_vocab).");
 
-    m.def("new_context", &new_context, py::arg("model"), py::arg("options"),
-          "Create a context (GIL released while llama.cpp allocates it).");
+    m.def("new_context", &new_context, py::arg("model"), py::arg("options"), py::arg("mtp") = false,
+          "Create a context (GIL released while llama.cpp allocates it); mtp=True adds the MTP draft context.");
 }
 
 }  // namespace step35

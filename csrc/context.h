@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "interrupt.h"
+#include "mtp.h"
 #include "ggml-cpu.h"
 #include "llama.h"
 
@@ -40,7 +41,9 @@ struct ContextOptions {
 
 class ContextHandle {
 public:
-    ContextHandle(std::shared_ptr<llama_model> model, const ContextOptions & opts);
+    // `heads`: the model whose MTP heads draft for this context (null: no drafting).
+    ContextHandle(std::shared_ptr<llama_model> model, const ContextOptions & opts,
+                  std::shared_ptr<llama_model> heads = nullptr);
     ~ContextHandle();
     ContextHandle(const ContextHandle &) = delete;
     ContextHandle & operator=(const ContextHandle &) = delete;
@@ -52,6 +55,8 @@ public:
     bool closed() const { return ctx_ == nullptr; }
 
     Interrupt & interrupt() { return interrupt_; }
+    // The MTP drafter of sequence 0 (null when the context was made without heads).
+    Drafter * drafter() { return drafter_.get(); }
     // Tokens known to be in sequence 0, in order from position 0.
     std::vector<llama_token> & history() { return history_; }
     // Forget everything in the KV cache.
@@ -66,6 +71,8 @@ public:
     // (rows x n_vocab floats) if it is not null. Call without the GIL.
     // Returns 0 or the failing llama_decode code (with `where` set to the
     // position of the failing chunk); on failure the partial chunk is removed.
+    // While the drafter tracks sequence 0, each chunk is also run through the
+    // MTP heads (a failure there returns 3, or 2 when the call was cancelled).
     int decode(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq, int outputs, size_t chunk,
                float * out, llama_pos * where);
 
@@ -86,6 +93,7 @@ private:
     void (*pool_free_)(ggml_threadpool_t) = nullptr;
     Interrupt interrupt_;
     std::vector<llama_token> history_;
+    std::unique_ptr<Drafter> drafter_;
 };
 
 // Marks a context busy for the lifetime of the guard (GIL held when made).

@@ -23,6 +23,7 @@ const char * kind_name(ErrorKind k) {
         case ErrorKind::QueueFullError: return "QueueFullError";
         case ErrorKind::GrammarError: return "GrammarError";
         case ErrorKind::RPCError: return "RPCError";
+        case ErrorKind::InvalidModelError: return "InvalidModelError";
         case ErrorKind::Step35Error: break;
     }
     return "Step35Error";

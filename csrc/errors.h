@@ -28,6 +28,7 @@ enum class ErrorKind {
     QueueFullError,        // the engine's wait queue is full
     GrammarError,          // a grammar or JSON Schema that cannot be used
     RPCError,              // an RPC worker cannot be reached, speaks another protocol, or went away
+    InvalidModelError,     // a file that cannot serve as asked (e.g. an MTP sidecar of another model)
 };
 
 struct Error : std::runtime_error {

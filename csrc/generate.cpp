@@ -4,6 +4,14 @@
 // contain (a prefix of) a stop string (TextOutput, sequence.h). Streaming
 // calls step(false) once per piece; a non-streaming call runs the whole loop
 // in one step(true).
+//
+// With a draft length (MTP), each step drafts up to that many tokens with the
+// context's MTP heads, decodes the last token and the drafts in one batch, and
+// samples the target at every row in turn: a drafted token is kept while it
+// equals the target's own sample, and the first sample that differs (or the
+// one after the last draft) is the next token. Each emitted token is a sample
+// of the target's distribution drawn exactly as without drafting, so greedy
+// output is the same, and so is a seeded sample.
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -26,9 +34,9 @@ namespace {
 class Generation {
 public:
     Generation(std::shared_ptr<ContextHandle> ctx, std::vector<llama_token> prompt, int64_t max_tokens,
-               const SamplingOptions & sampling, std::vector<std::string> stop, bool render_special)
+               const SamplingOptions & sampling, std::vector<std::string> stop, bool render_special, int draft)
         : ctx_(std::move(ctx)), prompt_(std::move(prompt)), max_tokens_(max_tokens),
-          out_(std::move(stop), render_special) {
+          out_(std::move(stop), render_special), draft_(draft) {
         llama_context * c = ctx_->get();
         const llama_vocab * vocab = ctx_->vocab();
         if (prompt_.empty()) throw py::value_error("the prompt has no tokens");
@@ -39,8 +47,18 @@ public:
                         "the prompt has " + std::to_string(prompt_.size()) + " tokens but the context holds " +
                             std::to_string(n_ctx) + " (and at least one more is needed to generate); "
                             "use a larger n_ctx or a shorter prompt");
+        if (draft_ < 0) throw py::value_error("draft must be >= 0");
+        Drafter * d = ctx_->drafter();
+        if (draft_ > 0 && !d)
+            throw py::value_error("this context has no MTP heads to draft with; load the model with mtp=True "
+                                  "(or draft=0)");
+        if (d && draft_ > d->n_max())
+            throw py::value_error("draft=" + std::to_string(draft_) + " but the model has " +
+                                  std::to_string(d->n_max()) + " MTP head(s): one token per head at most");
         guard_ = std::make_unique<BusyGuard>(*ctx_);
         sampler_ = std::make_unique<Sampler>(sampling, vocab, prompt_);
+        if (d) d->tracking = draft_ > 0;
+        by_pos_.assign((size_t) std::max(draft_, 0), {0, 0});
         ctx_->interrupt().begin();
     }
 
@@ -93,6 +111,19 @@ public:
         d["generated_tokens"] = n_gen_;
         d["generation_ms"] = t_gen_ms_;
         d["ttft_ms"] = ttft_ms_;
+        if (draft_ > 0) {
+            d["draft_max"] = draft_;
+            d["draft_steps"] = n_steps_;
+            d["draft_tokens"] = n_drafted_;
+            d["draft_accepted"] = n_accepted_;
+            py::list proposed, accepted;
+            for (const auto & p : by_pos_) {
+                proposed.append(p.first);
+                accepted.append(p.second);
+            }
+            d["draft_proposed_by_position"] = proposed;
+            d["draft_accepted_by_position"] = accepted;
+        }
         return d;
     }
 
@@ -108,13 +139,16 @@ private:
     Status run(bool all) {
         Status st;
         llama_context * c = ctx_->get();
-        const llama_vocab * vocab = ctx_->vocab();
         const size_t n_ctx = llama_n_ctx(c);
         const auto t_start = Clock::now();
         if (!prompt_done_) {
             auto & hist = ctx_->history();
             size_t keep = 0;
-            while (keep < hist.size() && keep < prompt_.size() && hist[keep] == prompt_[keep]) ++keep;
+            Drafter * d = ctx_->drafter();
+            // the heads' cache must follow the target's from the start: a prefix
+            // decoded without them is decoded again
+            const bool reuse = !(d && d->tracking && !d->synced);
+            while (reuse && keep < hist.size() && keep < prompt_.size() && hist[keep] == prompt_[keep]) ++keep;
             if (keep == prompt_.size()) --keep;  // the last prompt token must be decoded for its logits
             if (!ctx_->truncate(keep)) keep = 0;
             if (keep == 0) ctx_->clear();
@@ -126,6 +160,7 @@ private:
                 return st;
             }
             hist.assign(prompt_.begin(), prompt_.end());
+            if (d && d->tracking) d->synced = true;
             n_prompt_eval_ = n;
             prompt_done_ = true;
             t_gen_start_ = Clock::now();
@@ -140,6 +175,12 @@ private:
                 finish("cancelled");
                 break;
             }
+            if (undecoded_ != LLAMA_TOKEN_NULL && draft_ > 0) {
+                st = speculate();
+                if (st.rc != 0) return st;
+                if (!all && out_.ready() > 0) break;
+                continue;
+            }
             if (undecoded_ != LLAMA_TOKEN_NULL) {
                 auto & hist = ctx_->history();
                 st.rc = ctx_->decode(&undecoded_, 1, (llama_pos) hist.size(), 0, 1, 0, nullptr, &st.where);
@@ -151,28 +192,92 @@ private:
                 undecoded_ = LLAMA_TOKEN_NULL;
             }
             const llama_token tok = sampler_->sample(c, -1);
-            if (n_gen_ == 0) ttft_ms_ = t_prompt_ms_ + ms_between(t_gen_start_, Clock::now());
-            if (llama_vocab_is_eog(vocab, tok)) {
-                finish("stop");
-                break;
-            }
-            ++n_gen_;
-            generated_.push_back(tok);
-            if (out_.append(vocab, tok)) {
-                finish("stop");
-                break;
-            }
-            if (max_tokens_ >= 0 && (int64_t) n_gen_ >= max_tokens_) {
-                finish("length");
-                break;
-            }
-            if (ctx_->history().size() + 1 >= n_ctx) {
-                finish("length");
-                break;
-            }
+            if (emit(tok, ctx_->history().size(), n_ctx)) break;
             undecoded_ = tok;
             if (!all && out_.ready() > 0) break;
         }
+        return st;
+    }
+
+    // Hand out sampled token `tok`, with `n_before` tokens in the cache before
+    // its position; true when generation ends with it.
+    bool emit(llama_token tok, size_t n_before, size_t n_ctx) {
+        if (n_gen_ == 0) ttft_ms_ = t_prompt_ms_ + ms_between(t_gen_start_, Clock::now());
+        if (llama_vocab_is_eog(ctx_->vocab(), tok)) {
+            finish("stop");
+            return true;
+        }
+        ++n_gen_;
+        generated_.push_back(tok);
+        if (out_.append(ctx_->vocab(), tok)) {
+            finish("stop");
+            return true;
+        }
+        if (max_tokens_ >= 0 && (int64_t) n_gen_ >= max_tokens_) {
+            finish("length");
+            return true;
+        }
+        if (n_before + 1 >= n_ctx) {
+            finish("length");
+            return true;
+        }
+        return false;
+    }
+
+    // One MTP step: draft after the undecoded token, decode it with the drafts,
+    // then sample and emit row by row while the drafts hold.
+    Status speculate() {
+        Status st;
+        llama_context * c = ctx_->get();
+        Drafter & d = *ctx_->drafter();
+        auto & hist = ctx_->history();
+        const size_t n_ctx = llama_n_ctx(c);
+        const llama_pos pos0 = (llama_pos) hist.size();
+        int64_t n = draft_;
+        if (max_tokens_ >= 0) n = std::min<int64_t>(n, max_tokens_ - (int64_t) n_gen_ - 1);
+        n = std::min<int64_t>(n, (int64_t) n_ctx - (int64_t) pos0 - 2);
+        d.draft(undecoded_, pos0, (int) std::max<int64_t>(n, 0), hist, drafts_);
+        batch_.assign(1, undecoded_);
+        batch_.insert(batch_.end(), drafts_.begin(), drafts_.end());
+        st.rc = ctx_->decode(batch_.data(), batch_.size(), pos0, 0, 2, 0, nullptr, &st.where);
+        if (st.rc != 0) {
+            st.n = batch_.size();
+            return st;
+        }
+        hist.push_back(undecoded_);
+        undecoded_ = LLAMA_TOKEN_NULL;
+        if (!drafts_.empty()) ++n_steps_;
+        n_drafted_ += drafts_.size();
+        for (size_t i = 0; i < drafts_.size(); ++i) ++by_pos_[i].first;
+        size_t accepted = 0;
+        // rejected drafts leave both caches (also when sampling throws)
+        auto trim = [&] {
+            const llama_pos keep = pos0 + 1 + (llama_pos) accepted;
+            llama_memory_seq_rm(llama_get_memory(c), 0, keep, -1);
+            d.remove_from(keep);
+        };
+        try {
+            for (size_t i = 0; i <= drafts_.size(); ++i) {
+                const llama_token tok = sampler_->sample(c, (int32_t) i);
+                const bool kept = i < drafts_.size() && tok == drafts_[i];
+                if (kept) {
+                    ++accepted;
+                    ++by_pos_[i].second;
+                    hist.push_back(tok);
+                }
+                if (emit(tok, hist.size() - (kept ? 1 : 0), n_ctx)) break;
+                if (!kept) {
+                    undecoded_ = tok;
+                    break;
+                }
+            }
+        } catch (...) {
+            trim();
+            throw;
+        }
+        n_accepted_ += accepted;
+        if (!drafts_.empty()) d.accept((int) accepted);
+        trim();
         return st;
     }
 
@@ -184,6 +289,7 @@ private:
     }
 
     void release() {
+        if (guard_ && ctx_->drafter()) ctx_->drafter()->tracking = false;
         sampler_.reset();
         guard_.reset();
     }
@@ -205,6 +311,11 @@ private:
     Clock::time_point t_gen_start_;
     double t_prompt_ms_ = 0.0, t_gen_ms_ = 0.0, ttft_ms_ = 0.0;
 
+    int draft_ = 0;  // MTP draft length (0: off)
+    std::vector<llama_token> drafts_, batch_;
+    size_t n_steps_ = 0, n_drafted_ = 0, n_accepted_ = 0;
+    std::vector<std::pair<size_t, size_t>> by_pos_;  // (proposed, accepted) per draft position
+
 };
 
 }  // namespace
@@ -225,9 +336,9 @@ void register_generate(py::module_ & m) {
 
     py::class_<Generation>(m, "Generation", "A running token loop (use step35.Model.generate).")
         .def(py::init<std::shared_ptr<ContextHandle>, std::vector<llama_token>, int64_t, const SamplingOptions &,
-                      std::vector<std::string>, bool>(),
+                      std::vector<std::string>, bool, int>(),
              py::arg("context"), py::arg("prompt"), py::arg("max_tokens"), py::arg("sampling"), py::arg("stop"),
-             py::arg("render_special") = true)
+             py::arg("render_special") = true, py::arg("draft") = 0)
         .def("step", &Generation::step, py::arg("all") = false,
              "Run the loop (GIL released) until text is ready, or to the end with all=True.")
         .def("close", &Generation::close, "Stop and free the context for the next call.")

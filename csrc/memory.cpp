@@ -26,21 +26,32 @@ namespace {
 
 // One dict per buffer type: {buffer_type, device, host, model, context, compute}.
 // For a model loaded with no_alloc these are the sizes llama.cpp would allocate.
-py::list memory_breakdown(ContextHandle & c) {
-    BusyGuard busy(c);
-    llama_memory_breakdown mb = llama_get_memory_breakdown(c.get());
-    py::list out;
+void add_rows(py::list & out, llama_context * ctx, bool mtp, bool weights) {
+    llama_memory_breakdown mb = llama_get_memory_breakdown(ctx);
     for (const auto & [buft, data] : mb) {
         py::dict d;
         d["buffer_type"] = ggml_backend_buft_name(buft);
         ggml_backend_dev_t dev = ggml_backend_buft_get_device(buft);
         d["device"] = dev ? py::object(py::str(ggml_backend_dev_name(dev))) : py::object(py::none());
         d["host"] = ggml_backend_buft_is_host(buft);
-        d["model"] = data.model;
+        d["model"] = weights ? data.model : 0;
         d["context"] = data.context;
         d["compute"] = data.compute;
+        d["mtp"] = mtp;
         out.append(d);
     }
+}
+
+// One dict per buffer type and context: {buffer_type, device, host, model,
+// context, compute, mtp}. For a model loaded with no_alloc these are the sizes
+// llama.cpp would allocate. Rows with mtp=True are the MTP draft context's (its
+// KV cache and compute buffers, and the weights of a sidecar's heads; heads in
+// the model's own file are in the model's rows).
+py::list memory_breakdown(ContextHandle & c) {
+    BusyGuard busy(c);
+    py::list out;
+    add_rows(out, c.get(), false, true);
+    if (Drafter * d = c.drafter()) add_rows(out, d->context(), true, d->heads_model() != c.model());
     return out;
 }
 

@@ -26,14 +26,41 @@ std::shared_ptr<llama_model> ModelHandle::get() const {
     return model_;
 }
 
+std::shared_ptr<llama_model> ModelHandle::heads() const {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!model_) throw Error(ErrorKind::ClosedError, "this Model has been closed");
+    return heads_;
+}
+
+void ModelHandle::set_heads(const ModelHandle & sidecar) {
+    std::shared_ptr<llama_model> h = sidecar.get();
+    std::lock_guard<std::mutex> lock(mu_);
+    if (!model_) throw Error(ErrorKind::ClosedError, "this Model has been closed");
+    // llama-common's MTP driver asserts these; check them here as errors
+    if (llama_model_n_layer_nextn(h.get()) <= 0)
+        throw Error(ErrorKind::InvalidModelError, "the MTP file holds no MTP heads (nextn_predict_layers is 0)");
+    if (llama_model_n_embd_out(h.get()) != llama_model_n_embd_out(model_.get()))
+        throw Error(ErrorKind::InvalidModelError,
+                    "the MTP file's hidden size (" + std::to_string(llama_model_n_embd_out(h.get())) +
+                        ") differs from the model's (" + std::to_string(llama_model_n_embd_out(model_.get())) +
+                        "): it belongs to another model");
+    if (llama_vocab_n_tokens(llama_model_get_vocab(h.get())) !=
+        llama_vocab_n_tokens(llama_model_get_vocab(model_.get())))
+        throw Error(ErrorKind::InvalidModelError, "the MTP file's vocabulary size differs from the model's: it "
+                                                  "belongs to another model");
+    heads_ = std::move(h);
+}
+
 void ModelHandle::close() {
-    std::shared_ptr<llama_model> dropped;
+    std::shared_ptr<llama_model> dropped, dropped_heads;
     {
         std::lock_guard<std::mutex> lock(mu_);
         dropped.swap(model_);
+        dropped_heads.swap(heads_);
     }
-    if (dropped) {
+    if (dropped || dropped_heads) {
         py::gil_scoped_release nogil;  // freeing big weights takes a while
+        dropped_heads.reset();
         dropped.reset();
     }
 }
@@ -75,8 +102,9 @@ struct Progress {
 std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_layers, bool use_mmap, bool use_mlock,
                        bool vocab_only, bool check_tensors, int main_gpu, py::object progress, bool no_alloc,
                        std::optional<std::vector<std::string>> devices, std::vector<float> tensor_split,
-                       std::vector<std::string> rpc) {
+                       std::vector<std::string> rpc, bool load_mtp) {
     llama_model_params params = llama_model_default_params();
+    params.load_mtp = load_mtp;
     params.n_gpu_layers = n_gpu_layers;
     params.main_gpu = main_gpu;
     // Devices to use, by ggml name (CUDA0, Vulkan1, ...): a NULL-terminated
@@ -141,7 +169,10 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
         fail(ErrorKind::ModelLoadError, "llama.cpp could not load " + path, mark);
     }
     rpc_watch_model(raw, watch);
-    return std::make_unique<ModelHandle>(std::move(model));
+    auto handle = std::make_unique<ModelHandle>(model);
+    // its own MTP heads (a file with the trunk and the heads, loaded with load_mtp)
+    if (load_mtp && llama_model_n_layer_nextn(raw) > 0) handle->set_heads(*handle);
+    return handle;
 }
 
 py::object utf8(const std::string & s) {
@@ -230,6 +261,12 @@ void register_model(py::module_ & m) {
         .def_property_readonly("n_layer", [](const ModelHandle & h) { return llama_model_n_layer(h.get().get()); })
         .def_property_readonly("n_layer_nextn",
                                [](const ModelHandle & h) { return llama_model_n_layer_nextn(h.get().get()); })
+        .def_property_readonly("n_heads", [](const ModelHandle & h) {
+                auto heads = h.heads();
+                return heads ? llama_model_n_layer_nextn(heads.get()) : 0;
+            }, "MTP heads loaded for drafting (its own or a sidecar's; 0: none).")
+        .def("set_heads", &ModelHandle::set_heads, py::arg("sidecar"),
+             "Draft with the MTP heads of `sidecar` (a model loaded from an MTP-only file).")
         .def_property_readonly("n_ctx_train",
                                [](const ModelHandle & h) { return llama_model_n_ctx_train(h.get().get()); })
         .def_property_readonly("n_embd", [](const ModelHandle & h) { return llama_model_n_embd(h.get().get()); })
@@ -264,12 +301,13 @@ void register_model(py::module_ & m) {
           py::arg("use_mlock") = false, py::arg("vocab_only") = false, py::arg("check_tensors") = false,
           py::arg("main_gpu") = 0, py::arg("progress") = py::none(), py::arg("no_alloc") = false,
           py::arg("devices") = py::none(), py::arg("tensor_split") = std::vector<float>{},
-          py::arg("rpc") = std::vector<std::string>{},
+          py::arg("rpc") = std::vector<std::string>{}, py::arg("load_mtp") = false,
           "Load a GGUF (the first file of a split set loads them all). GIL released while loading.\n"
           "devices: ggml device names to use (None: every GPU; []: CPU only).\n"
           "tensor_split: the share of offloaded layers per device, in `devices` order (empty: by free memory).\n"
           "rpc: the host:port of every RPC worker among `devices` (a worker that fails raises RPCError).\n"
-          "no_alloc=True only plans the buffers (for memory estimates; such a model cannot run).");
+          "no_alloc=True only plans the buffers (for memory estimates; such a model cannot run).\n"
+          "load_mtp: also load the MTP (NextN) heads the file holds.");
 }
 
 }  // namespace step35

@@ -20,12 +20,18 @@ public:
     explicit ModelHandle(std::shared_ptr<llama_model> m) : model_(std::move(m)) {}
     // The model, or ClosedError.
     std::shared_ptr<llama_model> get() const;
+    // The model whose MTP heads draft for this one (itself when its own file
+    // holds them and they were loaded, a sidecar model, or null).
+    std::shared_ptr<llama_model> heads() const;
+    // Use the heads of `sidecar` (a model loaded from an MTP-only file) for drafting.
+    void set_heads(const ModelHandle & sidecar);
     void close();
     bool closed() const;
 
 private:
     mutable std::mutex mu_;
     std::shared_ptr<llama_model> model_;
+    std::shared_ptr<llama_model> heads_;
 };
 
 // Token ids outside [0, n_vocab) -> ValueError naming the position.

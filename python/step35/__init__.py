@@ -37,7 +37,7 @@ from .errors import (
 )
 from .constraints import json_schema_to_grammar
 from .engine import Engine, EngineStream
-from .generation import Completion, CompletionStream, GenerationStats, SamplingParams
+from .generation import Completion, CompletionStream, DraftStats, GenerationStats, SamplingParams
 from .model import Model
 from .quantize import QUANT_TYPES, quantize
 
@@ -73,6 +73,7 @@ __all__ = [
     "Completion",
     "CompletionStream",
     "GenerationStats",
+    "DraftStats",
     "quantize",
     "QUANT_TYPES",
     "testing",
@@ -80,12 +81,13 @@ __all__ = [
     "plugins",
     "presets",
     "rpc",
+    "mtp",
 ]
 
 # Imported on first use (they pull in numpy): name -> submodule.
-_LAZY = {"testing": ".testing", "fit": ".fit", "presets": ".presets", "rpc": ".rpc",
+_LAZY = {"testing": ".testing", "fit": ".fit", "presets": ".presets", "rpc": ".rpc", "mtp": ".mtp",
          "Context": ".context", "ContextParams": ".context"}
-_LAZY_MODULES = {"testing", "fit", "presets", "rpc"}
+_LAZY_MODULES = {"testing", "fit", "presets", "rpc", "mtp"}
 
 
 def __getattr__(name: str):

@@ -101,9 +101,11 @@ def _finish_reason(native_reason: str, tool_calls: list[Any]) -> str:
 
 
 def complete(context: Context, prompt: list[int], tools: list[dict[str, Any]] | None, *, model_name: str,
-             max_tokens: int | None, sampling: SamplingParams, stop: Any, constraint: Any = None) -> dict[str, Any]:
+             max_tokens: int | None, sampling: SamplingParams, stop: Any, constraint: Any = None,
+             draft: int = 0) -> dict[str, Any]:
     """Run a non-streaming chat completion and return the OpenAI-shaped response."""
-    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop, constraint=constraint)
+    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop, constraint=constraint,
+                         draft=draft)
     return response(native, seed, tools, model_name=model_name)
 
 

@@ -199,7 +199,9 @@ class Context:
         self.model = model
         """The model this context runs."""
         self._core = core()
-        self._handle = self._core.new_context(model._native_handle(), self.params._native(self._core))
+        # one sequence: it drafts with the model's MTP heads when it has them
+        self._handle = self._core.new_context(model._native_handle(), self.params._native(self._core),
+                                              mtp=bool(model.mtp_heads) and self.params.n_seq_max == 1)
 
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:

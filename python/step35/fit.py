@@ -251,12 +251,14 @@ class Machine:
 
     def place(self, path: Path, *, n_gpu_layers: int, main_gpu: int, context: Any,
               devices: list[str] | None, tensor_split: Sequence[float] = (),
-              rpc: Sequence[str] = ()) -> list[dict[str, Any]]:
+              rpc: Sequence[str] = (), mtp: bool | Path = False) -> list[dict[str, Any]]:
         """Where llama.cpp puts the model's buffers: one dict per buffer type
         (``device``, ``host``, ``buffer_type``, and the bytes of ``model`` weights,
         KV cache (``context``) and ``compute`` buffers), as
-        :meth:`step35.Context.memory_breakdown` reports them."""
-        return _simulate(path, n_gpu_layers, main_gpu, context, devices, tensor_split, rpc)
+        :meth:`step35.Context.memory_breakdown` reports them. ``mtp``: with the
+        MTP heads (True: the file's own; a path: a sidecar's) and their draft
+        context, whose rows have ``mtp=True``."""
+        return _simulate(path, n_gpu_layers, main_gpu, context, devices, tensor_split, rpc, mtp)
 
 
 def _is_unified(device: dict[str, Any], machine: Machine) -> bool:
@@ -309,14 +311,15 @@ class FitPlan:
     compute: int  #: compute buffers, as llama.cpp reserves them (all devices)
     outputs: int  #: llama.cpp's logits buffer (n_outputs rows of n_vocab floats, in RAM)
     pools: list[Pool]
+    mtp: int = 0  #: the MTP draft context (KV cache and compute buffers) and a sidecar's weights
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kv_table: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        """Weights + KV cache + compute buffers + logits buffer."""
-        return self.weights + self.kv.total + self.compute + self.outputs
+        """Weights + KV cache + compute buffers + logits buffer + MTP drafting."""
+        return self.weights + self.kv.total + self.compute + self.outputs + self.mtp
 
     @property
     def fits(self) -> bool:
@@ -344,6 +347,7 @@ class FitPlan:
             f"{_fmt(kv.bytes_swa)})",
             f"compute    {_fmt(self.compute):>11}",
             f"logits     {_fmt(self.outputs):>11}",
+            *([f"MTP        {_fmt(self.mtp):>11}  (draft context of the MTP heads)"] if self.mtp else []),
             f"total      {_fmt(self.total):>11}  ({self.total / 1e9:.2f} GB)",
             "",
             f"{'memory':<10} {'need':>11} {'available':>11} {'total':>11}  verdict",
@@ -393,15 +397,23 @@ def _remote_source(spec: str, quant: str | None, revision: str | None,
 
 
 def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any, devices: list[str] | None = None,
-              tensor_split: Sequence[float] = (), rpc: Sequence[str] = ()) -> list[dict[str, Any]]:
+              tensor_split: Sequence[float] = (), rpc: Sequence[str] = (),
+              mtp: bool | Path = False) -> list[dict[str, Any]]:
     from ._backends import core
 
     c = core()
-    m = c.load_model(str(path), n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices,
-                     tensor_split=list(tensor_split), rpc=list(rpc))
+    place = dict(n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices,
+                 tensor_split=list(tensor_split), rpc=list(rpc))
+    m = c.load_model(str(path), load_mtp=mtp is True, **place)
     try:
+        if isinstance(mtp, Path):
+            heads = c.load_model(str(mtp), load_mtp=True, **place)
+            try:
+                m.set_heads(heads)
+            finally:
+                heads.close()
         opts = ctx.replace(warmup=False)._native(c)
-        h = c.new_context(m, opts)
+        h = c.new_context(m, opts, mtp=bool(mtp) and ctx.n_seq_max == 1)
         try:
             return list(c.memory_breakdown(h))
         finally:
@@ -427,7 +439,7 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
          memory: int | None = None, kv_contexts: Sequence[int] = (16384, 65536, 262144),
          revision: str | None = None, include: str | Sequence[str] | None = None,
          machine: Machine | None = None, rpc: str | Sequence[str] | None = None,
-         tensor_split: Sequence[float] | None = None) -> FitPlan:
+         tensor_split: Sequence[float] | None = None, mtp: bool | str | os.PathLike[str] = False) -> FitPlan:
     """Plan the memory of ``model`` with this context on this machine.
 
     ``model`` is a local ``.gguf`` (any part of a split set) or a Hub repo
@@ -438,7 +450,8 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     (default ``n_seq_max``: generation; scoring a whole prompt needs one per
     token). ``devices``, ``rpc`` (workers whose devices join the plan, each a
     pool of the memory it reports) and ``tensor_split`` place the layers as
-    :class:`~step35.Model` does.
+    :class:`~step35.Model` does. ``mtp`` adds the MTP heads and their draft
+    context (True: the file's own heads; a path: an ``mtp-*.gguf`` sidecar).
     ``machine`` plans for another :class:`Machine` than this one. The
     other arguments are the context's (see :class:`~step35.ContextParams`);
     ``n_ctx=0`` means the training context.
@@ -473,7 +486,8 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
                             kv_unified=ctx.kv_unified, n_ubatch=n_ubatch, flash_attn=ctx.flash_attn != "off")
         weights = weight_bytes(src.headers)
         # (only when set: a Machine of another machine may implement place() without them)
-        placement = {k: v for k, v in (("tensor_split", split), ("rpc", endpoints)) if v}
+        mtp_arg: bool | Path = Path(os.fspath(mtp)).expanduser() if isinstance(mtp, (str, os.PathLike)) else bool(mtp)
+        placement = {k: v for k, v in (("tensor_split", split), ("rpc", endpoints), ("mtp", mtp_arg)) if v}
         breakdown = machine.place(src.files[0], n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
                                   context=ctx.replace(n_ctx=kv.n_ctx), devices=device_list, **placement)
     finally:
@@ -483,6 +497,7 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     ram, gpus, notes = _pools(machine)
     elsewhere: dict[str, int] = {}
     cpu_like = {d.get("name") for d in machine.devices if d.get("type") not in GPU_TYPES}
+    mtp_bytes = sum(r["model"] + r["context"] + r["compute"] for r in breakdown if r.get("mtp"))
     for row in breakdown:
         dev = row.get("device")
         pool = gpus.get(dev) if dev and not row.get("host") else None
@@ -500,11 +515,11 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     n_vocab = len(meta.get("tokenizer.ggml.tokens") or ())
     outputs = 4 * n_vocab * max(n_outputs or 0, n_seq_max)
     ram.need += outputs
-    compute = sum(r["compute"] for r in breakdown)
+    compute = sum(r["compute"] for r in breakdown if not r.get("mtp"))
     result = FitPlan(src.label, kv.n_ctx, ctx.type_k, ctx.type_v, swa_full, n_gpu_layers, n_ubatch, weights, kv,
-                     compute, outputs, pools, notes=notes,
+                     compute, outputs, pools, notes=notes, mtp=mtp_bytes,
                      kv_table=kv_table(meta, kv_contexts, n_ubatch=n_ubatch) if kv_contexts else [])
-    sim_kv = sum(r["context"] for r in breakdown)
+    sim_kv = sum(r["context"] for r in breakdown if not r.get("mtp"))
     if sim_kv != kv.total:  # never seen; would mean llama.cpp's sizing rules changed (tests compare them)
         result.notes.append(f"llama.cpp plans {_fmt(sim_kv)} of KV cache, the formula {_fmt(kv.total)}")
     repack = sum(r["model"] for r in breakdown if str(r.get("buffer_type", "")).endswith("_REPACK"))
@@ -596,7 +611,8 @@ def check(model: str | os.PathLike[str], **kw: Any) -> FitPlan:
 def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: int = -1, main_gpu: int = 0,
                   quant: str | None = None, devices: Sequence[str] | None = None, revision: str | None = None,
                   include: str | Sequence[str] | None = None, rpc: str | Sequence[str] | None = None,
-                  tensor_split: Sequence[float] | None = None) -> FitPlan | None:
+                  tensor_split: Sequence[float] | None = None,
+                  mtp: bool | str | os.PathLike[str] = False) -> FitPlan | None:
     """:func:`check` for a :class:`~step35.ContextParams`; does nothing (None) when
     ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Model` and the CLI call."""
     if _skip_check():
@@ -605,4 +621,5 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
     return check(model, quant=quant, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full,
                  n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
                  flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, devices=devices,
-                 revision=revision, include=include, kv_contexts=(), rpc=rpc, tensor_split=tensor_split or None)
+                 revision=revision, include=include, kv_contexts=(), rpc=rpc, tensor_split=tensor_split or None,
+                 mtp=mtp)

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .context import Context
 
-__all__ = ["SamplingParams", "GenerationStats", "Completion", "CompletionStream"]
+__all__ = ["SamplingParams", "GenerationStats", "DraftStats", "Completion", "CompletionStream"]
 
 
 def _number(name: str, value: Any) -> float:
@@ -119,6 +119,8 @@ class GenerationStats:
     """Time to the first generated token (prompt + first sample)."""
     seed: int
     """The sampler seed used (pass it back to reproduce the output)."""
+    draft: DraftStats | None = None
+    """MTP drafting counts (None when the call did not draft)."""
 
     @property
     def prompt_tps(self) -> float:
@@ -131,9 +133,48 @@ class GenerationStats:
         return self.generated_tokens / (self.generation_ms / 1e3) if self.generation_ms > 0 else 0.0
 
     def __str__(self) -> str:
-        return (f"prompt: {self.prompt_tokens} tokens ({self.prompt_tokens_evaluated} evaluated) "
-                f"{self.prompt_tps:.1f} tok/s | generation: {self.generated_tokens} tokens "
-                f"{self.generation_tps:.1f} tok/s | ttft {self.ttft_ms:.0f} ms")
+        s = (f"prompt: {self.prompt_tokens} tokens ({self.prompt_tokens_evaluated} evaluated) "
+             f"{self.prompt_tps:.1f} tok/s | generation: {self.generated_tokens} tokens "
+             f"{self.generation_tps:.1f} tok/s | ttft {self.ttft_ms:.0f} ms")
+        return f"{s} | {self.draft}" if self.draft is not None else s
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftStats:
+    """What multi-token prediction did in one call: drafts made by the MTP heads and how many the model kept."""
+
+    draft_max: int
+    """The draft length asked for (tokens drafted per step at most)."""
+    steps: int
+    """Verification steps that carried a draft."""
+    drafted: int
+    """Tokens drafted."""
+    accepted: int
+    """Drafted tokens the model kept (each equal to its own sample at that position)."""
+    proposed_by_position: tuple[int, ...]
+    """Drafts made at each draft position (1st, 2nd, 3rd token of a draft)."""
+    accepted_by_position: tuple[int, ...]
+    """Drafts kept at each draft position."""
+
+    @property
+    def acceptance(self) -> float:
+        """Kept / drafted (0 when nothing was drafted)."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    @property
+    def acceptance_by_position(self) -> tuple[float, ...]:
+        """Kept / drafted at each draft position (llama.cpp's per-position acceptance)."""
+        return tuple(a / p if p else 0.0 for a, p in zip(self.accepted_by_position, self.proposed_by_position))
+
+    @property
+    def mean_accepted(self) -> float:
+        """Drafted tokens kept per verification step."""
+        return self.accepted / self.steps if self.steps else 0.0
+
+    def __str__(self) -> str:
+        per = ", ".join(f"{a:.2f}" for a in self.acceptance_by_position)
+        return (f"draft {self.draft_max}: {self.accepted}/{self.drafted} accepted ({self.acceptance:.2f}; "
+                f"by position {per})")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -236,10 +277,16 @@ def _pieces(native: Any) -> Iterator[str]:
 
 def _stats(native: Any, seed: int) -> GenerationStats:
     d = native.stats()
+    draft = None
+    if "draft_max" in d:
+        draft = DraftStats(draft_max=int(d["draft_max"]), steps=int(d["draft_steps"]),
+                           drafted=int(d["draft_tokens"]), accepted=int(d["draft_accepted"]),
+                           proposed_by_position=tuple(int(x) for x in d["draft_proposed_by_position"]),
+                           accepted_by_position=tuple(int(x) for x in d["draft_accepted_by_position"]))
     return GenerationStats(
         prompt_tokens=int(d["prompt_tokens"]), prompt_tokens_evaluated=int(d["prompt_tokens_evaluated"]),
         prompt_ms=float(d["prompt_ms"]), generated_tokens=int(d["generated_tokens"]),
-        generation_ms=float(d["generation_ms"]), ttft_ms=float(d["ttft_ms"]), seed=seed,
+        generation_ms=float(d["generation_ms"]), ttft_ms=float(d["ttft_ms"]), seed=seed, draft=draft,
     )
 
 
@@ -268,22 +315,24 @@ def check_max_tokens(max_tokens: int | None) -> int:
 
 def start(context: Context, prompt: list[int], *, max_tokens: int | None, sampling: SamplingParams,
           stop: str | Sequence[str] | None, render_special: bool = True,
-          constraint: Any = None) -> tuple[Any, int]:
+          constraint: Any = None, draft: int = 0) -> tuple[Any, int]:
     """Create the native generation (validated) on ``context``; returns it and the seed used.
 
     ``constraint``: a grammar and/or reasoning budget (see :mod:`step35.constraints`).
+    ``draft``: MTP draft length (0: off; see :func:`step35.mtp.check_draft`).
     """
     native_sampling, seed = sampling._native(context._core)
     native_sampling.constraint = constraint
     native = context._core.Generation(context._handle, prompt, check_max_tokens(max_tokens), native_sampling,
-                                      check_stop(stop), render_special)
+                                      check_stop(stop), render_special, draft)
     return native, seed
 
 
 def run(context: Context, prompt: list[int], *, stream: bool, max_tokens: int | None, sampling: SamplingParams,
-        stop: str | Sequence[str] | None, constraint: Any = None) -> Completion | CompletionStream:
+        stop: str | Sequence[str] | None, constraint: Any = None, draft: int = 0) -> Completion | CompletionStream:
     """Generate from ``prompt`` token ids on ``context``, streaming or not."""
-    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop, constraint=constraint)
+    native, seed = start(context, prompt, max_tokens=max_tokens, sampling=sampling, stop=stop, constraint=constraint,
+                         draft=draft)
     return result(native, seed, stream=stream, owner=context)
 
 

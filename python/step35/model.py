@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .context import Context, ContextParams
     from .engine import Engine
     from .generation import Completion, CompletionStream
+    from .mtp import MTPOption
 
 __all__ = ["Model", "model_files"]
 
@@ -77,10 +78,16 @@ class Model:
             bytes, llama.cpp's compute buffers, on this machine's RAM/GPUs) and
             refuse with the plan, and what would fit, instead of running out of
             memory. ``False`` (or ``STEP35_NO_FIT_CHECK=1``) skips it.
+        mtp: multi-token prediction heads for :meth:`generate` / :meth:`chat`
+            (``draft=``): ``False`` (default) none; ``True`` the file's own heads,
+            or an ``mtp-<file name>`` sidecar beside it (an error when there is
+            neither); ``"auto"`` the same when available; or the path of an
+            ``mtp-*.gguf`` sidecar. See :mod:`step35.mtp`.
 
     Raises:
         FileNotFoundError: the file, or part of a split set, is missing.
-        InvalidModelError: not a GGUF file, corrupt, or an unsupported early-fork GGUF.
+        InvalidModelError: not a GGUF file, corrupt, or an unsupported early-fork GGUF; or
+            ``mtp`` asks for heads the file does not have, or names a sidecar of another model.
         MemoryFitError: the model and its default context would not fit (see ``check_memory``).
         ModelLoadError: llama.cpp refused the model (its reason is in the message).
         RPCError: an RPC worker cannot be reached, speaks another protocol version, or failed while loading.
@@ -102,6 +109,7 @@ class Model:
         tensor_split: Sequence[float] | None = None,
         context: ContextParams | dict[str, Any] | None = None,
         check_memory: bool = True,
+        mtp: MTPOption = False,
     ) -> None:
         self.files: list[Path] = model_files(path)
         """Every file of the model (one, or each part of a split set)."""
@@ -109,6 +117,11 @@ class Model:
         """The file llama.cpp opens (the first part of a split set)."""
         self._header = read_header(self.path)
         check_model_header(self._header, self.path)
+        from .mtp import resolve
+
+        load_mtp, sidecar = resolve(self.path, self._header, mtp) if not vocab_only else (False, None)
+        self.mtp_path: Path | None = sidecar
+        """The ``mtp-*.gguf`` sidecar whose MTP heads draft for this model (None: none, or its own)."""
         _check_int("n_gpu_layers", n_gpu_layers, -1, "-1 = all layers, 0 = none, N = the first N")
         _check_int("main_gpu", main_gpu, 0, "an index into the GPUs used")
         from ._backends import check_tensor_split
@@ -129,9 +142,12 @@ class Model:
             from .fit import check_context
 
             check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
-                          devices=device_list, tensor_split=split, rpc=self._rpc)
+                          devices=device_list, tensor_split=split, rpc=self._rpc,
+                          mtp=sidecar or load_mtp)
         from ._backends import core
 
+        place = dict(n_gpu_layers=n_gpu_layers, use_mmap=bool(use_mmap), use_mlock=bool(use_mlock),
+                     main_gpu=int(main_gpu), devices=device_list, tensor_split=split, rpc=self._rpc)
         self._handle = core().load_model(
             str(self.path),
             n_gpu_layers=n_gpu_layers,
@@ -144,7 +160,17 @@ class Model:
             devices=device_list,
             tensor_split=split,
             rpc=self._rpc,
+            load_mtp=load_mtp,
         )
+        if sidecar is not None:
+            heads = core().load_model(str(sidecar), load_mtp=True, **place)  # type: ignore[arg-type]
+            try:
+                self._handle.set_heads(heads)
+            except BaseException:
+                self._handle.close()
+                raise
+            finally:
+                heads.close()  # the model keeps its own reference to the heads
 
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:
@@ -210,6 +236,11 @@ class Model:
     def n_layer(self) -> int:
         """Number of transformer blocks (excluding MTP/next-token layers)."""
         return int(self._handle.n_layer)
+
+    @property
+    def mtp_heads(self) -> int:
+        """MTP heads loaded for drafting (0: none; see ``Model(mtp=...)`` and :mod:`step35.mtp`)."""
+        return int(self._native_handle().n_heads)
 
     @property
     def n_expert(self) -> int:
@@ -358,6 +389,7 @@ class Model:
         grammar: str | None = None,
         reasoning_budget: int | None = None,
         context: Context | None = None,
+        draft: int | None = None,
     ) -> Completion | CompletionStream | list[Completion]:
         """Continue ``prompt`` (text or token ids).
 
@@ -389,6 +421,10 @@ class Model:
                 the prompt or the output) before ``</think>`` is forced; 0 closes
                 reasoning at once, -1 or None leaves it unlimited.
             context: run on this context instead of the model's default one.
+            draft: multi-token prediction: tokens the MTP heads draft per step
+                (1 to 3; 0 off; None: 1 when the model was loaded with heads,
+                else 0). The output is the same as without; the stats say how
+                many drafts were kept (``stats.draft``). See :mod:`step35.mtp`.
 
         Example::
 
@@ -409,22 +445,38 @@ class Model:
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(prompt, (str, bytes, list, tuple)):
-            self._batch_only(stream, context)
+            self._batch_only(stream, context, draft)
             with self._batch_engine(len(prompt)) as engine:  # type: ignore[arg-type]
                 return engine.generate_many(prompt, max_tokens, add_special=add_special,  # type: ignore[arg-type]
                                             parse_special=parse_special, stop=stop, grammar=grammar,
                                             reasoning_budget=reasoning_budget, **dataclasses.asdict(sampling))
+        n_draft = self._draft(draft, context)
         ids = self._prompt_tokens(prompt, add_special, parse_special)
         constraint = for_generate(self, ids, grammar, reasoning_budget)
         ctx = context if context is not None else self.context
         return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                   constraint=constraint)
+                   constraint=constraint, draft=n_draft)
 
-    def _batch_only(self, stream: bool, context: Context | None) -> None:
+    def _draft(self, draft: int | None, context: Context | None) -> int:
+        """The MTP draft length for a call on ``context`` (validated; see :func:`step35.mtp.check_draft`)."""
+        from .mtp import check_draft
+
+        heads = self.mtp_heads
+        if context is not None and not context._handle.has_drafter:
+            if draft:
+                raise ValueError(f"draft={draft}: this context cannot draft (it has {context.params.n_seq_max} "
+                                 "sequences, or the model has no MTP heads); use the model's default context")
+            heads = 0
+        return check_draft(draft, min(heads, 3))
+
+    def _batch_only(self, stream: bool, context: Context | None, draft: int | None = None) -> None:
         if stream:
             raise ValueError("stream=True takes one prompt; to stream many at once use step35.Engine")
         if context is not None:
             raise ValueError("context= takes one prompt; a list of prompts runs on an engine of its own")
+        if draft:
+            raise ValueError("draft= (MTP) drafts for one prompt at a time; a list of prompts runs on an engine, "
+                             "which does not draft")
 
     def _batch_engine(self, n: int) -> Engine:
         """An engine with one slot per request (each gets the model's default context size)."""
@@ -490,6 +542,7 @@ class Model:
         parallel_tool_calls: bool = True,
         context: Context | None = None,
         template_kwargs: Mapping[str, Any] | None = None,
+        draft: int | None = None,
     ) -> dict[str, Any] | ChatStream | list[dict[str, Any]]:
         """An OpenAI-style chat completion.
 
@@ -535,6 +588,7 @@ class Model:
                 ``bos_token``, ``eos_token``) are refused. Any other keyword
                 argument of ``chat`` is a ``TypeError``, so a misspelt setting
                 (``temprature=0``) cannot pass silently.
+            draft: multi-token prediction draft length, as in :meth:`generate`.
 
         Example::
 
@@ -556,12 +610,13 @@ class Model:
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(messages, (list, tuple)):
-            self._batch_only(stream, context)
+            self._batch_only(stream, context, draft)
             with self._batch_engine(len(messages)) as engine:
                 return engine.chat_many(messages, tools, tool_choice, max_tokens=max_tokens,  # type: ignore[return-value,arg-type]
                                         stop=stop, template_kwargs=template_kwargs, response_format=response_format,
                                         reasoning_budget=reasoning_budget, parallel_tool_calls=parallel_tool_calls,
                                         **dataclasses.asdict(sampling))
+        n_draft = self._draft(draft, context)
         chosen = select_tools(tools, tool_choice)
         prompt, add_bos = self._render_chat(messages, chosen, template_kwargs)
         constraint = for_chat(self, prompt, chosen, tool_choice, response_format, reasoning_budget,
@@ -571,10 +626,10 @@ class Model:
         name = self.path.name
         if stream:
             completion = run(ctx, ids, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                             constraint=constraint)
+                             constraint=constraint, draft=n_draft)
             return ChatStream(completion, chosen, name)  # type: ignore[arg-type]
         return complete(ctx, ids, chosen, model_name=name, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                        constraint=constraint)
+                        constraint=constraint, draft=n_draft)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, quant: str | None = None, *, include: str | list[str] | None = None,

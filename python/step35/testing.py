@@ -15,7 +15,12 @@ StepFun's Step 3.5 Flash as llama.cpp's ``step35`` loader and graph see it:
 * partial RoPE: llama.cpp halves the rotary dimension of full-attention layers
   (factor 0.5) and rotates the whole head on sliding layers (factor 1.0), with a
   separate ``rope.freq_base_swa``; optionally llama3-style ``rope_freqs``;
-* optional MTP/NextN blocks appended after the trunk;
+* optional MTP/NextN blocks appended after the trunk, also as a separate
+  ``mtp-*.gguf`` sidecar (:func:`mtp_sidecar_paths`);
+* optionally a "token map" trunk, whose next token depends only on the current
+  one (attention and FFN outputs zero, the output head a permutation of the
+  vocabulary), with MTP heads that agree with it (drafts accepted) or that
+  predict a different token (drafts rejected);
 * a real byte-level BPE tokenizer (GPT-2's, read offline from
   ``ggml-vocab-gpt-2.gguf``) extended with the Step 3.5 chat/control tokens, and the
   Step 3.5 chat template.
@@ -76,6 +81,8 @@ __all__ = [
     "vocab_path",
     "write_fork_era_model",
     "write_header_only_model",
+    "token_map",
+    "mtp_sidecar_paths",
     "STEP35_FLASH",
     "FLASH_N_VOCAB",
     "HEADER_RECIPES",
@@ -180,6 +187,13 @@ class ModelSpec:
     dtype: str = "f16"  #: weight matrices: "f16" or "f32" (norms, router, biases stay F32)
     embd_dtype: str = "f16"  #: token_embd / output / MTP head: "f16", "f32" or "q8_0"
     logit_scale: float = 4.0  #: std of the logits at init (output weight scale)
+    trunk: str = "random"
+    """``"random"``, or ``"token_map"``: every block adds zero to the residual stream and the output
+    head maps token t to :func:`token_map` (t) with logit ``map_logit`` (others lower by their cosine)."""
+    mtp_heads: str = "random"
+    """MTP heads: ``"random"``, ``"agree"`` (each predicts the token map of its input token, as the trunk
+    does: drafts are accepted) or ``"disagree"`` (the map applied twice: drafts are rejected)."""
+    map_logit: float = 40.0  #: the top logit of the token map (lower: a flatter next-token distribution)
 
     def __post_init__(self) -> None:
         n = self.n_layer_all
@@ -197,6 +211,10 @@ class ModelSpec:
             raise ValueError(f"unsupported dtype {self.dtype!r} / {self.embd_dtype!r}")
         if self.embd_dtype == "q8_0" and self.n_embd % 32:
             raise ValueError("q8_0 embeddings need n_embd % 32 == 0")
+        if self.trunk not in ("random", "token_map") or self.mtp_heads not in ("random", "agree", "disagree"):
+            raise ValueError(f"unknown trunk {self.trunk!r} / mtp_heads {self.mtp_heads!r}")
+        if self.mtp_heads != "random" and self.trunk != "token_map":
+            raise ValueError("MTP heads that agree or disagree need trunk='token_map'")
 
     @property
     def n_layer_all(self) -> int:
@@ -235,6 +253,18 @@ def _clamps(n: int, active: dict[int, float]) -> tuple[float, ...]:
     return tuple(float(active.get(i, 0.0)) for i in range(n))
 
 
+def with_mtp(spec: ModelSpec, heads: str = "agree", *, n_nextn: int = 3, trunk: str | None = None,
+             name: str | None = None, **changes: Any) -> ModelSpec:
+    """``spec`` with ``n_nextn`` MTP blocks of kind ``heads`` ("random", "agree", "disagree"); agreeing or
+    disagreeing heads make the trunk a token map. The blocks' clamps are off."""
+    trunk = trunk or ("random" if heads == "random" else "token_map")
+    n = spec.n_layer
+    return dataclasses.replace(
+        spec, name=name or f"{spec.name}-mtp-{heads}", n_nextn=n_nextn, trunk=trunk, mtp_heads=heads,
+        swiglu_clamp_exp=spec.swiglu_clamp_exp[:n] + (0.0,) * n_nextn,
+        swiglu_clamp_shexp=spec.swiglu_clamp_shexp[:n] + (0.0,) * n_nextn, **changes)
+
+
 #: Named sizes. ``tiny`` is for unit tests (< 10 MB), ``small`` a little bigger
 #: (more layers, two leading dense layers, llama3 rope factors), ``mid`` a
 #: ~370M-parameter F16 model for benchmarks (to be quantized by llama.cpp).
@@ -269,6 +299,13 @@ SIZES: dict[str, ModelSpec] = {
         embd_dtype="f16",
     ),
 }
+
+
+# With three MTP heads: agreeing with a token-map trunk (drafts accepted), and
+# random (drafts rejected) on the random trunk.
+SIZES["tiny-mtp"] = with_mtp(SIZES["tiny"], "agree", name="tiny-mtp")
+SIZES["tiny-mtp-random"] = with_mtp(SIZES["tiny"], "random", name="tiny-mtp-random")
+SIZES["mid-mtp"] = with_mtp(SIZES["mid"], "agree", name="mid-mtp")
 
 
 def resolve_spec(size: str | ModelSpec) -> ModelSpec:
@@ -464,6 +501,9 @@ def _tensor_plan(spec: ModelSpec, n_vocab: int) -> list[TensorSpec]:
     for i in range(spec.n_layer_all):
         p = f"blk.{i}."
         H, HKV = spec.n_head(i), spec.n_head_kv(i)
+        mapped = spec.trunk == "token_map" if i < spec.n_layer else spec.mtp_heads != "random"
+        # a mapped block adds exactly zero to the residual stream
+        out = lambda fan_in: ("zeros", 1.0) if mapped else ("normal", isq(fan_in))  # noqa: E731
         t += [
             TensorSpec(p + "attn_norm.weight", (E,), "f32", "norm"),
             TensorSpec(p + "attn_q.weight", (E, H * D), W, "normal", isq(E)),
@@ -472,7 +512,7 @@ def _tensor_plan(spec: ModelSpec, n_vocab: int) -> list[TensorSpec]:
             TensorSpec(p + "attn_q_norm.weight", (D,), "f32", "norm"),
             TensorSpec(p + "attn_k_norm.weight", (D,), "f32", "norm"),
             TensorSpec(p + "attn_gate.weight", (E, H), W, "normal", 2.0 * isq(E)),
-            TensorSpec(p + "attn_output.weight", (H * D, E), W, "normal", isq(H * D)),
+            TensorSpec(p + "attn_output.weight", (H * D, E), W, *out(H * D)),
             TensorSpec(p + "ffn_norm.weight", (E,), "f32", "norm"),
         ]
         if not spec.is_moe(i):
@@ -480,7 +520,7 @@ def _tensor_plan(spec: ModelSpec, n_vocab: int) -> list[TensorSpec]:
             t += [
                 TensorSpec(p + "ffn_gate.weight", (E, F), W, "normal", isq(E)),
                 TensorSpec(p + "ffn_up.weight", (E, F), W, "normal", isq(E)),
-                TensorSpec(p + "ffn_down.weight", (F, E), W, "normal", isq(F)),
+                TensorSpec(p + "ffn_down.weight", (F, E), W, *out(F)),
             ]
         else:
             X, FE, FS = spec.n_expert, spec.n_ff_exp, spec.n_ff_shexp
@@ -489,24 +529,81 @@ def _tensor_plan(spec: ModelSpec, n_vocab: int) -> list[TensorSpec]:
                 TensorSpec(p + "exp_probs_b.bias", (X,), "f32", "normal", 0.1),
                 TensorSpec(p + "ffn_gate_exps.weight", (E, FE, X), W, "normal", isq(E)),
                 TensorSpec(p + "ffn_up_exps.weight", (E, FE, X), W, "normal", isq(E)),
-                TensorSpec(p + "ffn_down_exps.weight", (FE, E, X), W, "normal", isq(FE)),
+                TensorSpec(p + "ffn_down_exps.weight", (FE, E, X), W, *out(FE)),
                 TensorSpec(p + "ffn_gate_shexp.weight", (E, FS), W, "normal", isq(E)),
                 TensorSpec(p + "ffn_up_shexp.weight", (E, FS), W, "normal", isq(E)),
-                TensorSpec(p + "ffn_down_shexp.weight", (FS, E), W, "normal", isq(FS)),
+                TensorSpec(p + "ffn_down_shexp.weight", (FS, E), W, *out(FS)),
             ]
         if i >= spec.n_layer:  # MTP / NextN block
-            t += [
-                TensorSpec(p + "nextn.eh_proj.weight", (2 * E, E), W, "normal", isq(2 * E)),
-                TensorSpec(p + "nextn.enorm.weight", (E,), "f32", "norm"),
-                TensorSpec(p + "nextn.hnorm.weight", (E,), "f32", "norm"),
-                TensorSpec(p + "nextn.shared_head_norm.weight", (E,), "f32", "norm"),
-                TensorSpec(p + "nextn.shared_head_head.weight", (E, n_vocab), spec.embd_dtype, "normal", out_scale),
-            ]
-    t += [
-        TensorSpec("output_norm.weight", (E,), "f32", "norm"),
-        TensorSpec("output.weight", (E, n_vocab), spec.embd_dtype, "normal", out_scale),
-    ]
+            if mapped:  # eh_proj passes the token's embedding through; the head is the token map (again)
+                k = 1 if spec.mtp_heads == "agree" else 2
+                t += [
+                    TensorSpec(p + "nextn.eh_proj.weight", (2 * E, E), W, "eye_first"),
+                    TensorSpec(p + "nextn.enorm.weight", (E,), "f32", "ones"),
+                    TensorSpec(p + "nextn.hnorm.weight", (E,), "f32", "ones"),
+                    TensorSpec(p + "nextn.shared_head_norm.weight", (E,), "f32", "ones"),
+                    TensorSpec(p + "nextn.shared_head_head.weight", (E, n_vocab), spec.embd_dtype, f"map{k}"),
+                ]
+            else:
+                t += [
+                    TensorSpec(p + "nextn.eh_proj.weight", (2 * E, E), W, "normal", isq(2 * E)),
+                    TensorSpec(p + "nextn.enorm.weight", (E,), "f32", "norm"),
+                    TensorSpec(p + "nextn.hnorm.weight", (E,), "f32", "norm"),
+                    TensorSpec(p + "nextn.shared_head_norm.weight", (E,), "f32", "norm"),
+                    TensorSpec(p + "nextn.shared_head_head.weight", (E, n_vocab), spec.embd_dtype, "normal",
+                               out_scale),
+                ]
+    if spec.trunk == "token_map":
+        t += [
+            TensorSpec("output_norm.weight", (E,), "f32", "ones"),
+            TensorSpec("output.weight", (E, n_vocab), spec.embd_dtype, "map1"),
+        ]
+    else:
+        t += [
+            TensorSpec("output_norm.weight", (E,), "f32", "norm"),
+            TensorSpec("output.weight", (E, n_vocab), spec.embd_dtype, "normal", out_scale),
+        ]
     return t
+
+
+def token_map(token: int, times: int = 1) -> int:
+    """The next token of a ``trunk="token_map"`` model: ordinary tokens shift by one (the last wraps to
+    the first), special and control tokens map to themselves; ``times`` applies the map repeatedly."""
+    n = _n_ordinary()
+    return (token + times) % n if 0 <= token < n else token
+
+
+def _n_ordinary() -> int:
+    # the tokenizer's ordinary tokens come first (GPT-2's), then the special/control ones
+    tt = _vocab().token_type
+    n = tt.index(next(x for x in tt if x != 1)) if any(x != 1 for x in tt) else len(tt)
+    return n
+
+
+def _dequantized(ts: TensorSpec, spec: ModelSpec, seed: int) -> np.ndarray:
+    """The values llama.cpp reads for a "normal" tensor (rows: the last ggml dimension)."""
+    raw = np.frombuffer(_tensor_bytes(ts, spec, seed), dtype=np.uint8)
+    if ts.dtype == "f32":
+        x = raw.view("<f4").astype(np.float32)
+    elif ts.dtype == "f16":
+        x = raw.view("<f2").astype(np.float32)
+    else:
+        blocks = raw.reshape(-1, 34)
+        d = blocks[:, :2].copy().view("<f2").astype(np.float32)
+        x = (blocks[:, 2:].view(np.int8).astype(np.float32) * d).reshape(-1)
+    return x.reshape(tuple(reversed(ts.shape)))
+
+
+def _map_rows(spec: ModelSpec, seed: int, times: int, n_vocab: int) -> np.ndarray:
+    # row j = map_logit/sqrt(E) * unit(embedding of the token that maps to j): with a unit-gain
+    # RMS norm in front (|x| = sqrt(E)), logit j = map_logit * cos(emb[x], emb[map^-1(j)])
+    emb = _dequantized(TensorSpec("token_embd.weight", (spec.n_embd, n_vocab), spec.embd_dtype, "normal"),
+                       spec, seed)
+    unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
+    n = _n_ordinary()
+    src = np.arange(n_vocab)
+    src[:n] = (np.arange(n) - times) % n  # j = map(src[j])
+    return (unit[src] * np.float32(spec.map_logit / math.sqrt(spec.n_embd))).astype(np.float32)
 
 
 def expected_tensors(size: str | ModelSpec = "tiny") -> list[TensorSpec]:
@@ -552,6 +649,12 @@ def _tensor_bytes(ts: TensorSpec, spec: ModelSpec, seed: int) -> bytes:
     shape_np = tuple(reversed(ts.shape))  # numpy is row-major: slowest dim first
     if ts.init == "rope_freqs":
         data = _rope_llama3_factors(spec)
+    elif ts.init in ("zeros", "ones"):
+        data = np.full(shape_np, 0.0 if ts.init == "zeros" else 1.0, dtype=np.float32)
+    elif ts.init == "eye_first":  # (out E, in 2E): [I | 0]
+        data = np.eye(shape_np[0], shape_np[1], dtype=np.float32)
+    elif ts.init.startswith("map"):
+        data = _map_rows(spec, seed, int(ts.init[3:]), shape_np[0])
     else:
         # one independent stream per tensor: values do not depend on tensor order
         ss = np.random.SeedSequence([seed, zlib.crc32(ts.name.encode("utf-8"))])
@@ -661,6 +764,25 @@ def build_model(
     plan = _tensor_plan(spec, len(_vocab().tokens))
     kvs = _metadata(spec, seed, legacy_fork_keys)
     return _write_set(path, kvs, plan, n_split, lambda ts: _tensor_bytes(ts, spec, seed))
+
+
+def trunk_spec(spec: ModelSpec) -> ModelSpec:
+    """``spec`` without its MTP blocks (what llama.cpp's converter writes with ``--no-mtp``)."""
+    n = spec.n_layer
+    return dataclasses.replace(spec, n_nextn=0, swiglu_clamp_exp=spec.swiglu_clamp_exp[:n],
+                               swiglu_clamp_shexp=spec.swiglu_clamp_shexp[:n], mtp_heads="random")
+
+
+def build_mtp_sidecar(path: str | os.PathLike[str], size: str | ModelSpec, *, seed: int = 0) -> pathlib.Path:
+    """Write the MTP heads of ``size`` alone, as llama.cpp's converter does with ``--mtp``: the whole
+    model's metadata, ``token_embd``, the MTP blocks, ``output_norm`` and ``output``."""
+    spec = resolve_spec(size)
+    if not spec.n_nextn:
+        raise ValueError(f"{spec.name} has no MTP blocks (n_nextn=0)")
+    plan = [t for t in _tensor_plan(spec, len(_vocab().tokens))
+            if not t.name.startswith("blk.") or int(t.name.split(".")[1]) >= spec.n_layer]
+    kvs = _metadata(spec, seed, False)
+    return _write_set(path, kvs, plan, 1, lambda ts: _tensor_bytes(ts, spec, seed))[0]
 
 
 def _write_set(path: str | os.PathLike[str], kvs: list[_KV], plan: list[TensorSpec], n_split: int,
@@ -811,6 +933,19 @@ def _cache_key(spec: ModelSpec, seed: int, n_split: int, legacy_fork_keys: bool)
         sort_keys=True,
     )
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
+
+
+def mtp_sidecar_paths(size: str | ModelSpec = "tiny-mtp", seed: int = 0) -> tuple[pathlib.Path, pathlib.Path]:
+    """A cached trunk-only model and the ``mtp-*.gguf`` sidecar with its heads (the two files llama.cpp's
+    converter writes with ``--no-mtp`` and ``--mtp``), built on first use, side by side."""
+    spec = resolve_spec(size)
+    trunk = model_path(trunk_spec(spec), seed)
+    sidecar = trunk.with_name("mtp-" + trunk.name)
+    if not sidecar.is_file():
+        tmp = trunk.with_name(f".{sidecar.name}.{os.getpid()}.build")
+        build_mtp_sidecar(tmp, spec, seed=seed)
+        os.replace(tmp, sidecar)
+    return trunk, sidecar
 
 
 def model_path(size: str | ModelSpec = "tiny", seed: int = 0, *, n_split: int = 1,

@@ -1,0 +1,94 @@
+// The MTP drafter: a draft context of type MTP plus llama-common's speculative
+// driver, set up as llama-server sets it up for `--spec-type draft-mtp`.
+#include "mtp.h"
+
+#include <algorithm>
+
+#include "common.h"
+#include "errors.h"
+#include "log.h"
+#include "speculative.h"
+
+namespace step35 {
+
+Drafter::Drafter(std::shared_ptr<llama_model> heads, llama_context * target, int flash_attn,
+                 bool (*abort)(void *), void * abort_data)
+    : heads_(std::move(heads)), target_(target) {
+    const int n_heads = llama_model_n_layer_nextn(heads_.get());
+    if (n_heads <= 0) throw Error(ErrorKind::ContextError, "the model has no MTP heads loaded");
+    llama_context_params p = llama_context_default_params();
+    p.ctx_type = LLAMA_CONTEXT_TYPE_MTP;
+    p.ctx_other = target;
+    p.n_ctx = llama_n_ctx(target);
+    p.n_batch = llama_n_batch(target);
+    p.n_ubatch = llama_n_ubatch(target);
+    p.n_seq_max = 1;
+    p.n_rs_seq = 0;
+    p.n_outputs_max = 1;
+    p.n_outputs_max_per_seq = 1;
+    p.n_threads = llama_n_threads(target);
+    p.n_threads_batch = llama_n_threads_batch(target);
+    p.flash_attn_type = (llama_flash_attn_type) flash_attn;  // as the target's; the cache stays F16 (llama.cpp's draft default)
+    p.no_perf = true;
+    p.abort_callback = abort;
+    p.abort_callback_data = abort_data;
+    ctx_ = llama_init_from_model(heads_.get(), p);
+    if (!ctx_) throw Error(ErrorKind::ContextError, "llama.cpp could not create the MTP draft context");
+
+    common_params_speculative sp;
+    sp.types = {COMMON_SPECULATIVE_TYPE_DRAFT_MTP};
+    sp.draft.ctx_tgt = target;
+    sp.draft.ctx_dft = ctx_;
+    sp.draft.n_max = std::min(n_heads, 3);
+    sp.draft.n_min = 0;
+    sp.draft.p_min = 0.0f;
+    spec_ = common_speculative_init(sp, 1);
+    if (!spec_) {
+        llama_free(ctx_);
+        ctx_ = nullptr;
+        throw Error(ErrorKind::ContextError, "llama.cpp could not set up MTP drafting");
+    }
+    n_max_ = common_speculative_n_max(spec_);
+    batch_ = std::make_unique<common_batch>(target);
+}
+
+Drafter::~Drafter() {
+    batch_.reset();
+    if (spec_) common_speculative_free(spec_);
+    if (ctx_) llama_free(ctx_);
+}
+
+bool Drafter::process(const llama_token * tokens, size_t n, llama_pos pos0) {
+    batch_->clear();
+    for (size_t i = 0; i < n; ++i) batch_->add(tokens[i], pos0 + (llama_pos) i, 0, false);
+    return common_speculative_process(spec_, *batch_);
+}
+
+void Drafter::draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
+                    std::vector<llama_token> & out) {
+    out.clear();
+    if (n <= 0) return;
+    auto & dp = common_speculative_get_draft_params(spec_, 0);
+    dp.drafting = true;
+    dp.n_max = std::min(n, n_max_);
+    dp.pos0 = pos0;
+    dp.id_last = last;
+    dp.prompt = &history;
+    dp.result = &out;
+    common_speculative_draft(spec_);
+    dp.drafting = false;
+    dp.result = nullptr;
+    dp.prompt = nullptr;
+    // the draft steps wrote the drafted positions into the heads' cache
+    llama_memory_seq_rm(llama_get_memory(ctx_), 0, pos0, -1);
+    if ((int) out.size() > n) out.resize((size_t) n);
+}
+
+void Drafter::accept(int n) { common_speculative_accept(spec_, 0, (uint16_t) n); }
+
+void Drafter::remove_from(llama_pos pos) {
+    if (pos <= 0) llama_memory_clear(llama_get_memory(ctx_), true);
+    else llama_memory_seq_rm(llama_get_memory(ctx_), 0, pos, -1);
+}
+
+}  // namespace step35

@@ -1,0 +1,68 @@
+// Multi-token prediction (MTP): drafting with Step 3.5's own NextN heads.
+//
+// A Drafter owns the draft context (a llama.cpp context of type MTP over the
+// model whose heads it runs: the target model itself, or a sidecar file that
+// holds only the heads) and llama-common's speculative driver
+// (common_speculative_*, "draft-mtp", one head per draft position as
+// llama-server runs Step 3.5). It follows one sequence (seq 0) of its target
+// context: every batch decoded into the target while it is tracking is handed
+// to process(), which builds the heads' own KV cache from the target's hidden
+// states. Verification (sampling the target at every drafted position and
+// keeping the drafts up to the first mismatch) is the caller's: generate.cpp.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "llama.h"
+
+struct common_speculative;
+struct common_batch;
+
+namespace step35 {
+
+class Drafter {
+public:
+    // `heads`: the model holding the NextN blocks (loaded with load_mtp);
+    // `target`: the context whose sequence 0 is drafted for. The draft context
+    // has the target's size, batch sizes, threads and attention settings.
+    // Throws step35 Error (ContextError) when llama.cpp refuses either part.
+    Drafter(std::shared_ptr<llama_model> heads, llama_context * target, int flash_attn, bool (*abort)(void *),
+            void * abort_data);
+    ~Drafter();
+    Drafter(const Drafter &) = delete;
+    Drafter & operator=(const Drafter &) = delete;
+
+    llama_context * context() const { return ctx_; }
+    const llama_model * heads_model() const { return heads_.get(); }
+    // Most tokens one draft can hold (the number of heads, at most 3).
+    int n_max() const { return n_max_; }
+
+    // Tokens [pos0, pos0+n) of sequence 0 were just decoded into the target
+    // (one llama_decode): run them through the heads. False on failure.
+    bool process(const llama_token * tokens, size_t n, llama_pos pos0);
+    // Draft up to `n` tokens following `last` (the sampled token not yet in the
+    // target, at position `pos0`); `history` holds the target's tokens before it.
+    void draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
+               std::vector<llama_token> & out);
+    // `n` drafted tokens were accepted by the target after the last draft.
+    void accept(int n);
+    // Drop the heads' cache from position `pos` on (all of it for 0).
+    void remove_from(llama_pos pos);
+
+    // Whether the heads' cache follows the target's sequence 0 (false after a
+    // decode into the target that bypassed process()).
+    bool synced = false;
+    // Whether decodes into the target are handed to process() now.
+    bool tracking = false;
+
+private:
+    std::shared_ptr<llama_model> heads_;
+    llama_context * target_ = nullptr;
+    llama_context * ctx_ = nullptr;
+    common_speculative * spec_ = nullptr;
+    std::unique_ptr<common_batch> batch_;
+    int n_max_ = 0;
+};
+
+}  // namespace step35
