@@ -9,6 +9,14 @@
 // to process(), which builds the heads' own KV cache from the target's hidden
 // states. Verification (sampling the target at every drafted position and
 // keeping the drafts up to the first mismatch) is the caller's: generate.cpp.
+//
+// For the batching engine the same driver serves several sequences: made with
+// n_seq = slots (common_speculative_init(params, n_seq)), fed every engine
+// batch through process() (a batch lists each sequence's tokens contiguously,
+// as the driver requires), each drafting slot's params (pos0, id_last, n_max)
+// set before the step so that its verification rows join the step's batch.
+// Today a Drafter follows sequence 0 of a one-sequence context; engine
+// contexts are made without one.
 #pragma once
 
 #include <memory>

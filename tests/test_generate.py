@@ -504,9 +504,9 @@ def test_invalid_parameters_name_themselves(model, call, kwargs, name) -> None:
 _CHAT_CONSTRAINTS = ["response_format", "reasoning_budget", "parallel_tool_calls"]
 NOT_SAMPLING = {
     "Model.generate": ["prompt", "max_tokens", "stop", "stream", "add_special", "parse_special", "grammar",
-                       "reasoning_budget", "context"],
+                       "reasoning_budget", "context", "draft"],
     "Model.chat": ["messages", "tools", "tool_choice", "stream", "max_tokens", "stop", *_CHAT_CONSTRAINTS, "context",
-                   "template_kwargs"],
+                   "template_kwargs", "draft"],
     "Engine.generate": ["prompt", "max_tokens", "stop", "stream", "add_special", "parse_special", "grammar",
                         "reasoning_budget"],
     "Engine.chat": ["messages", "tools", "tool_choice", "stream", "max_tokens", "stop", *_CHAT_CONSTRAINTS,

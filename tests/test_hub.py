@@ -471,3 +471,37 @@ def test_a_resume_that_fails_falls_back_to_a_full_download(hub, split_bytes, mon
     with pytest.warns(RuntimeWarning, match="could not resume the partial download of .*00002-of-00003.gguf"):
         path = h.download(REPO_ID, "IQ4_XS", progress=False)
     assert (path.parent / IQ4[1]).read_bytes() == split_bytes[1]
+
+
+def test_mtp_sidecar_is_fetched_with_the_model(tmp_path, monkeypatch, tiny_split):
+    """A repo with a trunk-only model and its mtp-*.gguf sidecar (llama.cpp's converter: --no-mtp / --mtp):
+    the sidecar is never taken for a model, is fetched with mtp=True, and drafts for the model."""
+    import huggingface_hub.constants as C
+
+    import step35
+    from step35 import hub as H
+    from step35 import testing
+
+    trunk, sidecar = testing.mtp_sidecar_paths("tiny-mtp")
+    files = {"Q8_0/Step-Tiny-Q8_0.gguf": trunk.read_bytes(), "Q8_0/mtp-Step-Tiny-Q8_0.gguf": sidecar.read_bytes(),
+             "mtp-Step-Tiny-F16.gguf": sidecar.read_bytes()}
+    fh = fake_hub.FakeHub({"test/Step-Tiny-MTP-GGUF": fake_hub.Repo(files)})
+    url = fh.start()
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
+    monkeypatch.setattr(C, "HF_HUB_OFFLINE", False)
+    try:
+        assert H.resolve("test/Step-Tiny-MTP-GGUF") == ["Q8_0/Step-Tiny-Q8_0.gguf"]
+        assert H.resolve("test/Step-Tiny-MTP-GGUF", mtp=True) == ["Q8_0/Step-Tiny-Q8_0.gguf",
+                                                                  "Q8_0/mtp-Step-Tiny-Q8_0.gguf"]
+        with step35.Model.from_pretrained("test/Step-Tiny-MTP-GGUF", mtp=True) as m:
+            assert m.mtp_heads == 3 and m.mtp_path is not None and m.mtp_path.name == "mtp-Step-Tiny-Q8_0.gguf"
+            out = m.generate("hello world", max_tokens=12, temperature=0, draft=3)
+            assert out.stats.draft.acceptance == 1.0
+        with step35.Model.from_pretrained("test/Step-Tiny-MTP-GGUF") as m:  # mtp=False: no sidecar, no heads
+            assert m.mtp_heads == 0
+    finally:
+        fh.stop()

@@ -16,6 +16,7 @@ defaults.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections import Counter
 
@@ -340,3 +341,20 @@ def test_fit_plan_counts_the_draft_context(agree_path):
     trunk, sidecar = testing.mtp_sidecar_paths(_f32("tiny-mtp"))
     side = fit.plan(trunk, n_ctx=1024, mtp=sidecar)
     assert side.mtp > with_mtp.mtp  # the sidecar's weights come on top of its draft context
+
+
+def test_cli(agree_path, capsys):
+    from step35.cli import main
+
+    assert main(["run", "-m", str(agree_path), "--raw", "-p", PROMPT, "-n", "12", "--temp", "0", "--draft", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "draft 2:" in err and "accepted (1.00" in err
+    assert main(["bench", "-m", str(agree_path), "--mtp", "-npp", "8", "-ntg", "16", "--draft", "0,3",
+                 "--output-format", "jsonl"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [r["draft"] for r in rows] == [0, 3]
+    assert rows[1]["acceptance"] == 1.0 and rows[1]["drafted"] > 0 and rows[0]["drafted"] == 0
+    assert main(["fit", "-m", str(agree_path), "-c", "1024", "--mtp"]) == 0
+    assert "MTP" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        main(["run", "-m", str(agree_path), "-p", "x", "--draft", "x"])

@@ -40,7 +40,7 @@ from typing import Any
 from .context import ContextParams
 from .errors import ContextOverflowError
 
-__all__ = ["BenchRow", "run", "markdown", "to_json", "to_csv", "required_kv"]
+__all__ = ["BenchRow", "DraftRow", "run", "run_mtp", "markdown", "mtp_markdown", "to_json", "to_csv", "required_kv"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -233,6 +233,102 @@ def run(
     if not rows:
         raise ContextOverflowError(f"every row needs more than n_ctx={n_ctx} KV cells (the largest needs {need})")
     return rows
+
+
+@dataclasses.dataclass(frozen=True)
+class DraftRow:
+    """One row of the multi-token-prediction benchmark: one sequence generating greedily with a draft length."""
+
+    pp: int
+    tg: int  #: tokens generated
+    draft: int  #: MTP draft length (0: none)
+    t_pp: float  #: prompt time (s)
+    t_tg: float  #: time from the first generated token to the last (s)
+    drafted: int
+    accepted: int
+
+    @property
+    def s_tg(self) -> float:
+        """Generated tokens per second after the first (llama-server's ``predicted_per_second``)."""
+        return (self.tg - 1) / self.t_tg if self.t_tg > 0 and self.tg > 1 else 0.0
+
+    @property
+    def acceptance(self) -> float:
+        """Drafted tokens kept / drafted."""
+        return self.accepted / self.drafted if self.drafted else 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain data, with the derived speed and acceptance."""
+        return {**dataclasses.asdict(self), "speed_tg": self.s_tg, "acceptance": self.acceptance}
+
+
+def run_mtp(
+    model: Any,
+    npp: int | Sequence[int] = (128,),
+    ntg: int | Sequence[int] = (128,),
+    drafts: int | Sequence[int] = (0, 1, 2, 3),
+    *,
+    mtp: Any = True,
+    seed: int = 0,
+    on_row: Callable[[DraftRow], None] | None = None,
+    **context: Any,
+) -> list[DraftRow]:
+    """Greedy generation of one sequence at each MTP draft length: tok/s and acceptance.
+
+    ``model``: a :class:`~step35.Model` loaded with heads, or a path (loaded
+    with ``mtp``). The prompt is ``pp`` random token ids (seeded); each row
+    starts from an empty cache. ``context``: :class:`~step35.ContextParams`
+    fields (``n_ctx`` defaults to what the largest row needs).
+    """
+    import random
+
+    from .model import Model
+
+    pps, tgs = _ints("npp", npp, 1), _ints("ntg", ntg, 2)
+    ds = _ints("draft", drafts, 0)
+    context.setdefault("n_ctx", max(256, max(pps) + max(tgs) + 8))
+    own = not isinstance(model, Model)
+    m = Model(model, mtp=mtp, context=ContextParams(**context)) if own else model
+    rows: list[DraftRow] = []
+    try:
+        rng = random.Random(seed)
+        for pp in pps:
+            prompt = [rng.randrange(m.n_vocab) for _ in range(pp)]
+            for tg in tgs:
+                for d in ds:
+                    m.context.clear()
+                    s = m.generate(prompt, max_tokens=tg, temperature=0, draft=d).stats
+                    first = s.ttft_ms - s.prompt_ms
+                    row = DraftRow(pp=pp, tg=s.generated_tokens, draft=d, t_pp=s.prompt_ms / 1e3,
+                                   t_tg=(s.generation_ms - first) / 1e3, drafted=s.draft.drafted if s.draft else 0,
+                                   accepted=s.draft.accepted if s.draft else 0)
+                    rows.append(row)
+                    if on_row is not None:
+                        on_row(row)
+    finally:
+        if own:
+            m.close()
+    return rows
+
+
+MTP_HEADER = ("PP", "TG", "DRAFT", "T_PP s", "T_TG s", "S_TG t/s", "DRAFTED", "ACCEPTED", "ACCEPT")
+
+
+def mtp_header() -> str:
+    """The header and rule lines of the MTP benchmark table."""
+    return ("|" + " | ".join(f"{h:>8}" for h in MTP_HEADER) + " |\n|"
+            + "|".join("-" * 10 for _ in MTP_HEADER) + "|")
+
+
+def format_mtp_row(r: DraftRow) -> str:
+    """One line of the MTP benchmark table."""
+    return (f"|{r.pp:8d} | {r.tg:8d} | {r.draft:8d} | {r.t_pp:8.3f} | {r.t_tg:8.3f} | {r.s_tg:8.2f} | "
+            f"{r.drafted:8d} | {r.accepted:8d} | {r.acceptance:8.3f} |")
+
+
+def mtp_markdown(rows: Iterable[DraftRow]) -> str:
+    """The rows of :func:`run_mtp` as a markdown table."""
+    return "\n".join([mtp_header(), *(format_mtp_row(r) for r in rows)])
 
 
 HEADER = ("PP", "TG", "B", "N_KV", "T_PP s", "S_PP t/s", "T_TG s", "S_TG t/s", "T s", "S t/s")

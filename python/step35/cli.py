@@ -240,18 +240,38 @@ def _add_rpc_flags(g, split: bool = True) -> None:
                             "e.g. 3,1 (default: by free memory)")
 
 
+def _add_mtp_flags(s: argparse.ArgumentParser, drafts: bool = False) -> None:
+    s.add_argument("--mtp", nargs="?", const=True, default=False, metavar="MTP_GGUF",
+                   help="multi-token prediction: load the MTP heads (the model file's own, or an mtp-<name> "
+                        "sidecar beside it; or this mtp-*.gguf)")
+    if drafts:
+        s.add_argument("--draft", type=_int_list, default=None, metavar="N[,N...]",
+                       help="MTP draft lengths to measure (0-3; default 0,1,2,3); implies --mtp")
+    else:
+        s.add_argument("--draft", type=int, default=None, metavar="N",
+                       help="MTP: tokens drafted per step, 1-3 (0: off; default 1 with --mtp); implies --mtp")
+
+
+def _mtp(args: argparse.Namespace):
+    """The ``mtp=`` of Model for --mtp / --draft."""
+    if args.mtp is False and args.draft:
+        return True
+    return args.mtp
+
+
 def _device_list(value: str) -> list[str]:
     """``-dev`` as llama.cpp takes it: comma-separated names, or ``none``."""
     return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
 
 
 def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None, rpc=None,
-               tensor_split=None) -> tuple[str | None, bool]:
+               tensor_split=None, mtp=False) -> tuple[str | None, bool, Path | None]:
     """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
 
     With context ``params`` the memory plan of a repo is made from its headers
     before the download, so a model that cannot fit is refused before fetching it.
-    Returns the path and whether that plan was made (then loading need not make it again).
+    Returns the path, whether that plan was made (then loading need not make it again), and the
+    repo's MTP sidecar (``mtp-*.gguf``; fetched too when ``mtp`` is True or "auto"), if any.
     """
     from . import hub
 
@@ -263,8 +283,9 @@ def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=N
             check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices, rpc=rpc,
                           tensor_split=tensor_split)
             planned = True
-        return str(hub.download(value)), planned
-    return value, False
+        files = hub.download_files(value, mtp=mtp is True or mtp == "auto")
+        return str(files[0]), planned, hub.mtp_sidecar(files)
+    return value, False, None
 
 
 def _open_model(args: argparse.Namespace):
@@ -272,11 +293,17 @@ def _open_model(args: argparse.Namespace):
 
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
-    path, planned = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device, args.rpc,
-                               args.tensor_split)
+    mtp = _mtp(args)
+    path, planned, side = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device,
+                                     args.rpc, args.tensor_split, mtp)
+    if side is not None:  # a repo with an MTP sidecar: used unless the model file has its own heads
+        from .mtp import file_heads
+
+        if not file_heads(path):
+            mtp = side
     model, _ = _load_with_progress(path or _default_model(), n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    context=params, check_memory=check and not planned, devices=args.device,
-                                   rpc=args.rpc, tensor_split=args.tensor_split)
+                                   rpc=args.rpc, tensor_split=args.tensor_split, mtp=mtp)
     return model
 
 
@@ -329,7 +356,8 @@ class _Printer:
 def cmd_run(args: argparse.Namespace) -> int:
     with _open_model(args) as model:
         if args.raw:
-            stream = model.generate(args.prompt, max_tokens=args.n_predict, stream=True, **_sampling(args))
+            stream = model.generate(args.prompt, max_tokens=args.n_predict, stream=True, draft=args.draft,
+                                    **_sampling(args))
             with stream:
                 for piece in stream:
                     sys.stdout.write(piece)
@@ -340,7 +368,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
         printer = _Printer(show_reasoning=not args.hide_reasoning)
-        chat = model.chat(messages, stream=True, max_tokens=args.n_predict, **_sampling(args))
+        chat = model.chat(messages, stream=True, max_tokens=args.n_predict, draft=args.draft, **_sampling(args))
         with chat:
             reason = None
             for chunk in chat:
@@ -378,7 +406,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 continue
             history.append({"role": "user", "content": line})
             reasoning, content, calls = [], [], {}
-            stream = model.chat(history, stream=True, max_tokens=args.n_predict, **_sampling(args))
+            stream = model.chat(history, stream=True, max_tokens=args.n_predict, draft=args.draft, **_sampling(args))
             try:
                 for chunk in stream:
                     d = chunk["choices"][0]["delta"]
@@ -418,7 +446,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from . import bench
 
     if args.model:
-        path, _ = _model_arg(args.model)
+        wants_mtp = args.mtp is not False or args.draft is not None
+        path, _, side = _model_arg(args.model, mtp=wants_mtp)
+        if side is not None and wants_mtp and args.mtp in (False, True):
+            from .mtp import file_heads
+
+            if not file_heads(path):
+                args.mtp = str(side)
     else:
         from .testing import bench_model_path
 
@@ -430,6 +464,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 **({"tensor_split": ",".join(map(str, args.tensor_split))} if args.tensor_split else {}),
                 "n_threads": args.threads or "default", "type_k": args.cache_type_k, "type_v": args.cache_type_v}
     fmt = args.output_format
+    if args.mtp is not False or args.draft is not None:
+        return _bench_mtp(args, path, settings)
     if fmt == "md":
         print(bench.describe(path, settings))
         print()
@@ -454,6 +490,49 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def _bench_mtp(args: argparse.Namespace, path: str, settings: dict) -> int:
+    """``step35 bench --mtp``: one sequence, greedy, at each draft length (bench.run_mtp)."""
+    from . import bench
+
+    drafts = args.draft if args.draft is not None else [0, 1, 2, 3]
+    fmt = args.output_format
+    if fmt == "md":
+        print(bench.describe(path, {**settings, "mtp": args.mtp if args.mtp is not False else True,
+                                    "drafts": ",".join(map(str, drafts))}))
+        print()
+        print(bench.mtp_header(), flush=True)
+
+    def on_row(row: "bench.DraftRow") -> None:
+        if fmt == "md":
+            print(bench.format_mtp_row(row), flush=True)
+        elif fmt == "jsonl":
+            print(json.dumps(row.as_dict()), flush=True)
+
+    ctx = {k: v for k, v in (("n_ctx", args.ctx_size or None), ("n_batch", args.batch_size),
+                             ("n_ubatch", args.ubatch_size), ("flash_attn", args.flash_attn),
+                             ("type_k", args.cache_type_k), ("type_v", args.cache_type_v),
+                             ("n_threads", args.threads), ("n_threads_batch", args.threads_batch)) if v is not None}
+    model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
+                                   devices=args.device, rpc=args.rpc, tensor_split=args.tensor_split,
+                                   mtp=args.mtp if args.mtp is not False else True,
+                                   context={**ctx, "n_ctx": ctx.get("n_ctx") or max(256, max(args.npp) + max(args.ntg) + 8)})
+    with model:
+        rows = bench.run_mtp(model, args.npp, args.ntg, drafts, on_row=on_row)
+    if fmt == "json":
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0].as_dict()), lineterminator="\n")
+        w.writeheader()
+        for r in rows:
+            w.writerow(r.as_dict())
+        print(buf.getvalue(), end="")
+    return 0
+
+
 def _parse_bytes(value: str) -> int:
     units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30,
              "TI": 1 << 40}
@@ -468,7 +547,18 @@ def _parse_bytes(value: str) -> int:
 def cmd_fit(args: argparse.Namespace) -> int:
     from . import fit
 
-    p = fit.plan(args.model or _default_model(), quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k,
+    model = args.model or _default_model()
+    mtp: bool | Path = False
+    if args.mtp is not False:
+        from .gguf import model_files, read_header
+        from .mtp import resolve
+
+        if not Path(model).exists():
+            raise ValueError("--mtp plans a local file's MTP heads; download the model first (step35 download)")
+        first = model_files(model)[0]
+        own, side = resolve(first, read_header(first), args.mtp)
+        mtp = side or own
+    p = fit.plan(model, quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k, mtp=mtp,
                  type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
                  n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
                  kv_unified=args.kv_unified, flash_attn=args.flash_attn, memory=args.memory,
@@ -503,7 +593,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     # The memory plan covers the engine's context: one KV stream of the per-slot context per slot.
     planned = engine_context(per_slot, slots, n_ctx, args.kv_unified)
     check = not args.no_fit_check
-    path, pre = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
+    path, pre, _ = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
                            args.tensor_split)
     path = path or str(_default_model())
     api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
@@ -591,7 +681,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_load)
 
     s = sub.add_parser("testmodel", help="write a built-in tiny Step 3.5 GGUF (for tests and demos)")
-    s.add_argument("--size", default="tiny", help="tiny, small or mid")
+    s.add_argument("--size", default="tiny", help="tiny, small or mid (tiny-mtp, tiny-mtp-random, mid-mtp: "
+                                                   "with three MTP heads)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--split", type=int, default=1, help="write a split set of N files")
     s.add_argument("-o", "--output", help="directory (default: print the cached model's path)")
@@ -605,6 +696,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hide-reasoning", action="store_true", help="print only the answer")
     _add_context_flags(s)
     _add_sampling_flags(s)
+    _add_mtp_flags(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("chat", help="interactive streaming chat")
@@ -613,6 +705,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--hide-reasoning", action="store_true")
     _add_context_flags(s)
     _add_sampling_flags(s)
+    _add_mtp_flags(s)
     s.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
@@ -627,7 +720,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("bench", help="batched benchmark (llama-batched-bench's table)")
     s.add_argument("-m", "--model", help="GGUF file (default: the built-in Step 3.5 model of --size)")
-    s.add_argument("--size", default="tiny", help="built-in model when there is no -m: tiny, small or mid")
+    s.add_argument("--size", default="tiny", help="built-in model when there is no -m: tiny, small or mid "
+                                                   "(tiny-mtp, mid-mtp: with MTP heads, for --mtp)")
     s.add_argument("--quant", default=None,
                    help="quantization of the built-in model (default: Q4_K_S for mid, none for tiny/small)")
     s.add_argument("-c", "--ctx-size", type=int, default=0, help="KV size (default: what the largest row needs)")
@@ -650,6 +744,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
                    help="memory-map the weights: 1 (default; a bare --mmap, as in llama-batched-bench) or 0")
     s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
+    _add_mtp_flags(s, drafts=True)
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("fit", help="will it fit? memory plan (weights, KV cache, compute) before loading or "
@@ -675,6 +770,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--kv-table", type=_int_list, default=[16384, 65536, 262144],
                    help="context lengths of the KV-cache table (default 16384,65536,262144)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
+    s.add_argument("--mtp", nargs="?", const=True, default=False, metavar="MTP_GGUF",
+                   help="plan the MTP heads too (the file's own, or an mtp-<name> sidecar beside it, or this one) "
+                        "and their draft context")
     s.set_defaults(func=cmd_fit)
 
     s = sub.add_parser("rpc-server", help="serve this machine's devices to other step35 / llama.cpp processes "

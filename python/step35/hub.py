@@ -103,8 +103,31 @@ def _model_key(name: str) -> str:
 
 
 def _is_weights(name: str) -> bool:
+    from .mtp import SIDECAR_PREFIX
+
     base = PurePosixPath(name).name.lower()
-    return base.endswith(".gguf") and not base.startswith(("mmproj", "imatrix"))
+    return base.endswith(".gguf") and not base.startswith(("mmproj", "imatrix", SIDECAR_PREFIX))
+
+
+def _sidecar(names: list[str], model: str, quant: str | None) -> str | None:
+    """The MTP sidecar (``mtp-*.gguf``) of ``model`` in the repo, as llama.cpp's downloader picks it: in
+    the model's folder or one above, the deepest first, then one of the same quant or of the same name."""
+    from .mtp import SIDECAR_PREFIX
+
+    folder = PurePosixPath(model).parent.parts
+    best: tuple[int, int, str] | None = None
+    for n in names:
+        p = PurePosixPath(n)
+        if not (p.name.lower().startswith(SIDECAR_PREFIX) and p.name.lower().endswith(".gguf")):
+            continue
+        if p.parent.parts != folder[:len(p.parent.parts)]:
+            continue
+        fit = (2 if p.name[len(SIDECAR_PREFIX):] == PurePosixPath(model).name else
+               1 if quant and _matches_quant(n, quant) else 0)
+        key = (len(p.parent.parts), fit, n)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
 
 
 @dataclass
@@ -115,7 +138,8 @@ class _Plan:
     meta: dict[str, tuple[int | None, str | None, str | None]] = field(default_factory=dict)  # size, sha256, git sha1
 
 
-def _select(repo_id: str, names: Iterable[str], quant: str | None, include: str | list[str] | None) -> list[str]:
+def _select(repo_id: str, names: Iterable[str], quant: str | None, include: str | list[str] | None,
+            mtp: bool = False) -> list[str]:
     names = sorted(set(names))
     ggufs = [n for n in names if _is_weights(n)]
     patterns = [include] if isinstance(include, str) else list(include or [])
@@ -157,6 +181,10 @@ def _select(repo_id: str, names: Iterable[str], quant: str | None, include: str 
             raise HubError(f"{repo_id} has several quants, pick one with :QUANT or quant=...: {', '.join(quants)}")
         raise HubError(f"{repo_id}: several GGUF models match{' ' + quant if quant else ''} "
                        f"({', '.join(PurePosixPath(m).name for m in models)}); pick one with include=PATTERN")
+    first = next((n for n in out if _is_weights(n)), None)
+    side = _sidecar(names, first, quant) if mtp and first else None
+    if side and side not in out:
+        out.append(side)
     return out
 
 
@@ -206,7 +234,7 @@ def _cached_names(repo_id: str, revision: str | None, cache_dir: str | None) -> 
     return commit, [p.relative_to(snap).as_posix() for p in snap.rglob("*") if p.is_file()]
 
 
-def _remote_plan(repo_id: str, quant: str | None, include, revision: str | None) -> _Plan:
+def _remote_plan(repo_id: str, quant: str | None, include, revision: str | None, mtp: bool = False) -> _Plan:
     from huggingface_hub import HfApi
     from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError, RevisionNotFoundError
 
@@ -228,7 +256,7 @@ def _remote_plan(repo_id: str, quant: str | None, include, revision: str | None)
         sha256 = s.lfs.sha256 if s.lfs is not None else None
         size = s.lfs.size if s.lfs is not None else s.size
         meta[s.rfilename] = (size, sha256, None if s.lfs is not None else s.blob_id)
-    files = _select(repo_id, meta, quant, include)
+    files = _select(repo_id, meta, quant, include, mtp)
     # Fetch by the user's revision (not info.sha) so huggingface_hub records refs/<revision> for offline use.
     return _Plan(repo_id, revision, files, {f: meta[f] for f in files})
 
@@ -243,7 +271,7 @@ _TRANSPORT_MODULES = ("requests", "urllib3", "httpx", "httpcore", "httpx2", "htt
 
 
 def _plan(repo: str, quant: str | None, include, revision: str | None, cache_dir: str | None,
-          local_files_only: bool) -> _Plan:
+          local_files_only: bool, mtp: bool = False) -> _Plan:
     repo_id, quant = parse_spec(repo, quant)
     repo_id, quant = _apply_preset(repo_id, quant)
     if is_offline(local_files_only):
@@ -251,11 +279,11 @@ def _plan(repo: str, quant: str | None, include, revision: str | None, cache_dir
         if not names:
             raise HubError(f"offline and {repo_id}{'@' + revision if revision else ''} is not in the cache "
                            f"({cache_dir or 'the default Hugging Face cache'}); download it once online")
-        return _Plan(repo_id, commit, _select(repo_id, names, quant, include))
+        return _Plan(repo_id, commit, _select(repo_id, names, quant, include, mtp))
     from huggingface_hub.errors import HfHubHTTPError
 
     try:
-        return _remote_plan(repo_id, quant, include, revision)
+        return _remote_plan(repo_id, quant, include, revision, mtp)
     except HubError:
         raise
     except HfHubHTTPError as e:
@@ -267,20 +295,21 @@ def _plan(repo: str, quant: str | None, include, revision: str | None, cache_dir
         if not names:
             raise HubError(f"cannot reach the Hub ({type(e).__name__}: {_first_line(e)}) and {repo_id} "
                            f"is not in the cache") from None
-        return _Plan(repo_id, commit, _select(repo_id, names, quant, include))
+        return _Plan(repo_id, commit, _select(repo_id, names, quant, include, mtp))
 
 
 def resolve(repo: str, quant: str | None = None, include: str | list[str] | None = None,
-            revision: str | None = None) -> list[str]:
+            revision: str | None = None, mtp: bool = False) -> list[str]:
     """The repo files :func:`download` would fetch for ``repo`` (``owner/name[:QUANT]`` or a preset).
 
     Lists the repo, keeps the ``.gguf`` files of ``quant`` (matched case-insensitively
     in the file or folder name) or those matching ``include`` (a file name or glob),
     and expands split parts to whole sets. Raises :class:`HubError` (one line,
     listing what exists) for a missing repo, revision or quant, an incomplete split
-    set, or several quants with none chosen.
+    set, or several quants with none chosen. ``mtp``: also the model's MTP
+    sidecar (``mtp-*.gguf``) when the repo has one.
     """
-    return _plan(repo, quant, include, revision, None, False).files
+    return _plan(repo, quant, include, revision, None, False, mtp).files
 
 
 def _hash_ok(path: Path, sha256: str | None, git_sha1: str | None) -> bool:
@@ -429,15 +458,16 @@ def download(repo: str, quant: str | None = None, include: str | list[str] | Non
 
 def download_files(repo: str, quant: str | None = None, include: str | list[str] | None = None,
                    revision: str | None = None, cache_dir: str | os.PathLike[str] | None = None,
-                   progress: bool = True, local_files_only: bool = False) -> list[Path]:
-    """Like :func:`download`, but returns every local file (model files first)."""
+                   progress: bool = True, local_files_only: bool = False, mtp: bool = False) -> list[Path]:
+    """Like :func:`download`, but returns every local file (model files first); ``mtp``: also the
+    model's MTP sidecar (``mtp-*.gguf``) when the repo has one (see :func:`mtp_sidecar`)."""
     from huggingface_hub import hf_hub_download, try_to_load_from_cache
     from huggingface_hub.errors import LocalEntryNotFoundError
     from huggingface_hub.utils import are_progress_bars_disabled, disable_progress_bars, enable_progress_bars
 
     cache = _cache_dir(cache_dir)
     offline = is_offline(local_files_only)
-    plan = _plan(repo, quant, include, revision, cache, local_files_only)
+    plan = _plan(repo, quant, include, revision, cache, local_files_only, mtp)
     paths: dict[str, Path] = {}
     fresh: set[str] = set()
     was_disabled = are_progress_bars_disabled()
@@ -497,6 +527,13 @@ def download_files(repo: str, quant: str | None = None, include: str | list[str]
     weights = [p for n, p in paths.items() if _is_weights(n)]
     others = [p for n, p in paths.items() if not _is_weights(n)]
     return weights + others
+
+
+def mtp_sidecar(files: Iterable[Path]) -> Path | None:
+    """The MTP sidecar among the files :func:`download_files` returned (None: the repo has none)."""
+    from .mtp import SIDECAR_PREFIX
+
+    return next((p for p in files if p.name.lower().startswith(SIDECAR_PREFIX)), None)
 
 
 def _range_get(url: str, n: int) -> bytes:

@@ -655,6 +655,14 @@ class Model:
                           revision=revision, n_gpu_layers=kwargs.get("n_gpu_layers", -1),
                           main_gpu=kwargs.get("main_gpu", 0), devices=resolve_devices(kwargs.get("devices")))
             kwargs["check_memory"] = False  # planned: these headers are the downloaded files' own
-        path = hub.download(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
-                            local_files_only=local_files_only)
-        return cls(path, **kwargs)
+        mtp = kwargs.get("mtp", False)
+        want = mtp is True or mtp == "auto"
+        files = hub.download_files(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
+                                   local_files_only=local_files_only, mtp=want)
+        sidecar = hub.mtp_sidecar(files)
+        if want and sidecar is not None:
+            from .mtp import file_heads
+
+            if not file_heads(files[0]):
+                kwargs["mtp"] = sidecar  # the repo's sidecar (in the Hub cache, maybe not beside the model)
+        return cls(files[0], **kwargs)

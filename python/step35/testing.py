@@ -978,7 +978,7 @@ def model_path(size: str | ModelSpec = "tiny", seed: int = 0, *, n_split: int = 
 
 
 #: The quantization each size is benchmarked in (``bench_model_path``).
-BENCH_QUANT: dict[str, str | None] = {"tiny": None, "small": None, "mid": "Q4_K_S"}
+BENCH_QUANT: dict[str, str | None] = {"tiny": None, "small": None, "mid": "Q4_K_S", "mid-mtp": "Q4_K_S"}
 
 
 def bench_model_path(size: str = "tiny", quant: str | None = "default", seed: int = 0) -> pathlib.Path:
