@@ -4,6 +4,7 @@
     python scripts/leak_check.py models   --cycles 200     # Model(...) + generate + close()
     python scripts/leak_check.py contexts --cycles 1000    # new_context() + eval + close() on one model
     python scripts/leak_check.py models --json            # machine-readable
+    python scripts/leak_check.py models --mtp              # tiny-mtp with its heads, generating with draft 2
 
 Runs the cycles in this process on the built-in tiny model, after a warm-up
 of --warmup cycles (first-use allocations: backend registration, the
@@ -43,23 +44,27 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--every", type=int, default=10)
     ap.add_argument("--limit-mb", type=float, default=2.0)
     ap.add_argument("--json", action="store_true")
+    ap.add_argument("--mtp", action="store_true", help="tiny-mtp with its MTP heads (draft contexts), draft 2")
     a = ap.parse_args(argv)
     cycles = a.cycles or (200 if a.what == "models" else 1000)
 
     import step35
     from step35 import testing
 
-    path = testing.model_path("tiny")
-    keep = step35.Model(path) if a.what == "contexts" else None
+    path = testing.model_path("tiny-mtp" if a.mtp else "tiny")
+    draft = 2 if a.mtp else 0
+    keep = step35.Model(path, mtp=a.mtp) if a.what == "contexts" else None
     tokens = keep.tokenize("The quick brown fox") if keep else None
 
     def cycle() -> None:
         if a.what == "models":
-            with step35.Model(path, check_memory=False) as m:
-                m.generate("The quick brown fox", max_tokens=8, temperature=0)
+            with step35.Model(path, check_memory=False, mtp=a.mtp) as m:
+                m.generate("The quick brown fox", max_tokens=8, temperature=0, draft=draft)
         else:
             with keep.new_context(n_ctx=256) as ctx:
                 ctx.logits(tokens)
+                if a.mtp:  # the draft context too
+                    keep.generate(tokens, max_tokens=8, temperature=0, draft=draft, context=ctx)
 
     for _ in range(a.warmup):
         cycle()
