@@ -358,3 +358,8 @@ def test_cli(agree_path, capsys):
     assert "MTP" in capsys.readouterr().out
     with pytest.raises(SystemExit):
         main(["run", "-m", str(agree_path), "-p", "x", "--draft", "x"])
+    assert main(["info", "-m", str(agree_path)]) == 0
+    assert "MTP heads: 3 in the file" in capsys.readouterr().out
+    trunk, sidecar = testing.mtp_sidecar_paths(_f32("tiny-mtp"))
+    assert main(["info", "-m", str(trunk)]) == 0
+    assert f"sidecar {sidecar.name} beside it" in capsys.readouterr().out

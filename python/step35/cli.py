@@ -98,11 +98,22 @@ def _print_model(model, load_s: float | None) -> None:
         ("training context", model.n_ctx_train),
         ("vocabulary", model.n_vocab),
         ("chat template", "yes" if model.chat_template else "no"),
+        ("MTP heads", _mtp_heads_line(model)),
     ]
     if load_s is not None:
         rows.append(("load time", f"{load_s:.2f} s"))
     for k, v in rows:
         print(f"{k:>17}: {v}")
+
+
+def _mtp_heads_line(model) -> str:
+    from .mtp import SIDECAR_PREFIX, file_heads
+
+    n = file_heads(model.path)
+    beside = model.path.with_name(SIDECAR_PREFIX + model.path.name)
+    if n:
+        return f"{n} in the file (use them with --mtp)"
+    return f"none in the file; sidecar {beside.name} beside it" if beside.is_file() else "none"
 
 
 def _default_model(size: str = "tiny") -> Path:
