@@ -58,6 +58,7 @@ public:
         guard_ = std::make_unique<BusyGuard>(*ctx_);
         sampler_ = std::make_unique<Sampler>(sampling, vocab, prompt_);
         if (d) d->tracking = draft_ > 0;
+        if (d && draft_ > 0) d->set_draft(draft_);
         by_pos_.assign((size_t) std::max(draft_, 0), {0, 0});
         ctx_->interrupt().begin();
     }

@@ -35,21 +35,38 @@ Drafter::Drafter(std::shared_ptr<llama_model> heads, llama_context * target, int
     ctx_ = llama_init_from_model(heads_.get(), p);
     if (!ctx_) throw Error(ErrorKind::ContextError, "llama.cpp could not create the MTP draft context");
 
+    n_heads_ = std::min(n_heads, 3);
+    batch_ = std::make_unique<common_batch>(target);
+    try {
+        init_driver(n_heads_);
+    } catch (...) {
+        llama_free(ctx_);  // no destructor runs for a constructor that throws
+        throw;
+    }
+}
+
+void Drafter::init_driver(int n_max) {
+    // the old driver goes first: freeing it detaches its sampler from the draft context
+    if (spec_) common_speculative_free(spec_);
+    spec_ = nullptr;
+    n_max_ = 0;
     common_params_speculative sp;
     sp.types = {COMMON_SPECULATIVE_TYPE_DRAFT_MTP};
-    sp.draft.ctx_tgt = target;
+    sp.draft.ctx_tgt = target_;
     sp.draft.ctx_dft = ctx_;
-    sp.draft.n_max = std::min(n_heads, 3);
+    sp.draft.n_max = n_max;
     sp.draft.n_min = 0;
     sp.draft.p_min = 0.0f;
     spec_ = common_speculative_init(sp, 1);
-    if (!spec_) {
-        llama_free(ctx_);
-        ctx_ = nullptr;
-        throw Error(ErrorKind::ContextError, "llama.cpp could not set up MTP drafting");
-    }
+    if (!spec_) throw Error(ErrorKind::ContextError, "llama.cpp could not set up MTP drafting");
     n_max_ = common_speculative_n_max(spec_);
-    batch_ = std::make_unique<common_batch>(target);
+}
+
+void Drafter::set_draft(int n) {
+    // The driver drafts its own n_max tokens whatever a call asks for (and cuts
+    // the draft after): made for the length asked, it runs no head in vain. Its
+    // carried hidden row starts over (as for a new request upstream).
+    if (n > 0 && n <= n_heads_ && (n != n_max_ || !spec_)) init_driver(n);
 }
 
 Drafter::~Drafter() {
@@ -59,6 +76,7 @@ Drafter::~Drafter() {
 }
 
 bool Drafter::process(const llama_token * tokens, size_t n, llama_pos pos0) {
+    if (!spec_) return false;
     batch_->clear();
     for (size_t i = 0; i < n; ++i) batch_->add(tokens[i], pos0 + (llama_pos) i, 0, false);
     return common_speculative_process(spec_, *batch_);
@@ -67,7 +85,7 @@ bool Drafter::process(const llama_token * tokens, size_t n, llama_pos pos0) {
 void Drafter::draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
                     std::vector<llama_token> & out) {
     out.clear();
-    if (n <= 0) return;
+    if (n <= 0 || !spec_) return;
     auto & dp = common_speculative_get_draft_params(spec_, 0);
     dp.drafting = true;
     dp.n_max = std::min(n, n_max_);
@@ -84,7 +102,9 @@ void Drafter::draft(llama_token last, llama_pos pos0, int n, const std::vector<l
     if ((int) out.size() > n) out.resize((size_t) n);
 }
 
-void Drafter::accept(int n) { common_speculative_accept(spec_, 0, (uint16_t) n); }
+void Drafter::accept(int n) {
+    if (spec_) common_speculative_accept(spec_, 0, (uint16_t) n);
+}
 
 void Drafter::remove_from(llama_pos pos) {
     if (pos <= 0) llama_memory_clear(llama_get_memory(ctx_), true);

@@ -44,7 +44,9 @@ public:
     llama_context * context() const { return ctx_; }
     const llama_model * heads_model() const { return heads_.get(); }
     // Most tokens one draft can hold (the number of heads, at most 3).
-    int n_max() const { return n_max_; }
+    int n_max() const { return n_heads_; }
+    // Draft `n` tokens per step from now on (1..n_max()).
+    void set_draft(int n);
 
     // Tokens [pos0, pos0+n) of sequence 0 were just decoded into the target
     // (one llama_decode): run them through the heads. False on failure.
@@ -70,7 +72,10 @@ private:
     llama_context * ctx_ = nullptr;
     common_speculative * spec_ = nullptr;
     std::unique_ptr<common_batch> batch_;
-    int n_max_ = 0;
+    int n_heads_ = 0;  // heads usable for drafting (at most 3)
+    int n_max_ = 0;    // the driver's draft length
+
+    void init_driver(int n_max);
 };
 
 }  // namespace step35
