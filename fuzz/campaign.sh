@@ -4,7 +4,8 @@
 # a number of runs. The running total of executions is the "#N" of each
 # status line; the last one is the campaign's.
 #   bash fuzz/campaign.sh [SECONDS] [JOBS]     # defaults: 5400 s, the number of cores
-# Findings (crash-*, leak-*, timeout-*, slow-unit-*) land in build/fuzz/findings-campaign.
+# Findings (crash-*, leak-*, timeout-*, slow-unit-*) land in build/fuzz/findings-campaign, the
+# whole log in build/fuzz/campaign.log.
 # A timeout is an input that took over 10 s; rerun it alone
 # (build/fuzz/gguf_load_fuzzer FILE) before believing it: a starved or paused
 # fuzzer produces them too.
@@ -21,4 +22,4 @@ cp -n "$B/seeds"/*.gguf fuzz/regressions/*.gguf "$B/corpus-native/"
 echo "== native campaign: $JOBS jobs for $SECONDS_TOTAL s"
 "$B/gguf_load_fuzzer" "$B/corpus-native" fuzz/regressions -fork="$JOBS" -max_total_time="$SECONDS_TOTAL" \
   -seed="$SEED" -max_len=262144 -timeout=10 -rss_limit_mb=4096 -artifact_prefix="$B/findings-campaign/" \
-  -print_final_stats=1 -close_fd_mask=3 2>&1 | grep -E "^(#|INFO: fuzzed|==|SUMMARY)" | tail -5
+  -print_final_stats=1 -close_fd_mask=3 2>&1 | tee "$B/campaign.log" | grep -E "^(#|INFO: fuzzed|==|SUMMARY)" | tail -5
