@@ -146,24 +146,14 @@ class Model:
                           mtp=sidecar or load_mtp)
         from ._backends import core
 
-        place = dict(n_gpu_layers=n_gpu_layers, use_mmap=bool(use_mmap), use_mlock=bool(use_mlock),
-                     main_gpu=int(main_gpu), devices=device_list, tensor_split=split, rpc=self._rpc)
-        self._handle = core().load_model(
-            str(self.path),
-            n_gpu_layers=n_gpu_layers,
-            use_mmap=bool(use_mmap),
-            use_mlock=bool(use_mlock),
-            vocab_only=bool(vocab_only),
-            check_tensors=bool(check_tensors),
-            main_gpu=int(main_gpu),
-            progress=progress,
-            devices=device_list,
-            tensor_split=split,
-            rpc=self._rpc,
-            load_mtp=load_mtp,
-        )
+        # where the weights go: the same for a sidecar's heads
+        place: dict[str, Any] = dict(n_gpu_layers=n_gpu_layers, use_mmap=bool(use_mmap), use_mlock=bool(use_mlock),
+                                     main_gpu=int(main_gpu), devices=device_list, tensor_split=split, rpc=self._rpc)
+        self._handle = core().load_model(str(self.path), vocab_only=bool(vocab_only),
+                                         check_tensors=bool(check_tensors), progress=progress, load_mtp=load_mtp,
+                                         **place)
         if sidecar is not None:
-            heads = core().load_model(str(sidecar), load_mtp=True, **place)  # type: ignore[arg-type]
+            heads = core().load_model(str(sidecar), load_mtp=True, check_tensors=bool(check_tensors), **place)
             try:
                 self._handle.set_heads(heads)
             except BaseException:
