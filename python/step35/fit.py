@@ -347,7 +347,7 @@ class FitPlan:
             f"{_fmt(kv.bytes_swa)})",
             f"compute    {_fmt(self.compute):>11}",
             f"logits     {_fmt(self.outputs):>11}",
-            *([f"MTP        {_fmt(self.mtp):>11}  (draft context of the MTP heads)"] if self.mtp else []),
+            *([f"MTP        {_fmt(self.mtp):>11}  (draft context of the MTP heads; a sidecar's weights)"] if self.mtp else []),
             f"total      {_fmt(self.total):>11}  ({self.total / 1e9:.2f} GB)",
             "",
             f"{'memory':<10} {'need':>11} {'available':>11} {'total':>11}  verdict",
