@@ -163,7 +163,7 @@ class DraftStats:
 
     @property
     def acceptance_by_position(self) -> tuple[float, ...]:
-        """Kept / drafted at each draft position (llama.cpp's per-position acceptance)."""
+        """Kept / drafted at each draft position."""
         return tuple(a / p if p else 0.0 for a, p in zip(self.accepted_by_position, self.proposed_by_position))
 
     @property
