@@ -7,6 +7,9 @@
 #include <pybind11/stl.h>
 
 #include <climits>
+#include <cmath>
+#include <memory>
+#include <stdexcept>
 #include <map>
 #include <utility>
 
@@ -60,6 +63,38 @@ Constraint::~Constraint() {
 
 llama_sampler * Constraint::clone_grammar() const { return grammar_ ? llama_sampler_clone(grammar_) : nullptr; }
 llama_sampler * Constraint::clone_budget() const { return budget_ ? llama_sampler_clone(budget_) : nullptr; }
+
+std::vector<llama_token> Constraint::allowed(const std::vector<llama_token> & prefix, bool one_by_one) const {
+    if (grammar_ == nullptr) throw py::value_error("this constraint has no grammar");
+    const llama_vocab * vocab = llama_model_get_vocab(model_.get());
+    check_tokens(vocab, prefix.data(), prefix.size());
+    std::unique_ptr<llama_sampler, decltype(&llama_sampler_free)> g(clone_grammar(), &llama_sampler_free);
+    for (llama_token t : prefix) {
+        try {
+            llama_sampler_accept(g.get(), t);
+        } catch (const std::exception & e) {
+            throw Error(ErrorKind::GrammarError, std::string("the grammar rejected the prefix: ") + e.what());
+        }
+    }
+    const int32_t n_vocab = llama_vocab_n_tokens(vocab);
+    std::vector<llama_token> out;
+    if (one_by_one) {
+        for (llama_token t = 0; t < n_vocab; ++t) {
+            llama_token_data one = {t, 0.0f, 0.0f};
+            llama_token_data_array arr = {&one, 1, -1, false};
+            llama_sampler_apply(g.get(), &arr);
+            if (one.logit != -INFINITY) out.push_back(t);
+        }
+    } else {
+        std::vector<llama_token_data> all((size_t) n_vocab);
+        for (llama_token t = 0; t < n_vocab; ++t) all[(size_t) t] = {t, 0.0f, 0.0f};
+        llama_token_data_array arr = {all.data(), all.size(), -1, false};
+        llama_sampler_apply(g.get(), &arr);
+        for (const auto & d : all)
+            if (d.logit != -INFINITY) out.push_back(d.id);
+    }
+    return out;
+}
 
 namespace {
 
@@ -127,7 +162,12 @@ void register_constraint(py::module_ & m) {
              py::arg("reasoning_end") = std::vector<std::vector<llama_token>>{},
              py::arg("reasoning_forced") = std::vector<llama_token>{},
              py::arg("reasoning_prefill") = std::vector<llama_token>{})
-        .def_property_readonly("lazy", &Constraint::lazy);
+        .def_property_readonly("lazy", &Constraint::lazy)
+        .def("allowed", &Constraint::allowed, py::arg("prefix"), py::arg("one_by_one") = false,
+             py::call_guard<py::gil_scoped_release>(),
+             "The token ids the grammar allows after it has taken `prefix` (GrammarError if it rejects one), "
+             "asked of llama.cpp's grammar sampler over the whole vocabulary at once, or a token at a time "
+             "(`one_by_one`, as the sampler's one-token check asks); both give the same answer.");
 
     m.def("json_schema_to_grammar", &schema_to_grammar, py::arg("schema"),
           "GBNF for a JSON Schema (a JSON string), by llama.cpp's converter; GrammarError when it cannot.");

@@ -40,6 +40,12 @@ public:
     llama_sampler * clone_budget() const;
     bool lazy() const { return lazy_; }
 
+    // The tokens the grammar allows after it has taken `prefix` (GrammarError if it rejects
+    // one of them), asked of llama.cpp's grammar sampler over the whole vocabulary at once,
+    // or (`one_by_one`) a token at a time, as a sampler's one-token check asks; both must
+    // agree. Throws std::logic_error without a grammar.
+    std::vector<llama_token> allowed(const std::vector<llama_token> & prefix, bool one_by_one) const;
+
 private:
     std::shared_ptr<llama_model> model_;  // the grammar sampler keeps a pointer to the vocabulary
     llama_sampler * grammar_ = nullptr;
