@@ -24,6 +24,7 @@
 #include <mutex>
 #include <string>
 #include <thread>
+#include <tuple>
 #include <vector>
 
 #include "context.h"
@@ -115,31 +116,63 @@ public:
     Engine(const Engine &) = delete;
     Engine & operator=(const Engine &) = delete;
 
+    // One request to queue (see submit).
+    struct Submission {
+        std::vector<llama_token> prompt;
+        int64_t max_tokens;
+        SamplingOptions sampling;
+        std::vector<std::string> stop;
+    };
+
     // With the GIL held: validate and queue a request.
     std::shared_ptr<Request> submit(std::vector<llama_token> prompt, int64_t max_tokens, const SamplingOptions & s,
                                     std::vector<std::string> stop, bool render_special) {
+        std::vector<Submission> one;
+        one.push_back({std::move(prompt), max_tokens, s, std::move(stop)});
+        return submit_all(std::move(one), render_special).front();
+    }
+
+    // With the GIL held: validate every request, then queue them all in one step of the
+    // scheduler (all or none), so that their prompts share the first batches and they
+    // generate side by side from then on.
+    std::vector<std::shared_ptr<Request>> submit_all(std::vector<Submission> subs, bool render_special) {
         const llama_vocab * vocab = ctx_->vocab();
-        if (prompt.empty()) throw py::value_error("the prompt has no tokens");
-        check_tokens(vocab, prompt.data(), prompt.size());
-        if (prompt.size() >= n_ctx_seq_)
-            throw Error(ErrorKind::ContextOverflowError,
-                        "the prompt has " + std::to_string(prompt.size()) + " tokens but a slot's context holds " +
-                            std::to_string(n_ctx_seq_) +
-                            " (and at least one more is needed to generate); use a larger n_ctx or a shorter prompt");
+        for (const auto & sub : subs) {
+            if (sub.prompt.empty()) throw py::value_error("the prompt has no tokens");
+            check_tokens(vocab, sub.prompt.data(), sub.prompt.size());
+            if (sub.prompt.size() >= n_ctx_seq_)
+                throw Error(ErrorKind::ContextOverflowError,
+                            "the prompt has " + std::to_string(sub.prompt.size()) + " tokens but a slot's context holds " +
+                                std::to_string(n_ctx_seq_) +
+                                " (and at least one more is needed to generate); use a larger n_ctx or a shorter prompt");
+        }
         std::unique_lock<std::mutex> lk(mu_);
         if (stopping_) throw Error(ErrorKind::ClosedError, "the engine is closed");
         size_t running = 0;
         for (const auto & sl : slots_) running += sl.req != nullptr;
-        if (running + waiting_.size() >= slots_.size() + max_waiting_)  // every slot taken, and the queue full
-            throw Error(ErrorKind::QueueFullError, "the engine's wait queue is full (" + std::to_string(max_waiting_) +
-                                                       " requests waiting); retry later or raise max_waiting");
-        auto req = std::make_shared<Request>(next_id_++, std::move(prompt), max_tokens, s, std::move(stop),
-                                             render_special);
-        req->sampler = std::make_unique<Sampler>(req->sampling, vocab, req->prompt);
-        waiting_.push_back(req);
+        if (running + waiting_.size() + subs.size() > slots_.size() + max_waiting_) {  // the slots and the queue
+            if (subs.size() == 1)
+                throw Error(ErrorKind::QueueFullError, "the engine's wait queue is full (" +
+                                                           std::to_string(max_waiting_) +
+                                                           " requests waiting); retry later or raise max_waiting");
+            throw Error(ErrorKind::QueueFullError,
+                        std::to_string(subs.size()) + " requests do not fit: " + std::to_string(running) +
+                            " running and " + std::to_string(waiting_.size()) + " waiting, of " +
+                            std::to_string(slots_.size()) + " slots and a queue of " + std::to_string(max_waiting_) +
+                            "; retry later or raise max_waiting");
+        }
+        std::vector<std::shared_ptr<Request>> reqs;
+        reqs.reserve(subs.size());
+        for (auto & sub : subs) {
+            auto req = std::make_shared<Request>(next_id_++, std::move(sub.prompt), sub.max_tokens, sub.sampling,
+                                                 std::move(sub.stop), render_special);
+            req->sampler = std::make_unique<Sampler>(req->sampling, vocab, req->prompt);
+            reqs.push_back(req);
+        }
+        for (const auto & req : reqs) waiting_.push_back(req);
         lk.unlock();
         work_cv_.notify_one();
-        return req;
+        return reqs;
     }
 
     // Cancel one request: a waiting one ends now, a running one at the next step.
@@ -639,6 +672,22 @@ void register_engine(py::module_ & m) {
              },
              py::arg("prompt"), py::arg("max_tokens"), py::arg("sampling"), py::arg("stop"),
              py::arg("render_special") = true, "Queue a request; returns its handle (QueueFullError when full).")
+        .def("submit_all",
+             [](const std::shared_ptr<Engine> & e,
+                std::vector<std::tuple<std::vector<llama_token>, int64_t, SamplingOptions, std::vector<std::string>>> items,
+                bool render_special) {
+                 std::vector<Engine::Submission> subs;
+                 subs.reserve(items.size());
+                 for (auto & [prompt, max_tokens, sampling, stop] : items)
+                     subs.push_back({std::move(prompt), max_tokens, sampling, std::move(stop)});
+                 std::vector<std::unique_ptr<EngineRequest>> out;
+                 for (auto & req : e->submit_all(std::move(subs), render_special))
+                     out.push_back(std::make_unique<EngineRequest>(e, std::move(req)));
+                 return out;
+             },
+             py::arg("requests"), py::arg("render_special") = true,
+             "Queue (prompt, max_tokens, sampling, stop) requests together, all or none (QueueFullError when "
+             "they do not all fit); their prompts share the first batches. Returns their handles, in order.")
         .def("wait_events", &Engine::wait_events, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
              "Ids of requests with new text or an end since the last call (waits up to timeout seconds).")
         .def("stop", &Engine::stop, py::arg("cancel"), py::arg("timeout") = 0.0,

@@ -80,6 +80,30 @@ def test_model_generate_takes_a_list(model32, alone) -> None:
         model32.generate(PROMPTS[:2], stream=True)
 
 
+def test_a_list_of_prompts_starts_together(model32, alone) -> None:
+    """The requests of a list are queued in one go: every prompt is evaluated in the first
+    step, and then all of them decode side by side, one step per token."""
+    prompts = [p for p in PROMPTS if len(alone[p]) == 24][:4]
+    assert len(prompts) == 4
+    with step35.Engine(model32, slots=4, context=CTX) as engine:
+        outs = engine.generate_many(prompts, max_tokens=24, temperature=0)
+        assert [o.tokens for o in outs] == [alone[p] for p in prompts]
+        # the first token comes from the prompt step, each further one from a step of all four
+        assert engine.metrics()["decode_steps"] == 24
+
+
+def test_a_list_that_does_not_fit_is_refused_whole(model32, endless) -> None:
+    with step35.Engine(model32, slots=1, context=CTX, max_waiting=1) as engine:
+        running = engine.generate(endless, max_tokens=None, temperature=0, stream=True)
+        next(iter(running))
+        with pytest.raises(QueueFullError, match="2 requests do not fit: 1 running and 0 waiting"):
+            engine.generate_many(PROMPTS[1:3], max_tokens=2, temperature=0)
+        assert engine.metrics()["waiting"] == 0
+        running.close()
+        outs = engine.generate_many(PROMPTS[1:2], max_tokens=2, temperature=0)
+        assert outs[0].finish_reason in ("length", "stop")
+
+
 def test_model_chat_takes_a_list(model32) -> None:
     convs = [[{"role": "user", "content": p}] for p in PROMPTS[:3]]
     outs = model32.chat(convs, max_tokens=12, temperature=0)

@@ -127,6 +127,21 @@ class Engine:
         native = self._native.submit(ids, check_max_tokens(max_tokens), native_sampling, check_stop(stop))
         return native, seed
 
+    def _submit_all(self, requests: list[tuple[list[int], Any]], *, max_tokens: int | None,
+                    sampling: SamplingParams, stop: str | Sequence[str] | None) -> list[tuple[Any, int]]:
+        """Queue (prompt ids, constraint) requests together, all or none: their prompts share
+        the first batches and they generate side by side (a list given to generate/chat)."""
+        if self._closed:
+            raise ClosedError("the engine is closed")
+        n_max, stops = check_max_tokens(max_tokens), check_stop(stop)
+        items, seeds = [], []
+        for ids, constraint in requests:
+            native_sampling, seed = sampling._native(self._ctx._core)
+            native_sampling.constraint = constraint
+            items.append((ids, n_max, native_sampling, stops))
+            seeds.append(seed)
+        return list(zip(self._native.submit_all(items), seeds))
+
     def generate(
         self,
         prompt: str | bytes | Iterable[int],
@@ -226,11 +241,11 @@ class Engine:
         from .constraints import for_generate
 
         params = SamplingParams(**sampling)
-        natives = []
+        requests = []
         for p in prompts:
             ids = self.model._prompt_tokens(p, add_special, parse_special)
-            natives.append(self._submit(ids, max_tokens=max_tokens, sampling=params, stop=stop,
-                                        constraint=for_generate(self.model, ids, grammar, reasoning_budget)))
+            requests.append((ids, for_generate(self.model, ids, grammar, reasoning_budget)))
+        natives = self._submit_all(requests, max_tokens=max_tokens, sampling=params, stop=stop)
         return [result(n, sd, stream=False, owner=self) for n, sd in natives]  # type: ignore[misc]
 
     def chat_many(self, conversations: Sequence[list[dict[str, Any]]], tools: list[dict[str, Any]] | None = None,
@@ -247,14 +262,13 @@ class Engine:
 
         params = SamplingParams(**sampling)
         chosen = select_tools(tools, tool_choice)
-        natives = []
+        requests = []
         for messages in conversations:
             prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
             constraint = for_chat(self.model, prompt, chosen, tool_choice, response_format, reasoning_budget,
                                   parallel_tool_calls)
-            ids = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
-            natives.append(self._submit(ids, max_tokens=max_tokens, sampling=params, stop=stop,
-                                        constraint=constraint))
+            requests.append((self.model.tokenize(prompt, add_special=add_bos, parse_special=True), constraint))
+        natives = self._submit_all(requests, max_tokens=max_tokens, sampling=params, stop=stop)
         name = self.model.path.name
         return [response(n, sd, chosen, model_name=name) for n, sd in natives]
 
