@@ -66,22 +66,42 @@ llama_token Sampler::sample(llama_context * ctx, int32_t idx) {
 }
 
 namespace {
-// The first of the largest logits, as llama_sampler_init_greedy picks: the
-// maximum from 8 running maxima (a loop the compiler vectorizes), then the
-// first token that holds it.
+// The first of the largest logits, as llama_sampler_init_greedy picks, in one
+// pass: 8 lanes each keep their largest value and where they first saw it (a
+// loop the compiler vectorizes), then the lane with the largest value wins,
+// the first position on a tie. NaNs are never the largest; if every logit is
+// NaN the answer is token 0, as before.
 llama_token first_of_largest(const float * logits, int32_t n) {
     constexpr int32_t kLanes = 8;
     float lane[kLanes];
-    for (float & m : lane) m = -INFINITY;
+    int32_t at[kLanes];
+    for (int32_t j = 0; j < kLanes; ++j) {
+        lane[j] = -INFINITY;
+        at[j] = -1;
+    }
     int32_t t = 0;
     for (; t + kLanes <= n; t += kLanes)
-        for (int32_t j = 0; j < kLanes; ++j) lane[j] = std::max(lane[j], logits[t + j]);
+        for (int32_t j = 0; j < kLanes; ++j) {
+            const bool more = logits[t + j] > lane[j];
+            lane[j] = more ? logits[t + j] : lane[j];
+            at[j] = more ? t + j : at[j];
+        }
     float best = -INFINITY;
-    for (float m : lane) best = std::max(best, m);
-    for (; t < n; ++t) best = std::max(best, logits[t]);
-    for (t = 0; t < n; ++t)
-        if (logits[t] == best) return t;
-    return 0;  // every logit is NaN
+    int32_t best_at = -1;
+    for (int32_t j = 0; j < kLanes; ++j)
+        if (at[j] >= 0 && (lane[j] > best || (lane[j] == best && at[j] < best_at))) {
+            best = lane[j];
+            best_at = at[j];
+        }
+    for (; t < n; ++t)
+        if (logits[t] > best) {
+            best = logits[t];
+            best_at = t;
+        }
+    if (best_at >= 0) return best_at;
+    for (t = 0; t < n; ++t)  // every logit is -inf or NaN
+        if (logits[t] == -INFINITY) return t;
+    return 0;
 }
 }  // namespace
 
