@@ -43,7 +43,7 @@ public:
     // The tokens the grammar allows after it has taken `prefix` (GrammarError if it rejects
     // one of them), asked of llama.cpp's grammar sampler over the whole vocabulary at once,
     // or (`one_by_one`) a token at a time, as a sampler's one-token check asks; both must
-    // agree. Throws std::logic_error without a grammar.
+    // agree. A constraint without a grammar is a ValueError.
     std::vector<llama_token> allowed(const std::vector<llama_token> & prefix, bool one_by_one) const;
 
 private:
