@@ -149,6 +149,7 @@ ERRORS: dict[str, tuple[str, str]] = {
         "R</think><tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n", "ends inside"),
     "truncated_after_tool_call": ("R</think>Let me see. <tool_call>\n", "ends inside"),
     "truncated_function_tag": ("R</think><tool_call>\n<function=get_wea", "ends inside"),
+    "truncated_function_tag_start": ("R</think><tool_call>\n<fun", "ends inside"),
     "truncated_parameter_tag": ("R</think><tool_call>\n<function=get_weather>\n<parameter=ci", "ends inside"),
     "hermes_json_instead_of_xml": ('R</think><tool_call>\n{"name": "get_weather", "arguments": {}}\n</tool_call>',
                                    "expected <function=NAME>"),

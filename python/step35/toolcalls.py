@@ -355,6 +355,8 @@ class _BlockParser:
                 raise _truncated("nothing after <tool_call>")
             elif has_function:
                 return  # missing </tool_call>: the rest is content again
+            elif any(t.startswith(self.text[self.pos:]) for t in _BLOCK_TAGS):
+                raise _truncated(f"{self.text[self.pos:]!r} after <tool_call>")
             else:
                 raise ToolCallParseError(
                     f"expected <function=NAME> after <tool_call>, got {self.text[self.pos:self.pos + 20]!r}")
@@ -616,8 +618,9 @@ class ChatStreamParser:
             self._state = _CONTENT
         elif self._buf.startswith(CALL_OPEN):
             self._consume(len(CALL_OPEN))
-        elif not self._buf and not self._block_has_function:
-            raise _truncated("nothing after <tool_call>")
+        elif not self._block_has_function and (
+                not self._buf or any(len(self._buf) < len(t) and t.startswith(self._buf) for t in _BLOCK_TAGS)):
+            raise _truncated(f"{self._buf!r} after <tool_call>" if self._buf else "nothing after <tool_call>")
         elif self._block_has_function:
             self._state = _CONTENT  # missing </tool_call>: the rest is content again
             return bool(self._buf)
