@@ -116,21 +116,13 @@ public:
     Engine(const Engine &) = delete;
     Engine & operator=(const Engine &) = delete;
 
-    // One request to queue (see submit).
+    // One request to queue (see submit_all).
     struct Submission {
         std::vector<llama_token> prompt;
         int64_t max_tokens;
         SamplingOptions sampling;
         std::vector<std::string> stop;
     };
-
-    // With the GIL held: validate and queue a request.
-    std::shared_ptr<Request> submit(std::vector<llama_token> prompt, int64_t max_tokens, const SamplingOptions & s,
-                                    std::vector<std::string> stop, bool render_special) {
-        std::vector<Submission> one;
-        one.push_back({std::move(prompt), max_tokens, s, std::move(stop)});
-        return submit_all(std::move(one), render_special).front();
-    }
 
     // With the GIL held: validate every request, then queue them all in one step of the
     // scheduler (all or none), so that their prompts share the first batches and they
@@ -664,14 +656,6 @@ void register_engine(py::module_ & m) {
     py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "Continuous batching over one context (use step35.Engine).")
         .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t>(), py::arg("context"),
              py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0)
-        .def("submit",
-             [](const std::shared_ptr<Engine> & e, std::vector<llama_token> prompt, int64_t max_tokens,
-                const SamplingOptions & sampling, std::vector<std::string> stop, bool render_special) {
-                 auto req = e->submit(std::move(prompt), max_tokens, sampling, std::move(stop), render_special);
-                 return std::make_unique<EngineRequest>(e, std::move(req));
-             },
-             py::arg("prompt"), py::arg("max_tokens"), py::arg("sampling"), py::arg("stop"),
-             py::arg("render_special") = true, "Queue a request; returns its handle (QueueFullError when full).")
         .def("submit_all",
              [](const std::shared_ptr<Engine> & e,
                 std::vector<std::tuple<std::vector<llama_token>, int64_t, SamplingOptions, std::vector<std::string>>> items,

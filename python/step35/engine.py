@@ -120,12 +120,8 @@ class Engine:
 
     def _submit(self, ids: list[int], *, max_tokens: int | None, sampling: SamplingParams,
                 stop: str | Sequence[str] | None, constraint: Any = None) -> tuple[Any, int]:
-        if self._closed:
-            raise ClosedError("the engine is closed")
-        native_sampling, seed = sampling._native(self._ctx._core)
-        native_sampling.constraint = constraint
-        native = self._native.submit(ids, check_max_tokens(max_tokens), native_sampling, check_stop(stop))
-        return native, seed
+        """Queue one request; its native handle and seed."""
+        return self._submit_all([(ids, constraint)], max_tokens=max_tokens, sampling=sampling, stop=stop)[0]
 
     def _submit_all(self, requests: list[tuple[list[int], Any]], *, max_tokens: int | None,
                     sampling: SamplingParams, stop: str | Sequence[str] | None) -> list[tuple[Any, int]]:

@@ -263,6 +263,11 @@ def _truncated(where: str) -> ToolCallParseError:
     return ToolCallParseError(f"the output ends inside a tool call ({where}); was it cut off by the token limit?")
 
 
+def _starts_a_tag(text: str, tags: Sequence[str]) -> bool:
+    """True if ``text`` is a proper, non-empty prefix of one of ``tags`` (a tag cut short)."""
+    return bool(text) and any(len(text) < len(t) and t.startswith(text) for t in tags)
+
+
 # --------------------------------------------------------------------------- non-streaming
 
 
@@ -355,7 +360,7 @@ class _BlockParser:
                 raise _truncated("nothing after <tool_call>")
             elif has_function:
                 return  # missing </tool_call>: the rest is content again
-            elif any(t.startswith(self.text[self.pos:]) for t in _BLOCK_TAGS):
+            elif _starts_a_tag(self.text[self.pos:], _BLOCK_TAGS):
                 raise _truncated(f"{self.text[self.pos:]!r} after <tool_call>")
             else:
                 raise ToolCallParseError(
@@ -562,7 +567,7 @@ class ChatStreamParser:
         """True while the buffer is empty or a proper prefix of one of ``tags`` (more input decides)."""
         if final:
             return False
-        return not self._buf or any(len(self._buf) < len(t) and t.startswith(self._buf) for t in tags)
+        return not self._buf or _starts_a_tag(self._buf, tags)
 
     def _start(self, final: bool) -> bool:
         """Drop an optional leading ``<think>``."""
@@ -618,8 +623,7 @@ class ChatStreamParser:
             self._state = _CONTENT
         elif self._buf.startswith(CALL_OPEN):
             self._consume(len(CALL_OPEN))
-        elif not self._block_has_function and (
-                not self._buf or any(len(self._buf) < len(t) and t.startswith(self._buf) for t in _BLOCK_TAGS)):
+        elif not self._block_has_function and (not self._buf or _starts_a_tag(self._buf, _BLOCK_TAGS)):
             raise _truncated(f"{self._buf!r} after <tool_call>" if self._buf else "nothing after <tool_call>")
         elif self._block_has_function:
             self._state = _CONTENT  # missing </tool_call>: the rest is content again
