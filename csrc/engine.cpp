@@ -621,6 +621,15 @@ public:
         if (req_->finished) return req_->finish_reason;
         return closed_ ? "cancelled" : "";  // closed: the engine ends it at its next step
     }
+    py::object stop_sequence() {
+        std::string matched;
+        {
+            std::lock_guard<std::mutex> lk(engine_->mutex());
+            if (req_->finished) matched = req_->out.matched();
+        }
+        if (matched.empty()) return py::none();
+        return py::str(matched);
+    }
     std::vector<llama_token> tokens() {
         std::lock_guard<std::mutex> lk(engine_->mutex());
         return req_->generated;
@@ -691,6 +700,8 @@ void register_engine(py::module_ & m) {
         .def_property_readonly("id", &EngineRequest::id)
         .def_property_readonly("finished", &EngineRequest::finished)
         .def_property_readonly("finish_reason", &EngineRequest::finish_reason)
+        .def_property_readonly("stop_sequence", &EngineRequest::stop_sequence,
+                               "The stop string that ended the request (None: another reason, or running).")
         .def_property_readonly("tokens", &EngineRequest::tokens)
         .def("stats", &EngineRequest::stats);
 }

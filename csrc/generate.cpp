@@ -103,6 +103,11 @@ public:
 
     bool finished() const { return finished_; }
     const std::string & finish_reason() const { return finish_reason_; }
+    // The stop string that ended the generation, or None.
+    py::object stop_sequence() const {
+        if (!finished_ || out_.matched().empty()) return py::none();
+        return py::str(out_.matched());
+    }
 
     py::dict stats() const {
         py::dict d;
@@ -345,6 +350,8 @@ void register_generate(py::module_ & m) {
         .def("close", &Generation::close, "Stop and free the context for the next call.")
         .def_property_readonly("finished", &Generation::finished)
         .def_property_readonly("finish_reason", &Generation::finish_reason)
+        .def_property_readonly("stop_sequence", &Generation::stop_sequence,
+                               "The stop string that ended the generation (None: another reason, or running).")
         .def_property_readonly("tokens", &Generation::tokens)
         .def("stats", &Generation::stats);
 }

@@ -229,11 +229,16 @@ bool TextOutput::append(const llama_vocab * vocab, llama_token tok) {
     }
     if (stop_.empty()) return false;
     size_t best = std::string::npos;
+    const std::string * which = nullptr;
     for (const auto & s : stop_) {
         size_t at = pending_.find(s);
-        if (at != std::string::npos && at < best) best = at;
+        if (at != std::string::npos && at < best) {
+            best = at;
+            which = &s;
+        }
     }
     if (best == std::string::npos) return false;
+    matched_ = *which;
     pending_.resize(best);
     return true;
 }

@@ -94,9 +94,12 @@ public:
     size_t ready() const;
     std::string take_ready();
     std::string take_all();
+    // The stop string that ended the text ("" while none has appeared).
+    const std::string & matched() const { return matched_; }
 
 private:
     std::vector<std::string> stop_;
+    std::string matched_;
     size_t max_stop_ = 0;
     bool render_special_;
     std::string pending_;

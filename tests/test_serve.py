@@ -380,15 +380,17 @@ def test_bad_parameter_through_the_client(server: Server) -> None:
         assert _error(e.value)["param"] == "echo"
 
 
-def test_unknown_model_is_404(server: Server) -> None:
+def test_any_model_name_is_served_and_listed_names_are_the_aliases(server: Server) -> None:
+    # Agents send their own model names (claude-sonnet-..., gpt-5-codex): the one model answers to all,
+    # and says which name the client asked for; /v1/models lists the --alias names only.
     with server.client() as c:
+        reply = c.chat.completions.create(model="gpt-nonexistent", messages=hello(), max_tokens=1)
+        assert reply.model == "gpt-nonexistent" and reply.choices[0].finish_reason in ("length", "stop")
+        assert c.completions.create(model="claude-x", prompt="x", max_tokens=1).model == "claude-x"
+        assert [m.id for m in c.models.list().data] == [MODEL]
         with pytest.raises(openai.NotFoundError) as e:
-            c.chat.completions.create(model="gpt-nonexistent", messages=hello(), max_tokens=1)
-        assert _error(e.value)["code"] == "model_not_found"
-        with pytest.raises(openai.NotFoundError):
-            c.completions.create(model="gpt-nonexistent", prompt="x", max_tokens=1)
-        with pytest.raises(openai.NotFoundError):
             c.models.retrieve("gpt-nonexistent")
+        assert _error(e.value)["code"] == "model_not_found"
 
 
 def test_body_over_the_limit_is_413(server: Server) -> None:
@@ -539,7 +541,7 @@ def test_metrics(server: Server) -> None:
     with server.client() as c:
         c.chat.completions.create(model=MODEL, messages=hello("Metrics"), max_tokens=3, temperature=0)
         with pytest.raises(openai.NotFoundError):
-            c.chat.completions.create(model="nope", messages=hello(), max_tokens=1)
+            c.models.retrieve("nope")
     m = server.metrics()
     for name in ("step35_slots", "step35_requests_running", "step35_requests_waiting",
                  "step35_prompt_tokens_evaluated_total", "step35_prompt_tokens_cached_total",
@@ -549,7 +551,7 @@ def test_metrics(server: Server) -> None:
     assert m["step35_generated_tokens_total"] > 0 and m["step35_prompt_tokens_evaluated_total"] > 0
     assert m['step35_time_to_first_token_seconds_count{route="/v1/chat/completions"}'] > 0
     assert m['step35_http_requests_total{route="/v1/chat/completions",status="200"}'] > 0
-    assert m['step35_http_requests_total{route="/v1/chat/completions",status="404"}'] > 0
+    assert m['step35_http_requests_total{route="/v1/models",status="404"}'] > 0
 
 
 # --------------------------------------------------------------------------- live: a one-slot server
@@ -690,7 +692,7 @@ TWO_CALLS = ["I should call", " both tools.\n</think>\n\nLet me check.\n<tool_",
 
 def in_process(engine: Any, body: Any, **app_kwargs: Any) -> Any:
     """Run ``body(client, http)`` against ``create_app(engine)`` over httpx's ASGI transport."""
-    from step35.server import create_app
+    from step35.serving import create_app
 
     app = create_app(engine, model_name="canned", api_key=KEY, **app_kwargs)
 
@@ -823,7 +825,7 @@ def test_defaults_fill_what_a_request_leaves_out() -> None:
 
 
 def test_small_requests_are_queued_on_the_event_loop_large_ones_in_a_worker_thread() -> None:
-    from step35.server import INLINE_BODY_BYTES
+    from step35.serving import INLINE_BODY_BYTES
 
     engine = CannedEngine(["plain text"])
 
@@ -848,7 +850,7 @@ def test_openai_error_bodies_for_unknown_routes_and_methods() -> None:
 
 
 def test_create_app_checks_its_arguments() -> None:
-    from step35.server import create_app
+    from step35.serving import create_app
 
     with pytest.raises(ValueError, match="max_body_bytes"):
         create_app(CannedEngine([]), model_name="m", max_body_bytes=0)

@@ -235,3 +235,13 @@ class ChatStream:
         """Counts and timings of the call."""
         return self._stream.stats
 
+    @property
+    def finish_reason(self) -> str | None:
+        """Why generation ended (``stop``, ``length``, ...; None while it runs), before tool calls are counted."""
+        return self._stream.finish_reason
+
+    @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended generation (None when it ended another way, or still runs)."""
+        return self._stream.stop_sequence
+

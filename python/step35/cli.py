@@ -582,7 +582,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     try:
-        from . import server
+        from . import serving
     except ImportError as e:  # the server extra is not installed: say how to get it
         print(f"step35: error: {e}", file=sys.stderr)
         return 1
@@ -609,8 +609,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path = path or str(_default_model())
     api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
     defaults = dict(_sampling(args), max_tokens=args.n_predict)  # no -n: each route's own default
-    name = args.alias or (args.model if is_repo else Path(path).name)
-    aliases = {Path(path).name, Path(path).stem} - {name}
+    name = (args.alias or [None])[0] or (args.model if is_repo else Path(path).name)
+    aliases = list(dict.fromkeys(args.alias or [name]))
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    context=planned, check_memory=check and not pre, devices=args.device,
                                    rpc=args.rpc, tensor_split=args.tensor_split)
@@ -618,18 +618,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
                         kv_unified=args.kv_unified)
         try:
-            app = server.create_app(engine, model_name=name, aliases=sorted(aliases), api_key=api_key,
-                                    max_body_bytes=args.max_body_bytes, defaults=defaults)
+            app = serving.create_app(engine, model_name=name, aliases=aliases, api_key=api_key,
+                                     max_body_bytes=args.max_body_bytes, defaults=defaults,
+                                     ping_seconds=args.sse_ping_interval, store_mib=args.response_store_mib)
 
             def ready(host: str, port: int) -> None:
-                url = server.url_of(host, port)
+                url = serving.url_of(host, port)
                 key = "<the --api-key>" if api_key else "none"
                 print(f"step35 serve: {name} on {url}/v1 ({engine.layout}"
                       f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
                 print(f"  OpenAI clients: base_url={url}/v1 api_key={key} model={name} "
                       f"(agents: OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY={key})", flush=True)
+                print(f"  Anthropic clients (Claude Code): ANTHROPIC_BASE_URL={url} ANTHROPIC_API_KEY={key}; "
+                      "any model name is served", flush=True)
 
-            stopped_by = server.run(app, host=args.host, port=args.port, log_level=args.log_level,
+            stopped_by = serving.run(app, host=args.host, port=args.port, log_level=args.log_level,
                                     shutdown_timeout=args.shutdown_timeout, on_ready=ready)
         finally:
             engine.close(cancel=True, timeout=args.shutdown_timeout)
@@ -814,9 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--offline", action="store_true", help="only look in the cache (like HF_HUB_OFFLINE=1)")
     s.set_defaults(func=cmd_download)
 
-    s = sub.add_parser("serve", help="OpenAI-compatible HTTP server (/v1/chat/completions, /v1/completions, "
-                                     "/v1/models, /health, /metrics) with continuous batching; "
-                                     "needs: pip install 'step35[server]'")
+    s = sub.add_parser("serve", help="OpenAI- and Anthropic-compatible HTTP server (/v1/chat/completions, "
+                                     "/v1/completions, /v1/responses, /v1/messages, /v1/models, /health, "
+                                     "/metrics) with continuous batching; needs: pip install 'step35[server]'")
     s.add_argument("-m", "--model", help="GGUF file or Hub repo owner/name[:QUANT] (default: the built-in tiny model)")
     s.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     s.add_argument("--port", type=int, default=8080, help="port (default 8080; 0 picks a free one)")
@@ -827,7 +830,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
     s.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on every route but /health (default: $STEP35_API_KEY)")
-    s.add_argument("--alias", help="model id the server reports and accepts (default: the file name, or the repo)")
+    s.add_argument("--alias", action="append", metavar="NAME",
+                   help="model name /v1/models lists (repeatable; default: the file name, or the repo); "
+                        "requests naming any model are served, as agents send their own names")
+    s.add_argument("--sse-ping-interval", type=float, default=15.0, metavar="SECONDS",
+                   help="keep-alive comment interval of event streams, also while a long prompt is evaluated "
+                        "(default 15)")
+    s.add_argument("--response-store-mib", type=float, default=64.0, metavar="MIB",
+                   help="memory for stored Responses API answers that previous_response_id can name "
+                        "(least recently used dropped first; default 64)")
     s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
                    help="largest request body; larger ones get 413 (default 16 MiB)")
     s.add_argument("--shutdown-timeout", type=float, default=10.0,

@@ -213,16 +213,31 @@ class Engine:
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         chosen = select_tools(tools, tool_choice)
-        prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
+        prompt, ids = self._chat_prompt(messages, chosen, template_kwargs)
         constraint = for_chat(self.model, prompt, chosen, tool_choice, response_format, reasoning_budget,
                               parallel_tool_calls)
-        ids = self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
         native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop,
                                          constraint=constraint)
         name = self.model.path.name
         if stream:
             return ChatStream(EngineStream(native, used_seed, self), chosen, name)
         return response(native, used_seed, chosen, model_name=name)
+
+    def _chat_prompt(self, messages: list[dict[str, Any]], chosen: list[dict[str, Any]] | None,
+                     template_kwargs: Mapping[str, Any] | None) -> tuple[str, list[int]]:
+        """The rendered prompt of a conversation and its tokens."""
+        prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
+        return prompt, self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
+
+    def prompt_tokens(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
+                      tool_choice: Any = "auto", template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
+        """The prompt tokens :meth:`chat` would evaluate for this conversation (nothing is queued).
+
+        A slot that holds a prefix of them in its cache evaluates only the rest.
+        """
+        from .chat import select_tools
+
+        return self._chat_prompt(messages, select_tools(tools, tool_choice), template_kwargs)[1]
 
     def generate_many(self, prompts: Sequence[str | bytes | Iterable[int]], max_tokens: int | None = 256, *,
                       add_special: bool = True, parse_special: bool = True,

@@ -254,6 +254,11 @@ class CompletionStream:
         return self._native.finish_reason if self._native.finished else None
 
     @property
+    def stop_sequence(self) -> str | None:
+        """The stop string that ended generation (None when it ended another way, or still runs)."""
+        return self._native.stop_sequence if self._native.finished else None
+
+    @property
     def tokens(self) -> list[int]:
         """Token ids generated so far."""
         return list(self._native.tokens)
