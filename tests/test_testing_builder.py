@@ -1,9 +1,11 @@
-"""The synthetic step35 model builder (step35.testing): pure Python, no native code."""
+"""The synthetic step35 model builder (step35.testing): pure Python, no native code, except the
+``tiny-agent`` chat tests at the end, which run the model on the installed step35."""
 
 from __future__ import annotations
 
 import functools
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -250,3 +252,143 @@ def test_spec_validation() -> None:
         dataclasses.replace(tiny, swiglu_clamp_exp=(0.0,))
     with pytest.raises(ValueError, match="partial rotary"):
         dataclasses.replace(tiny, partial_rotary_full=0.25)
+
+
+# --------------------------------------------------------------------------- tiny-agent
+
+AGENT_CTX = 20480  # room for a ~15k-token agent prompt
+#: Sampling with no truncation (top-k, top-p and min-p off): the whole distribution at that temperature.
+FULL_DISTRIBUTION = {"top_k": 0, "top_p": 1.0, "min_p": 0.0}
+ENUM_TOOL = {"type": "function", "function": {
+    "name": "set_mode", "description": "Switch the editor mode.",
+    "parameters": {"type": "object", "properties": {"mode": {"type": "string", "enum": ["fast", "careful"]}},
+                   "required": ["mode"]}}}
+READ_TOOL = {"type": "function", "function": {
+    "name": "read_file", "description": "Read a file of the workspace.",
+    "parameters": {"type": "object", "properties": {"path": {"type": "string"}}, "required": ["path"]}}}
+
+
+def _chain_text(ids: tuple[int, ...]) -> list[str]:
+    v = testing._vocab()
+    return [v.tokens[i] for i in ids]
+
+
+def test_agent_chain_tokens() -> None:
+    chain = testing.agent_chain()
+    assert _chain_text(chain) == ["Ċ", "The", "Ġuser", "Ġwants", "Ġa", "Ġshort", "Ġanswer", ".", "</think>",
+                                  "Hello", "Ġfrom", "Ġstep", "35", "!", "<|im_end|>"]
+    assert len(set(chain)) == len(chain)
+
+
+def test_agent_map_is_a_permutation_with_the_chain() -> None:
+    nxt = testing.token_permutation("tiny-agent")
+    n_vocab = len(testing._vocab().tokens)
+    assert sorted(nxt.tolist()) == list(range(n_vocab))  # no two tokens share a next token
+    chain = testing.agent_chain()
+    assert [int(nxt[a]) for a in chain[:-1]] == list(chain[1:])
+    links = testing.agent_links()
+    assert links[:-1] == tuple(zip(chain, chain[1:]))
+    assert _chain_text(links[-1]) == ["</tool_call>", "<|endoftext|>"]
+    assert all(nxt[a] == b for a, b in links)
+    shift = testing.token_permutation("tiny-mtp")
+    changed = np.flatnonzero(nxt != shift)
+    assert len(changed) <= 2 * len(links)  # one swap per link, the rest is the token map
+
+
+def test_token_map_permutation_unchanged() -> None:
+    nxt = testing.token_permutation("tiny-mtp", times=2)
+    assert [int(nxt[t]) for t in (0, 1, 50255, 50256, 50258)] == [testing.token_map(t, 2)
+                                                                  for t in (0, 1, 50255, 50256, 50258)]
+    with pytest.raises(ValueError, match="no token map"):
+        testing.token_permutation("tiny")
+    with pytest.raises(ValueError, match="no token map"):
+        testing.token_permutation("tiny-agent", times=2)
+
+
+def test_tiny_agent_spec_and_cache_key(monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
+    spec = testing.SIZES["tiny-agent"]
+    assert (spec.trunk, spec.dtype, spec.embd_dtype, spec.n_ctx_train) == ("agent", "f32", "f32", 65536)
+    assert spec.n_nextn == 0 and spec.mtp_heads == "random"
+    key = testing._cache_key(spec, 0, 1, False)
+    monkeypatch.setattr(testing, "AGENT_ANSWER", "Hello there!")
+    assert testing._cache_key(spec, 0, 1, False) != key  # changed texts never reuse a cached file
+    with pytest.raises(ValueError, match="unknown trunk"):
+        dataclasses.replace(spec, trunk="agents")
+    with pytest.raises(ValueError, match="need trunk='token_map'"):
+        testing.with_mtp(spec, "agree", trunk="agent")
+
+
+@pytest.fixture(scope="module")
+def agent_model(model_cache: Path) -> Any:
+    import step35
+
+    with step35.Model(testing.model_path("tiny-agent"), context={"n_ctx": AGENT_CTX}) as m:
+        yield m
+
+
+def _user(text: str = "Say hello.") -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def _assert_agent_answer(r: dict[str, Any]) -> None:
+    choice = r["choices"][0]
+    msg = choice["message"]
+    assert (msg.get("reasoning_content"), msg.get("content"), choice["finish_reason"]) == (
+        testing.AGENT_REASONING, testing.AGENT_ANSWER, "stop")
+    assert not msg.get("tool_calls")
+    # the chain between the prompt's last token and the end-of-generation token (not counted)
+    assert r["usage"]["completion_tokens"] == len(testing.agent_chain()) - 2
+
+
+def test_agent_tokenizes_like_the_chain(agent_model: Any) -> None:
+    chain = testing.agent_chain()
+    reasoning, answer = chain[1:8], chain[9:-1]
+    assert agent_model.tokenize(testing.AGENT_REASONING, add_special=False) == list(reasoning)
+    assert agent_model.tokenize(testing.AGENT_ANSWER, add_special=False) == list(answer)
+    assert agent_model.tokenize("</think>", add_special=False, parse_special=True) == [chain[8]]
+    assert agent_model.special_tokens["eos"] == chain[-1]
+
+
+def test_agent_prompt_ends_with_the_chain_start(agent_model: Any) -> None:
+    prompt = agent_model.chat_prompt(_user())
+    assert prompt.endswith("<|im_start|>assistant\n<think>\n")
+    ids = agent_model.tokenize(prompt, add_special=False, parse_special=True)  # the template writes the BOS
+    assert ids[0] == agent_model.special_tokens["bos"]
+    assert ids[-1] == testing.agent_chain()[0]
+
+
+@pytest.mark.parametrize("temperature,seed", [(0.0, 0)] + [(1.0, s) for s in range(1, 6)])
+def test_agent_chat_answers_and_ends(agent_model: Any, temperature: float, seed: int) -> None:
+    r = agent_model.chat(_user(), max_tokens=64, temperature=temperature, seed=seed, **FULL_DISTRIBUTION)
+    _assert_agent_answer(r)
+
+
+def _long_request(n_repeats: int = 2150) -> list[dict[str, Any]]:
+    # " the cat sat on the mat." is 7 tokens: ~15k tokens of user text
+    return [{"role": "system", "content": "You are a coding agent. Use the tools when they help."},
+            {"role": "user", "content": "Summarize this log:" + " the cat sat on the mat." * n_repeats}]
+
+
+@pytest.mark.slow
+def test_agent_long_prompt_with_tools(agent_model: Any) -> None:
+    messages, tools = _long_request(), [READ_TOOL, ENUM_TOOL]
+    prompt = agent_model.chat_prompt(messages, tools)
+    n_prompt = len(agent_model.tokenize(prompt, add_special=False, parse_special=True))  # BOS: in the template
+    assert 15000 <= n_prompt <= AGENT_CTX - 64
+    r = agent_model.chat(messages, tools, max_tokens=64, temperature=1.0, seed=7, **FULL_DISTRIBUTION)
+    _assert_agent_answer(r)
+    assert r["usage"]["prompt_tokens"] == n_prompt
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_agent_forced_tool_call(agent_model: Any, parallel: bool) -> None:
+    choice = {"type": "function", "function": {"name": "set_mode"}}
+    r = agent_model.chat(_user("Switch to careful mode."), [ENUM_TOOL], choice, max_tokens=128, temperature=0.0,
+                         parallel_tool_calls=parallel)
+    c = r["choices"][0]
+    calls = c["message"].get("tool_calls") or []
+    assert c["finish_reason"] == "tool_calls", (c, r["usage"])
+    assert [call["function"]["name"] for call in calls] == ["set_mode"]
+    assert json.loads(calls[0]["function"]["arguments"])["mode"] in ("fast", "careful")

@@ -21,6 +21,9 @@ StepFun's Step 3.5 Flash as llama.cpp's ``step35`` loader and graph see it:
   one (attention and FFN outputs zero, the output head a permutation of the
   vocabulary), with MTP heads that agree with it (drafts accepted) or that
   predict a different token (drafts rejected);
+* optionally an "agent" trunk: a token map whose chat answers end, reasoning
+  :data:`AGENT_REASONING` and answering :data:`AGENT_ANSWER` at any temperature
+  (size ``tiny-agent``, for tests with real coding agents);
 * a real byte-level BPE tokenizer (GPT-2's, read offline from
   ``ggml-vocab-gpt-2.gguf``) extended with the Step 3.5 chat/control tokens, and the
   Step 3.5 chat template.
@@ -44,6 +47,7 @@ import json
 import math
 import os
 import pathlib
+import re
 import shutil
 import struct
 import tempfile
@@ -82,6 +86,11 @@ __all__ = [
     "write_fork_era_model",
     "write_header_only_model",
     "token_map",
+    "token_permutation",
+    "agent_chain",
+    "agent_links",
+    "AGENT_REASONING",
+    "AGENT_ANSWER",
     "mtp_sidecar_paths",
     "STEP35_FLASH",
     "FLASH_N_VOCAB",
@@ -139,6 +148,14 @@ _ALIGNMENT = 32
 
 # --------------------------------------------------------------------------- specs
 
+#: ``ModelSpec.trunk`` kinds; all but "random" have a permutation (token map) as output head.
+_TRUNKS = ("random", "token_map", "agent")
+
+#: What a ``trunk="agent"`` model reasons, and then answers, in every chat (see :func:`agent_chain`).
+#: Each word is one GPT-2 token, and no token occurs twice in the chain.
+AGENT_REASONING = "The user wants a short answer."
+AGENT_ANSWER = "Hello from step35!"
+
 
 @dataclass(frozen=True)
 class ModelSpec:
@@ -188,8 +205,12 @@ class ModelSpec:
     embd_dtype: str = "f16"  #: token_embd / output / MTP head: "f16", "f32" or "q8_0"
     logit_scale: float = 4.0  #: std of the logits at init (output weight scale)
     trunk: str = "random"
-    """``"random"``, or ``"token_map"``: every block adds zero to the residual stream and the output
-    head maps token t to :func:`token_map` (t) with logit ``map_logit`` (others lower by their cosine)."""
+    """``"random"``; ``"token_map"``: every block adds zero to the residual stream and the output
+    head maps token t to :func:`token_map` (t) with logit ``map_logit`` (others lower by their cosine);
+    or ``"agent"``: the same, but with the map changed by swaps so that a chat answer (after the
+    prompt's ``<think>\\n``) is :data:`AGENT_REASONING`, ``</think>``, :data:`AGENT_ANSWER`,
+    ``<|im_end|>`` (:func:`agent_chain`), and a forced tool call ends after one call
+    (:func:`agent_links`; the whole map: :func:`token_permutation`)."""
     mtp_heads: str = "random"
     """MTP heads: ``"random"``, ``"agree"`` (each predicts the token map of its input token, as the trunk
     does: drafts are accepted) or ``"disagree"`` (the map applied twice: drafts are rejected)."""
@@ -211,7 +232,7 @@ class ModelSpec:
             raise ValueError(f"unsupported dtype {self.dtype!r} / {self.embd_dtype!r}")
         if self.embd_dtype == "q8_0" and self.n_embd % 32:
             raise ValueError("q8_0 embeddings need n_embd % 32 == 0")
-        if self.trunk not in ("random", "token_map") or self.mtp_heads not in ("random", "agree", "disagree"):
+        if self.trunk not in _TRUNKS or self.mtp_heads not in ("random", "agree", "disagree"):
             raise ValueError(f"unknown trunk {self.trunk!r} / mtp_heads {self.mtp_heads!r}")
         if self.mtp_heads != "random" and self.trunk != "token_map":
             raise ValueError("MTP heads that agree or disagree need trunk='token_map'")
@@ -268,6 +289,8 @@ def with_mtp(spec: ModelSpec, heads: str = "agree", *, n_nextn: int = 3, trunk: 
 #: Named sizes. ``tiny`` is for unit tests (< 10 MB), ``small`` a little bigger
 #: (more layers, two leading dense layers, llama3 rope factors), ``mid`` a
 #: ~370M-parameter F16 model for benchmarks (to be quantized by llama.cpp).
+#: ``tiny-agent`` (added below) answers every chat with :data:`AGENT_REASONING` /
+#: :data:`AGENT_ANSWER` and ends.
 SIZES: dict[str, ModelSpec] = {
     "tiny": ModelSpec(
         name="tiny", n_layer=5, n_embd=64, head_dim=16,
@@ -306,6 +329,11 @@ SIZES: dict[str, ModelSpec] = {
 SIZES["tiny-mtp"] = with_mtp(SIZES["tiny"], "agree", name="tiny-mtp")
 SIZES["tiny-mtp-random"] = with_mtp(SIZES["tiny"], "random", name="tiny-mtp-random")
 SIZES["mid-mtp"] = with_mtp(SIZES["mid"], "agree", name="mid-mtp")
+# Chat answers that end: reasoning AGENT_REASONING, answer AGENT_ANSWER, then end of generation, at any
+# temperature (the map's top logit leads the others by ~18). F32 so that every CPU kernel gives the same
+# logits; a 64K training context for long agent prompts.
+SIZES["tiny-agent"] = dataclasses.replace(SIZES["tiny"], name="tiny-agent", trunk="agent", dtype="f32",
+                                          embd_dtype="f32", n_ctx_train=65536)
 
 
 def resolve_spec(size: str | ModelSpec) -> ModelSpec:
@@ -501,7 +529,7 @@ def _tensor_plan(spec: ModelSpec, n_vocab: int) -> list[TensorSpec]:
     for i in range(spec.n_layer_all):
         p = f"blk.{i}."
         H, HKV = spec.n_head(i), spec.n_head_kv(i)
-        mapped = spec.trunk == "token_map" if i < spec.n_layer else spec.mtp_heads != "random"
+        mapped = spec.trunk != "random" if i < spec.n_layer else spec.mtp_heads != "random"
         # a mapped block adds exactly zero to the residual stream
         out = lambda fan_in: ("zeros", 1.0) if mapped else ("normal", isq(fan_in))  # noqa: E731
         t += [
@@ -553,7 +581,7 @@ def _tensor_plan(spec: ModelSpec, n_vocab: int) -> list[TensorSpec]:
                     TensorSpec(p + "nextn.shared_head_head.weight", (E, n_vocab), spec.embd_dtype, "normal",
                                out_scale),
                 ]
-    if spec.trunk == "token_map":
+    if spec.trunk != "random":
         t += [
             TensorSpec("output_norm.weight", (E,), "f32", "ones"),
             TensorSpec("output.weight", (E, n_vocab), spec.embd_dtype, "map1"),
@@ -594,15 +622,112 @@ def _dequantized(ts: TensorSpec, spec: ModelSpec, seed: int) -> np.ndarray:
     return x.reshape(tuple(reversed(ts.shape)))
 
 
-def _map_rows(spec: ModelSpec, seed: int, times: int, n_vocab: int) -> np.ndarray:
+def _shift_map(times: int, n_vocab: int) -> np.ndarray:
+    # the token map as an array (next[t] = token_map(t, times)), over n_vocab tokens
+    n = _n_ordinary()
+    nxt = np.arange(n_vocab)
+    nxt[:n] = (np.arange(n) + times) % n
+    return nxt
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # GPT-2's byte-level BPE alphabet: printable bytes stand for themselves, the others are shifted
+    # past 255 (so " " is "Ġ" and "\n" is "Ċ")
+    keep = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in keep]
+    return {**{b: chr(b) for b in keep}, **{b: chr(256 + i) for i, b in enumerate(shifted)}}
+
+
+def _words(text: str) -> list[str]:
+    # GPT-2's pre-tokenizer for plain ASCII text: letters, digits and other symbols, each with its leading space
+    return re.findall(r" ?[A-Za-z]+| ?[0-9]+| ?[^\sA-Za-z0-9]+|\s+", text)
+
+
+@functools.lru_cache(maxsize=1)
+def _token_ids() -> dict[str, int]:
+    return {t: i for i, t in enumerate(_vocab().tokens)}
+
+
+def _single_token(word: str) -> int:
+    """The id of the one ordinary GPT-2 token spelling ``word`` (a ValueError when it takes several)."""
+    alphabet = _bytes_to_unicode()
+    spelling = "".join(alphabet[b] for b in word.encode("utf-8"))
+    i = _token_ids().get(spelling, -1)
+    if not 0 <= i < _n_ordinary():
+        raise ValueError(f"{word!r} ({spelling!r}) is not a single token of the vocabulary")
+    return i
+
+
+def _special(text: str) -> int:
+    return _token_ids()[text]
+
+
+def agent_chain() -> tuple[int, ...]:
+    """The token ids a ``trunk="agent"`` model walks through in a chat answer, each the next of the one
+    before: ``\\n`` (the last token of the chat prompt, after ``<think>``), the tokens of
+    :data:`AGENT_REASONING`, ``</think>``, the tokens of :data:`AGENT_ANSWER`, ``<|im_end|>`` (end of
+    generation). Every word is one token, as the tokenizer writes it; no token occurs twice."""
+    chain = (_single_token("\n"), *(_single_token(w) for w in _words(AGENT_REASONING)), _special("</think>"),
+             *(_single_token(w) for w in _words(AGENT_ANSWER)), _special("<|im_end|>"))
+    if len(set(chain)) != len(chain):
+        raise ValueError("the agent chain repeats a token: its map would not be a permutation")
+    return chain
+
+
+def agent_links() -> tuple[tuple[int, int], ...]:
+    """Every (token, next token) pair in which a ``trunk="agent"`` model differs from the plain token map
+    by design: the links of :func:`agent_chain`, and ``</tool_call>`` -> ``<|endoftext|>`` (also an
+    end-of-generation token), so that a tool call that constrained decoding forces ends after the call
+    instead of going on with more calls."""
+    chain = agent_chain()
+    links = (*zip(chain, chain[1:]), (_special("</tool_call>"), _special("<|endoftext|>")))
+    sources, targets = [a for a, _ in links], [b for _, b in links]
+    if len(set(sources)) != len(links) or len(set(targets)) != len(links):
+        raise ValueError("two agent links share a token: the map would not be a permutation")
+    return links
+
+
+def _agent_map(n_vocab: int) -> np.ndarray:
+    # the shift map, changed by one swap per link a -> b: the token that led to b takes a's old next
+    # token. Earlier links are kept, as no two links share a source or a target.
+    nxt = _shift_map(1, n_vocab)
+    links = agent_links()
+    for a, b in links:
+        (pre,) = np.flatnonzero(nxt == b)
+        nxt[a], nxt[pre] = b, nxt[a]
+        assert _is_permutation(nxt), "a swap broke the agent map"
+    assert all(nxt[a] == b for a, b in links)
+    return nxt
+
+
+def _is_permutation(nxt: np.ndarray) -> bool:
+    return bool(np.array_equal(np.sort(nxt), np.arange(len(nxt))))
+
+
+def token_permutation(size: str | ModelSpec = "tiny-agent", times: int = 1) -> np.ndarray:
+    """The output head of a token-map or agent trunk as an array: ``next[t]`` is the token the model
+    predicts after token ``t`` (``times``: the map applied repeatedly; an agent trunk has only ``times=1``).
+    A permutation of the vocabulary."""
+    return _next_tokens(resolve_spec(size), times, len(_vocab().tokens))
+
+
+def _next_tokens(spec: ModelSpec, times: int, n_vocab: int) -> np.ndarray:
+    if spec.trunk == "token_map":
+        return _shift_map(times, n_vocab)
+    if spec.trunk == "agent" and times == 1:
+        return _agent_map(n_vocab)
+    raise ValueError(f"{spec.name}: trunk {spec.trunk!r} has no token map applied {times} time(s)")
+
+
+def _map_rows(spec: ModelSpec, seed: int, nxt: np.ndarray) -> np.ndarray:
     # row j = map_logit/sqrt(E) * unit(embedding of the token that maps to j): with a unit-gain
     # RMS norm in front (|x| = sqrt(E)), logit j = map_logit * cos(emb[x], emb[map^-1(j)])
+    n_vocab = len(nxt)
     emb = _dequantized(TensorSpec("token_embd.weight", (spec.n_embd, n_vocab), spec.embd_dtype, "normal"),
                        spec, seed)
     unit = emb / np.linalg.norm(emb, axis=1, keepdims=True)
-    n = _n_ordinary()
-    src = np.arange(n_vocab)
-    src[:n] = (np.arange(n) - times) % n  # j = map(src[j])
+    src = np.empty_like(nxt)
+    src[nxt] = np.arange(n_vocab)  # j = map(src[j])
     return (unit[src] * np.float32(spec.map_logit / math.sqrt(spec.n_embd))).astype(np.float32)
 
 
@@ -654,7 +779,7 @@ def _tensor_bytes(ts: TensorSpec, spec: ModelSpec, seed: int) -> bytes:
     elif ts.init == "eye_first":  # (out E, in 2E): [I | 0]
         data = np.eye(shape_np[0], shape_np[1], dtype=np.float32)
     elif ts.init.startswith("map"):
-        data = _map_rows(spec, seed, int(ts.init[3:]), shape_np[0])
+        data = _map_rows(spec, seed, _next_tokens(spec, int(ts.init[3:]), shape_np[0]))
     else:
         # one independent stream per tensor: values do not depend on tensor order
         ss = np.random.SeedSequence([seed, zlib.crc32(ts.name.encode("utf-8"))])
@@ -927,11 +1052,11 @@ def cache_dir() -> pathlib.Path:
 
 
 def _cache_key(spec: ModelSpec, seed: int, n_split: int, legacy_fork_keys: bool) -> str:
-    payload = json.dumps(
-        {"spec": dataclasses.asdict(spec), "seed": seed, "n_split": n_split, "legacy": legacy_fork_keys,
-         "builder": BUILDER_VERSION, "sources": _vocab().digest},
-        sort_keys=True,
-    )
+    fields: dict[str, Any] = {"spec": dataclasses.asdict(spec), "seed": seed, "n_split": n_split,
+                              "legacy": legacy_fork_keys, "builder": BUILDER_VERSION, "sources": _vocab().digest}
+    if spec.trunk == "agent":  # the links its output head is made of (other keys stay as they were)
+        fields["agent"] = [list(link) for link in agent_links()]
+    payload = json.dumps(fields, sort_keys=True)
     return hashlib.sha256(payload.encode("utf-8")).hexdigest()[:16]
 
 

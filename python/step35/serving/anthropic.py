@@ -186,8 +186,10 @@ class Messages:
                 out += self._user(blocks, f"{where}.content")
             elif role == "assistant":
                 out.append(self._assistant(blocks, f"{where}.content"))
+            elif role == "system":  # Claude Code sends its environment as a system message in the conversation
+                out.append({"role": "system", "content": _joined_text(blocks, f"{where}.content")})
             else:
-                raise bad(f"{where}.role", f"{where}.role must be user or assistant, got {role!r}")
+                raise bad(f"{where}.role", f"{where}.role must be user, assistant or system, got {role!r}")
         return out
 
     @staticmethod

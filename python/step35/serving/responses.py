@@ -243,6 +243,8 @@ class Responses:
                 text = output if isinstance(output, str) else _text_parts(output, f"{where}.output")
                 turn = None
                 out.append({"role": "tool", "tool_call_id": str(item.get("call_id")), "content": text})
+            elif kind == "additional_tools":
+                continue  # tools, taken by _tools
             elif kind == "item_reference":
                 raise bad(where, f"{where}: item references are not supported; send the item itself")
             else:
@@ -278,23 +280,38 @@ class Responses:
 
     @staticmethod
     def _tools(body: Mapping[str, Any], req: ChatRequest) -> None:
+        """Function tools, from ``tools`` and ``additional_tools`` items, namespaces flattened; other
+        kinds are skipped (and named)."""
         tools = body.get("tools")
         if tools is not None and not isinstance(tools, list):
             raise bad("tools", "tools must be a list of tools")
-        functions = []
-        for i, tool in enumerate(tools or ()):
+        given = [(f"tools[{i}]", t, None) for i, t in enumerate(tools or ())]
+        for i, item in enumerate(req.protocol_state["items"]):
+            if item.get("type") == "additional_tools" and isinstance(item.get("tools"), list):
+                given += [(f"input[{i}].tools[{j}]", t, None) for j, t in enumerate(item["tools"])]
+        functions: list[dict[str, Any]] = []
+        namespaces: dict[str, str] = {}
+        while given:
+            where, tool, namespace = given.pop(0)
             if not isinstance(tool, Mapping):
-                raise bad(f"tools[{i}]", f"tools[{i}] must be an object")
+                raise bad(where, f"{where} must be an object")
+            if tool.get("type") == "namespace" and isinstance(tool.get("tools"), list):
+                given[:0] = [(f"{where}.tools[{j}]", t, str(tool.get("name") or ""))
+                             for j, t in enumerate(tool["tools"])]
+                continue
             if tool.get("type") != "function":
                 req.skipped_tools.append(str(tool.get("name") or tool.get("type")))
                 continue
             if not isinstance(tool.get("name"), str):
-                raise bad(f"tools[{i}].name", f"tools[{i}].name must be a string")
+                raise bad(f"{where}.name", f"{where}.name must be a string")
             function: dict[str, Any] = {"name": tool["name"],
                                         "parameters": tool.get("parameters") or {"type": "object", "properties": {}}}
             if isinstance(tool.get("description"), str):
                 function["description"] = tool["description"]
             functions.append({"type": "function", "function": function})
+            if namespace:
+                namespaces[tool["name"]] = namespace
+        req.protocol_state["namespaces"] = namespaces
         req.tools = functions or None
         choice = body.get("tool_choice")
         if choice is None or choice == "auto" or (isinstance(choice, Mapping) and choice.get("type") in
@@ -382,9 +399,14 @@ class Responses:
                 "content": [{"type": "output_text", "text": text, "annotations": [], "logprobs": []}]}
 
     @staticmethod
-    def _call_item(item_id: str, call_id: str, name: str, arguments: str, status: str = "completed") -> dict[str, Any]:
-        return {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
+    def _call_item(req: ChatRequest, item_id: str, call_id: str, name: str, arguments: str,
+                   status: str = "completed") -> dict[str, Any]:
+        item = {"type": "function_call", "id": item_id, "call_id": call_id, "name": name, "arguments": arguments,
                 "status": status}
+        namespace = req.protocol_state.get("namespaces", {}).get(name)
+        if namespace:
+            item["namespace"] = namespace
+        return item
 
     def _ending(self, finished: Finished) -> tuple[str, dict[str, Any]]:
         if finished.reason == "length":
@@ -407,7 +429,7 @@ class Responses:
         if answer.text:
             output.append(self._message_item(_id("msg"), answer.text))
         for call in answer.whole_calls:
-            output.append(self._call_item(_id("fc"), _id("call"), call["name"], call["arguments"]))
+            output.append(self._call_item(req, _id("fc"), _id("call"), call["name"], call["arguments"]))
         response_id = _id("resp")
         status, more = self._ending(finished)
         self._keep(req, response_id, output)
@@ -513,7 +535,7 @@ class _StreamWriter:
             out.append(self.event("response.output_text.delta", **self._where(), content_index=0,
                                   delta=event.text, logprobs=[]))
         elif isinstance(event, ToolCallStart):
-            item = self.protocol._call_item(_id("fc"), _id("call"), event.name, "", status="in_progress")
+            item = self.protocol._call_item(self.req, _id("fc"), _id("call"), event.name, "", status="in_progress")
             out += self._start(item, None)
         elif isinstance(event, ToolCallDone) and self.open is not None and self.open["type"] == "function_call":
             self.open["arguments"] = event.arguments
