@@ -161,11 +161,13 @@ def test_a_tool_loop_of_four_turns_evaluates_only_the_new_tokens(agent_server: S
             if turn < 3:
                 assert m.stop_reason == "tool_use"
                 call = m.content[-1]
-                assert call.type == "tool_use" and call.name == "get_weather" and call.input["city"] in ("Paris", "Rome")
+                assert call.type == "tool_use" and call.name == "get_weather"
+                assert call.input["city"] in ("Paris", "Rome")
                 assert call.id.startswith("toolu_")
+                result = {"type": "tool_result", "tool_use_id": call.id,
+                          "content": [{"type": "text", "text": f"Sunny, {18 + turn} C"}]}
                 messages += [{"role": "assistant", "content": [b.model_dump(exclude_none=True) for b in m.content]},
-                             {"role": "user", "content": [{"type": "tool_result", "tool_use_id": call.id,
-                                                           "content": [{"type": "text", "text": f"Sunny, {18 + turn} C"}]}]}]
+                             {"role": "user", "content": [result]}]
             else:
                 assert m.stop_reason == "end_turn" and m.content[-1].text == testing.AGENT_ANSWER
     for n in range(1, 4):
@@ -448,3 +450,56 @@ def test_curl_reads_both_streams(agent_server: Server) -> None:
     assert [d["sequence_number"] for _, d in resp] == list(range(len(resp)))
     assert all(d["type"] == n for n, d in resp) and resp[-1][0] == "response.completed"
     assert resp[-1][1]["response"]["output"][-1]["content"][0]["text"] == testing.AGENT_ANSWER
+
+
+# --------------------------------------------------------------------------- keep-alive and progress
+
+
+class _SlowStream:
+    """A canned completion stream whose first piece comes after ``delay`` seconds (a long prompt)."""
+
+    def __init__(self, delay: float) -> None:
+        from test_serve import CannedStream
+
+        self.inner = CannedStream(["Hello", " there"], prompt_tokens=4000, cached=1000)
+        self.delay = delay
+        self.started = False
+
+    def __aiter__(self) -> _SlowStream:
+        return self
+
+    async def __anext__(self) -> str:
+        if not self.started:
+            self.started = True
+            await asyncio.sleep(self.delay)
+        return await self.inner.__anext__()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+
+class _SlowEngine(CannedEngine):
+    def generate(self, prompt: Any, *, stream: bool = False, **kwargs: Any) -> Any:
+        self.calls.append(kwargs)
+        return _SlowStream(0.6)
+
+
+def test_streams_are_kept_alive_and_report_progress_while_the_prompt_is_evaluated() -> None:
+    from step35.serving import create_app
+
+    app = create_app(_SlowEngine([]), model_name="canned", ping_seconds=0.1)
+
+    async def main() -> tuple[str, str]:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t") as http:
+            quiet = await http.post("/v1/completions", json={"prompt": "x", "stream": True})
+            asked = await http.post("/v1/completions", json={"prompt": "x", "stream": True, "return_progress": True})
+            return quiet.text, asked.text
+
+    quiet, asked = asyncio.run(main())
+    first_data = quiet.index("data:")
+    assert quiet[:first_data].count(": ping") >= 2  # comments every 0.1 s before the first token
+    assert "prompt_progress" not in quiet
+    progress = [json.loads(line[5:])["prompt_progress"] for line in asked.splitlines()
+                if line.startswith("data:") and "prompt_progress" in line]
+    assert progress and all(p["total"] == 4000 and p["cache"] == 1000 for p in progress)
+    assert asked.index("prompt_progress") < asked.index('"text":"Hello"')

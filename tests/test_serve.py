@@ -639,7 +639,8 @@ class CannedStream:
     def stats(self) -> GenerationStats:
         return GenerationStats(prompt_tokens=self._prompt_tokens,
                                prompt_tokens_evaluated=self._prompt_tokens - self._cached, prompt_ms=1.0,
-                               generated_tokens=self._i, generation_ms=2.0, ttft_ms=1.5, seed=7)
+                               generated_tokens=self._i, generation_ms=2.0, ttft_ms=1.5, seed=7,
+                               prompt_tokens_cached=self._cached)
 
 
 class CannedEngine:

@@ -121,6 +121,9 @@ class GenerationStats:
     """The sampler seed used (pass it back to reproduce the output)."""
     draft: DraftStats | None = None
     """MTP drafting counts (None when the call did not draft)."""
+    prompt_tokens_cached: int = 0
+    """Prompt tokens served from the cache (known once the request has a slot; while the prompt is
+    evaluated, ``prompt_tokens_cached + prompt_tokens_evaluated`` of ``prompt_tokens`` are done)."""
 
     @property
     def prompt_tps(self) -> float:
@@ -292,6 +295,8 @@ def _stats(native: Any, seed: int) -> GenerationStats:
         prompt_tokens=int(d["prompt_tokens"]), prompt_tokens_evaluated=int(d["prompt_tokens_evaluated"]),
         prompt_ms=float(d["prompt_ms"]), generated_tokens=int(d["generated_tokens"]),
         generation_ms=float(d["generation_ms"]), ttft_ms=float(d["ttft_ms"]), seed=seed, draft=draft,
+        prompt_tokens_cached=int(d.get("prompt_tokens_cached",
+                                       int(d["prompt_tokens"]) - int(d["prompt_tokens_evaluated"]))),
     )
 
 

@@ -18,7 +18,8 @@ from typing import Any, Union
 
 import anyio.to_thread
 
-__all__ = ["Answer", "Event", "Failed", "Finished", "Progress", "ReasoningDelta", "Started", "TextDelta", "ToolCallDone",
+__all__ = ["Answer", "Event", "Failed", "Finished", "Progress", "ReasoningDelta", "Started", "TextDelta",
+           "ToolCallDone",
            "ToolCallStart", "Usage", "engine_events", "usage_of"]
 
 
