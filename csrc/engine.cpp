@@ -31,6 +31,7 @@
 #include "errors.h"
 #include "log.h"
 #include "model.h"
+#include "prompt_cache.h"
 #include "rpc.h"
 #include "sequence.h"
 
@@ -71,6 +72,7 @@ struct Request {
     std::string error;
     ErrorKind error_kind = ErrorKind::DecodeError;
     size_t n_cached = 0, n_evaluated = 0;
+    size_t n_restored = 0;  // of n_cached: restored from the host-memory prompt cache
     Clock::time_point t_submit = Clock::now(), t_admit, t_prompt_done, t_first, t_end;
     bool have_first = false;
 };
@@ -90,8 +92,9 @@ size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama
 class Engine {
 public:
     // `n_ctx_slot`: the most tokens one sequence may hold (0 = what the context allows one sequence).
-    Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot)
-        : ctx_(std::move(ctx)), max_waiting_(max_waiting) {
+    // `cache_bytes`: bound of the host-memory prompt cache (0: none).
+    Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot, size_t cache_bytes)
+        : ctx_(std::move(ctx)), max_waiting_(max_waiting), cache_(cache_bytes) {
         llama_context * c = ctx_->get();
         guard_ = std::make_unique<BusyGuard>(*ctx_);
         n_batch_ = llama_n_batch(c);
@@ -253,6 +256,10 @@ public:
         d["prompt_tokens_cached"] = total_cached_;
         d["generated_tokens"] = total_generated_;
         d["requests_finished"] = total_finished_;
+        d["prompt_tokens_restored"] = total_restored_;
+        d["prompt_cache_bytes"] = cache_.bytes();
+        d["prompt_cache_entries"] = cache_.entries();
+        d["prompt_cache_max_bytes"] = cache_.max_bytes();
         d["decode_steps"] = total_steps_;
         d["kv_full_events"] = total_kv_full_;
         d["closed"] = stopping_;
@@ -285,30 +292,60 @@ private:
         if (events_enabled_) events_.push_back(r.id);
     }
 
-    // Give waiting requests free slots, reusing each slot's cached prefix where the cache can serve it.
+    // The prefix of `prompt` that slot `s`'s cache can serve: sliding-window layers must still hold
+    // the window before it (the last prompt token is always evaluated: it gives the logits).
+    size_t servable(llama_memory_t mem, const Slot & s, const std::vector<llama_token> & prompt) const {
+        size_t keep = std::min(common_prefix(s.cached, prompt), prompt.size() - 1);
+        if (keep > 0 && n_swa_ > 0) {
+            const llama_pos pos_min = llama_memory_seq_pos_min(mem, s.seq);
+            if (pos_min > std::max<llama_pos>(0, (llama_pos) keep - n_swa_)) keep = 0;
+        }
+        return keep;
+    }
+
+    // Before a slot's conversation is cut to `keep` tokens: save it to the prompt cache when that drops
+    // enough of it to matter (another conversation takes the slot, not the same one's next turn).
+    void save_conversation(Slot & s, size_t keep) {
+        if (s.cached.size() >= keep + kMinSaveDrop) cache_.save(ctx_->get(), s.seq, s.cached);
+    }
+
+    // Give waiting requests free slots: the slot, or the conversation in the prompt cache, that serves
+    // the longest prefix of the prompt; a conversation that a request cuts is saved to the cache first.
     void admit_locked() {
-        llama_memory_t mem = llama_get_memory(ctx_->get());
+        llama_context * c = ctx_->get();
+        llama_memory_t mem = llama_get_memory(c);
         while (!waiting_.empty()) {
-            int best = -1;
-            size_t best_lcp = 0;
+            const std::shared_ptr<Request> req = waiting_.front();
+            int best = -1, empty = -1;
+            size_t best_keep = 0;
             for (size_t i = 0; i < slots_.size(); ++i) {
                 if (slots_[i].req) continue;
-                const size_t lcp = common_prefix(slots_[i].cached, waiting_.front()->prompt);
-                if (best < 0 || lcp > best_lcp) {
+                const size_t keep = servable(mem, slots_[i], req->prompt);
+                // on a tie, the slot with less to lose
+                if (best < 0 || keep > best_keep ||
+                    (keep == best_keep && slots_[i].cached.size() < slots_[(size_t) best].cached.size())) {
                     best = (int) i;
-                    best_lcp = lcp;
+                    best_keep = keep;
                 }
+                if (empty < 0 && slots_[i].cached.empty()) empty = (int) i;
             }
             if (best < 0) return;
-            std::shared_ptr<Request> req = waiting_.front();
             waiting_.pop_front();
-            Slot & s = slots_[(size_t) best];
-            size_t keep = std::min(best_lcp, req->prompt.size() - 1);  // the last prompt token gives the logits
-            if (keep > 0 && n_swa_ > 0) {
-                // Sliding-window layers must still hold the window before `keep`.
-                const llama_pos pos_min = llama_memory_seq_pos_min(mem, s.seq);
-                if (pos_min > std::max<llama_pos>(0, (llama_pos) keep - n_swa_)) keep = 0;
+            bool restored = false;
+            auto [entry, entry_lcp] = cache_.best(req->prompt);
+            if (entry >= 0 && std::min(entry_lcp, req->prompt.size() - 1) > best_keep + kMinRestoreGain) {
+                const int target = empty >= 0 ? empty : best;  // an empty slot loses nothing
+                Slot & t = slots_[(size_t) target];
+                save_conversation(t, 0);
+                std::tie(entry, entry_lcp) = cache_.best(req->prompt);  // saving may have dropped entries
+                llama_memory_seq_rm(mem, t.seq, -1, -1);
+                t.cached.clear();
+                if (entry >= 0) restored = cache_.restore(c, t.seq, (size_t) entry, &t.cached);
+                best = target;
             }
+            Slot & s = slots_[(size_t) best];
+            size_t keep = restored ? servable(mem, s, req->prompt) : best_keep;
+            if (!restored) save_conversation(s, keep);
             if (keep > 0 && !llama_memory_seq_rm(mem, s.seq, (llama_pos) keep, -1)) keep = 0;
             if (keep == 0) llama_memory_seq_rm(mem, s.seq, -1, -1);
             s.cached.resize(keep);
@@ -317,8 +354,10 @@ private:
             req->state = State::Prompt;
             req->n_prompt_done = keep;
             req->n_cached = keep;
+            req->n_restored = restored ? keep : 0;
             req->t_admit = Clock::now();
             total_cached_ += keep;
+            total_restored_ += req->n_restored;
         }
     }
 
@@ -552,6 +591,12 @@ private:
     std::vector<int64_t> events_;
     size_t total_evaluated_ = 0, total_cached_ = 0, total_generated_ = 0, total_finished_ = 0, total_steps_ = 0,
            total_kv_full_ = 0;
+    size_t total_restored_ = 0;
+    PromptCache cache_;
+    // a cut that drops fewer tokens is the same conversation's next turn, not worth a copy
+    static constexpr size_t kMinSaveDrop = 32;
+    // a restore must serve this many more tokens than the best slot can
+    static constexpr size_t kMinRestoreGain = 16;
     std::thread worker_;
 };
 
@@ -644,6 +689,7 @@ public:
         d["prompt_tokens"] = r.prompt.size();
         d["prompt_tokens_evaluated"] = r.n_evaluated;
         d["prompt_tokens_cached"] = r.n_cached;
+        d["prompt_tokens_restored"] = r.n_restored;
         d["queue_ms"] = admitted ? ms_between(r.t_submit, r.t_admit) : ms_between(r.t_submit, end);
         d["prompt_ms"] = admitted && prompt_done ? ms_between(r.t_admit, r.t_prompt_done) : 0.0;
         d["generated_tokens"] = r.generated.size();
@@ -663,8 +709,8 @@ private:
 
 void register_engine(py::module_ & m) {
     py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "Continuous batching over one context (use step35.Engine).")
-        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t>(), py::arg("context"),
-             py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0)
+        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t, size_t>(), py::arg("context"),
+             py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0, py::arg("cache_bytes") = 0)
         .def("submit_all",
              [](const std::shared_ptr<Engine> & e,
                 std::vector<std::tuple<std::vector<llama_token>, int64_t, SamplingOptions, std::vector<std::string>>> items,

@@ -616,7 +616,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    rpc=args.rpc, tensor_split=args.tensor_split)
     with model:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
-                        kv_unified=args.kv_unified)
+                        kv_unified=args.kv_unified, cache_mib=None if args.cache_ram < 0 else args.cache_ram)
         try:
             app = serving.create_app(engine, model_name=name, aliases=aliases, api_key=api_key,
                                      max_body_bytes=args.max_body_bytes, defaults=defaults,
@@ -826,6 +826,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-np", "--parallel", type=int, default=4, help="slots: requests decoded at once (default 4)")
     s.add_argument("-kvu", "--kv-unified", action="store_true",
                    help="the slots share one KV cache of -c tokens instead of -c each (llama-server --kv-unified)")
+    s.add_argument("--cache-ram", type=float, default=-1, metavar="MIB",
+                   help="host-memory prompt cache: conversations a slot gives up are kept here and restored when "
+                        "a request extends them (llama-server's --cache-ram; 0 = off; default -1: a quarter of "
+                        "the available RAM, at most 8192)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
     s.add_argument("--api-key", default=None,

@@ -30,6 +30,17 @@ __all__ = ["Engine", "EngineStream"]
 
 #: The most slots an engine can have (llama.cpp's sequence limit).
 MAX_SLOTS = 256
+#: The host-memory prompt cache's default bound: this share of the available RAM ...
+CACHE_RAM_SHARE = 0.25
+#: ... and at most this many MiB (llama-server's --cache-ram default).
+CACHE_RAM_MAX_MIB = 8192
+
+
+def default_cache_mib() -> float:
+    """The prompt cache's default bound in MiB: a quarter of the available RAM, at most 8 GiB."""
+    from ._system import system_memory
+
+    return min(CACHE_RAM_MAX_MIB, system_memory()[1] * CACHE_RAM_SHARE / (1 << 20))
 
 
 def engine_context(per_slot: ContextParams, slots: int, n_ctx_slot: int, kv_unified: bool = False) -> ContextParams:
@@ -86,6 +97,12 @@ class Engine:
             requests are short. When the shared cache is full the engine drops
             idle slots' cached prefixes, then holds prompts back, and as a last
             resort ends the longest request with ``finish_reason="length"``.
+        cache_mib: bound of the host-memory prompt cache, in MiB (0: none; None:
+            a quarter of the available RAM, at most 8 GiB). When a slot is
+            given to a request that does not extend the conversation it holds,
+            that conversation's state is saved there first; a later request
+            that extends it gets it back and evaluates only its new tokens.
+            Least recently used conversations are dropped first.
 
     Example::
 
@@ -95,13 +112,17 @@ class Engine:
     """
 
     def __init__(self, model: Model, slots: int = 4, *, context: ContextParams | Mapping[str, Any] | None = None,
-                 max_waiting: int = 64, kv_unified: bool = False) -> None:
+                 max_waiting: int = 64, kv_unified: bool = False, cache_mib: float | None = None) -> None:
         from .context import ContextParams
 
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be an int in [1, {MAX_SLOTS}], got {slots!r}")
         if isinstance(max_waiting, bool) or not isinstance(max_waiting, int) or max_waiting < 0:
             raise ValueError(f"max_waiting must be an int >= 0, got {max_waiting!r}")
+        if cache_mib is None:
+            cache_mib = default_cache_mib()
+        if isinstance(cache_mib, bool) or not isinstance(cache_mib, (int, float)) or not cache_mib >= 0:
+            raise ValueError(f"cache_mib must be a number of MiB >= 0 (0: no prompt cache), got {cache_mib!r}")
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
         params = engine_context(base, slots, n_ctx_slot, kv_unified)
@@ -110,7 +131,9 @@ class Engine:
         self.n_ctx_slot = n_ctx_slot
         self.kv_unified = bool(kv_unified)
         self._ctx = model.new_context(params)
-        self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot)
+        self.cache_mib = float(cache_mib)
+        self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot,
+                                              int(cache_mib * (1 << 20)))
         self._closed = False
         self._lock = threading.Lock()
         self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
@@ -284,7 +307,8 @@ class Engine:
         return [response(n, sd, chosen, model_name=name) for n, sd in natives]
 
     def metrics(self) -> dict[str, Any]:
-        """Slots, running and waiting requests, and token totals (prompt evaluated / cached, generated)."""
+        """Slots, running and waiting requests, token totals (prompt evaluated / cached / restored from the
+        prompt cache, generated) and the prompt cache's size (``prompt_cache_bytes``, ``_entries``, ``_max_bytes``)."""
         return dict(self._native.metrics())
 
     # ---- async wake-ups: one dispatcher thread per engine ---------------------

@@ -124,6 +124,8 @@ class GenerationStats:
     prompt_tokens_cached: int = 0
     """Prompt tokens served from the cache (known once the request has a slot; while the prompt is
     evaluated, ``prompt_tokens_cached + prompt_tokens_evaluated`` of ``prompt_tokens`` are done)."""
+    prompt_tokens_restored: int = 0
+    """Of the cached prompt tokens, those restored from an engine's host-memory prompt cache."""
 
     @property
     def prompt_tps(self) -> float:
@@ -297,6 +299,7 @@ def _stats(native: Any, seed: int) -> GenerationStats:
         generation_ms=float(d["generation_ms"]), ttft_ms=float(d["ttft_ms"]), seed=seed, draft=draft,
         prompt_tokens_cached=int(d.get("prompt_tokens_cached",
                                        int(d["prompt_tokens"]) - int(d["prompt_tokens_evaluated"]))),
+        prompt_tokens_restored=int(d.get("prompt_tokens_restored", 0)),
     )
 
 

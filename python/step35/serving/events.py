@@ -124,7 +124,8 @@ def usage_of(stats: Any, reasoning_tokens: int = 0) -> Usage:
     timings: dict[str, Any] = {"prompt_n": evaluated, "prompt_ms": float(stats.prompt_ms),
                                "predicted_n": int(stats.generated_tokens),
                                "predicted_ms": float(stats.generation_ms), "ttft_ms": float(stats.ttft_ms),
-                               "cache_n": prompt - evaluated}
+                               "cache_n": prompt - evaluated,
+                               "cache_ram_n": int(getattr(stats, "prompt_tokens_restored", 0) or 0)}
     for name, attr in (("prompt_per_second", "prompt_tps"), ("predicted_per_second", "generation_tps")):
         value = getattr(stats, attr, None)
         if isinstance(value, (int, float)):

@@ -29,6 +29,10 @@ class _EngineCollector:
         m = metrics()
         out: list[Any] = []
         for name, key, doc in (("step35_slots", "slots", "Sequences the engine decodes at once (-np)."),
+                               ("step35_prompt_cache_bytes", "prompt_cache_bytes",
+                                "Bytes of conversations held in the host-memory prompt cache."),
+                               ("step35_prompt_cache_entries", "prompt_cache_entries",
+                                "Conversations held in the host-memory prompt cache."),
                                ("step35_requests_running", "running", "Requests holding a slot."),
                                ("step35_requests_waiting", "waiting", "Requests queued for a slot.")):
             g = GaugeMetricFamily(name, doc)
@@ -37,6 +41,8 @@ class _EngineCollector:
         for name, key, doc in (
                 ("step35_prompt_tokens_evaluated", "prompt_tokens_evaluated", "Prompt tokens computed."),
                 ("step35_prompt_tokens_cached", "prompt_tokens_cached", "Prompt tokens served from a slot's cache."),
+                ("step35_prompt_tokens_restored", "prompt_tokens_restored",
+                 "Prompt tokens served from the host-memory prompt cache (part of the cached ones)."),
                 ("step35_generated_tokens", "generated_tokens", "Tokens generated."),
                 ("step35_requests_finished", "requests_finished", "Requests the engine finished.")):
             c = CounterMetricFamily(name, doc)

@@ -1,0 +1,100 @@
+"""The engine's host-memory prompt cache: a conversation a slot gives up comes back when a request extends it.
+
+The F32 tiny model has a sliding window of 16 tokens, so a slot that served
+another prompt can no longer serve the earlier conversation's prefix (its
+window layers have moved on): without the cache, the whole prompt is
+evaluated again. Outputs are compared at temperature 0 with the same request
+run alone on a fresh engine without a cache.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import step35
+
+GREEDY = {"temperature": 0.0}
+
+
+def prompt(seed: int, n: int) -> list[int]:
+    rng = random.Random(seed)
+    return [rng.randrange(300, 30000) for _ in range(n)]
+
+
+def run(engine: step35.Engine, ids: list[int], n: int = 6) -> step35.Completion:
+    out = engine.generate(ids, max_tokens=n, **GREEDY)
+    assert isinstance(out, step35.Completion)
+    return out
+
+
+@pytest.fixture(scope="module")
+def model(tiny32_path: Path) -> step35.Model:
+    with step35.Model(tiny32_path, context={"n_ctx": 2048}) as m:
+        yield m
+
+
+def test_a_conversation_whose_slot_was_taken_comes_back_from_the_cache(model: step35.Model) -> None:
+    a, b = prompt(1, 300), prompt(2, 300)
+    with step35.Engine(model, slots=1, cache_mib=64) as engine:
+        first = run(engine, a)
+        run(engine, b)  # takes the one slot: a's conversation goes to the cache
+        assert engine.metrics()["prompt_cache_entries"] == 1
+        turn = a + first.tokens + prompt(3, 40)
+        again = run(engine, turn)
+    with step35.Engine(model, slots=1, cache_mib=0) as fresh:
+        alone = run(fresh, turn)
+        run(fresh, b)
+        without = run(fresh, turn)
+    # the conversation so far (prompt + answer, but for the last sampled token, never decoded) is restored
+    assert again.stats.prompt_tokens_restored >= len(a) + len(first.tokens) - 1
+    assert again.stats.prompt_tokens_evaluated <= 40 + 1
+    assert without.stats.prompt_tokens_evaluated == len(turn)  # no cache: the window moved on, all again
+    assert again.tokens == alone.tokens == without.tokens
+
+
+def test_a_cached_prefix_serves_a_diverging_prompt_too(model: step35.Model) -> None:
+    a = prompt(4, 200)
+    with step35.Engine(model, slots=1, cache_mib=64) as engine:
+        run(engine, a)
+        run(engine, prompt(5, 200))
+        branch = a[:150] + prompt(6, 30)  # shares 150 tokens with a's conversation
+        out = run(engine, branch)
+    with step35.Engine(model, slots=1, cache_mib=0) as fresh:
+        alone = run(fresh, branch)
+    # the restored state is cut back to the common prefix only if the window before it is still held;
+    # either way the output is the one the prompt gets alone
+    assert out.tokens == alone.tokens
+    assert out.stats.prompt_tokens_evaluated + out.stats.prompt_tokens_cached == len(branch)
+
+
+def test_no_cache_when_its_bound_is_zero(model: step35.Model) -> None:
+    with step35.Engine(model, slots=1, cache_mib=0) as engine:
+        run(engine, prompt(7, 100))
+        run(engine, prompt(8, 100))
+        m = engine.metrics()
+    assert m["prompt_cache_entries"] == 0 and m["prompt_cache_bytes"] == 0 and m["prompt_tokens_restored"] == 0
+    with pytest.raises(ValueError, match="cache_mib"):
+        step35.Engine(model, slots=1, cache_mib=-1)
+
+
+@pytest.mark.slow
+def test_the_cache_never_exceeds_its_bound(model: step35.Model) -> None:
+    """1,000 requests: 8 conversations that grow turn by turn, on 2 slots, with a cache of 512 KiB."""
+    rng = random.Random(11)
+    bound = 512 << 10
+    conversations = {k: prompt(100 + k, rng.randrange(20, 120)) for k in range(8)}
+    restored = 0
+    with step35.Engine(model, slots=2, cache_mib=bound / (1 << 20)) as engine:
+        for i in range(1000):
+            k = rng.randrange(8)
+            ids = conversations[k]
+            if len(ids) > 700:
+                ids = conversations[k] = prompt(1000 + i, rng.randrange(20, 120))
+            out = run(engine, ids, n=rng.randrange(1, 3))
+            restored += out.stats.prompt_tokens_restored
+            conversations[k] = ids + out.tokens + prompt(2000 + i, rng.randrange(1, 30))
+            m = engine.metrics()
+            assert m["prompt_cache_bytes"] <= bound, (i, m)
+    assert m["prompt_cache_entries"] >= 1 and restored > 0 and m["prompt_tokens_restored"] == restored
