@@ -80,6 +80,7 @@ struct Request {
 struct Slot {
     llama_seq_id seq = 0;
     std::vector<llama_token> cached;  // tokens in this sequence's cache, positions 0..n-1
+    Checkpoints checkpoints;          // of the sliding-window layers, within `cached`
     std::shared_ptr<Request> req;
 };
 
@@ -92,9 +93,13 @@ size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama
 class Engine {
 public:
     // `n_ctx_slot`: the most tokens one sequence may hold (0 = what the context allows one sequence).
-    // `cache_bytes`: bound of the host-memory prompt cache (0: none).
-    Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot, size_t cache_bytes)
-        : ctx_(std::move(ctx)), max_waiting_(max_waiting), cache_(cache_bytes) {
+    // `cache_bytes`: bound of the host-memory prompt cache (0: none). `max_checkpoints`: window-layer
+    // checkpoints kept per slot (0: none), taken at the end of each prompt and every `checkpoint_every`
+    // tokens of a long one.
+    Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot, size_t cache_bytes,
+           size_t max_checkpoints, size_t checkpoint_every)
+        : ctx_(std::move(ctx)), max_waiting_(max_waiting), cache_(cache_bytes), max_checkpoints_(max_checkpoints),
+          checkpoint_every_(std::max<size_t>(1, checkpoint_every)) {
         llama_context * c = ctx_->get();
         guard_ = std::make_unique<BusyGuard>(*ctx_);
         n_batch_ = llama_n_batch(c);
@@ -257,6 +262,10 @@ public:
         d["generated_tokens"] = total_generated_;
         d["requests_finished"] = total_finished_;
         d["prompt_tokens_restored"] = total_restored_;
+        d["checkpoint_restores"] = total_checkpoint_restores_;
+        size_t checkpoint_bytes = 0;
+        for (const auto & sl : slots_) checkpoint_bytes += sl.checkpoints.bytes();
+        d["checkpoint_bytes"] = checkpoint_bytes;
         d["prompt_cache_bytes"] = cache_.bytes();
         d["prompt_cache_entries"] = cache_.entries();
         d["prompt_cache_max_bytes"] = cache_.max_bytes();
@@ -293,20 +302,37 @@ private:
     }
 
     // The prefix of `prompt` that slot `s`'s cache can serve: sliding-window layers must still hold
-    // the window before it (the last prompt token is always evaluated: it gives the logits).
-    size_t servable(llama_memory_t mem, const Slot & s, const std::vector<llama_token> & prompt) const {
-        size_t keep = std::min(common_prefix(s.cached, prompt), prompt.size() - 1);
-        if (keep > 0 && n_swa_ > 0) {
-            const llama_pos pos_min = llama_memory_seq_pos_min(mem, s.seq);
-            if (pos_min > std::max<llama_pos>(0, (llama_pos) keep - n_swa_)) keep = 0;
-        }
-        return keep;
+    // the window before it, or a checkpoint restore it (the last prompt token is always evaluated:
+    // it gives the logits).
+    size_t servable_by(llama_memory_t mem, const Slot & s, const std::vector<llama_token> & prompt) const {
+        const size_t lcp = std::min(common_prefix(s.cached, prompt), prompt.size() - 1);
+        return servable(lcp, lcp > 0 ? llama_memory_seq_pos_min(mem, s.seq) : 0, s.checkpoints, n_swa_);
     }
 
     // Before a slot's conversation is cut to `keep` tokens: save it to the prompt cache when that drops
     // enough of it to matter (another conversation takes the slot, not the same one's next turn).
     void save_conversation(Slot & s, size_t keep) {
-        if (s.cached.size() >= keep + kMinSaveDrop) cache_.save(ctx_->get(), s.seq, s.cached);
+        if (s.cached.size() >= keep + kMinSaveDrop) cache_.save(ctx_->get(), s.seq, s.cached, s.checkpoints);
+    }
+
+    // Cut slot `s` back to its first `keep` tokens, restoring the window layers from the checkpoint at
+    // `keep` when they no longer hold the window before it; returns what it keeps (0: cleared).
+    size_t cut_to(llama_context * c, Slot & s, size_t keep) {
+        llama_memory_t mem = llama_get_memory(c);
+        bool window_gone = false;
+        if (keep > 0 && n_swa_ > 0)
+            window_gone = llama_memory_seq_pos_min(mem, s.seq) > std::max<llama_pos>(0, (llama_pos) keep - n_swa_);
+        if (window_gone) {
+            const Checkpoint * cp = s.checkpoints.at_or_before(keep);
+            if (cp == nullptr || cp->n != keep || !restore_checkpoint(c, s.seq, *cp)) keep = 0;
+            else ++total_checkpoint_restores_;
+        } else if (keep > 0 && !llama_memory_seq_rm(mem, s.seq, (llama_pos) keep, -1)) {
+            keep = 0;
+        }
+        if (keep == 0) llama_memory_seq_rm(mem, s.seq, -1, -1);
+        s.cached.resize(keep);
+        s.checkpoints.cut(keep);
+        return keep;
     }
 
     // Give waiting requests free slots: the slot, or the conversation in the prompt cache, that serves
@@ -320,7 +346,7 @@ private:
             size_t best_keep = 0;
             for (size_t i = 0; i < slots_.size(); ++i) {
                 if (slots_[i].req) continue;
-                const size_t keep = servable(mem, slots_[i], req->prompt);
+                const size_t keep = servable_by(mem, slots_[i], req->prompt);
                 // on a tie, the slot with less to lose
                 if (best < 0 || keep > best_keep ||
                     (keep == best_keep && slots_[i].cached.size() < slots_[(size_t) best].cached.size())) {
@@ -332,23 +358,22 @@ private:
             if (best < 0) return;
             waiting_.pop_front();
             bool restored = false;
-            auto [entry, entry_lcp] = cache_.best(req->prompt);
+            auto [entry, entry_lcp] = cache_.best(req->prompt, n_swa_);
             if (entry >= 0 && std::min(entry_lcp, req->prompt.size() - 1) > best_keep + kMinRestoreGain) {
                 const int target = empty >= 0 ? empty : best;  // an empty slot loses nothing
                 Slot & t = slots_[(size_t) target];
                 save_conversation(t, 0);
-                std::tie(entry, entry_lcp) = cache_.best(req->prompt);  // saving may have dropped entries
+                std::tie(entry, entry_lcp) = cache_.best(req->prompt, n_swa_);  // saving may have dropped entries
                 llama_memory_seq_rm(mem, t.seq, -1, -1);
                 t.cached.clear();
-                if (entry >= 0) restored = cache_.restore(c, t.seq, (size_t) entry, &t.cached);
+                t.checkpoints.items.clear();
+                if (entry >= 0) restored = cache_.restore(c, t.seq, (size_t) entry, &t.cached, &t.checkpoints);
                 best = target;
             }
             Slot & s = slots_[(size_t) best];
-            size_t keep = restored ? servable(mem, s, req->prompt) : best_keep;
+            size_t keep = restored ? servable_by(mem, s, req->prompt) : best_keep;
             if (!restored) save_conversation(s, keep);
-            if (keep > 0 && !llama_memory_seq_rm(mem, s.seq, (llama_pos) keep, -1)) keep = 0;
-            if (keep == 0) llama_memory_seq_rm(mem, s.seq, -1, -1);
-            s.cached.resize(keep);
+            keep = cut_to(c, s, keep);
             s.req = req;
             req->slot = best;
             req->state = State::Prompt;
@@ -366,6 +391,7 @@ private:
             if (!s.req && !s.cached.empty()) {
                 llama_memory_seq_rm(mem, s.seq, -1, -1);
                 s.cached.clear();
+                s.checkpoints.items.clear();
                 *evicted = true;
             }
         }
@@ -513,6 +539,9 @@ private:
                     r.n_prompt_done += e.n;
                     r.n_evaluated += e.n;
                     total_evaluated_ += e.n;
+                    const size_t last = s.checkpoints.items.empty() ? 0 : s.checkpoints.items.back().n;
+                    if (n_swa_ > 0 && (e.output >= 0 || s.cached.size() >= last + checkpoint_every_))
+                        s.checkpoints.take(c, s.seq, s.cached.size(), max_checkpoints_);
                     if (e.output >= 0) {
                         r.state = State::Generating;
                         r.t_prompt_done = now;
@@ -591,8 +620,10 @@ private:
     std::vector<int64_t> events_;
     size_t total_evaluated_ = 0, total_cached_ = 0, total_generated_ = 0, total_finished_ = 0, total_steps_ = 0,
            total_kv_full_ = 0;
-    size_t total_restored_ = 0;
+    size_t total_restored_ = 0, total_checkpoint_restores_ = 0;
     PromptCache cache_;
+    size_t max_checkpoints_;   // per slot
+    size_t checkpoint_every_;  // tokens of a long prompt between checkpoints
     // a cut that drops fewer tokens is the same conversation's next turn, not worth a copy
     static constexpr size_t kMinSaveDrop = 32;
     // a restore must serve this many more tokens than the best slot can
@@ -709,8 +740,9 @@ private:
 
 void register_engine(py::module_ & m) {
     py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "Continuous batching over one context (use step35.Engine).")
-        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t, size_t>(), py::arg("context"),
-             py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0, py::arg("cache_bytes") = 0)
+        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t, size_t, size_t, size_t>(), py::arg("context"),
+             py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0, py::arg("cache_bytes") = 0,
+             py::arg("max_checkpoints") = 32, py::arg("checkpoint_every") = 1024)
         .def("submit_all",
              [](const std::shared_ptr<Engine> & e,
                 std::vector<std::tuple<std::vector<llama_token>, int64_t, SamplingOptions, std::vector<std::string>>> items,

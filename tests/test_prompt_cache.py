@@ -98,3 +98,25 @@ def test_the_cache_never_exceeds_its_bound(model: step35.Model) -> None:
             m = engine.metrics()
             assert m["prompt_cache_bytes"] <= bound, (i, m)
     assert m["prompt_cache_entries"] >= 1 and restored > 0 and m["prompt_tokens_restored"] == restored
+
+
+def test_a_prompt_diverging_early_is_served_from_a_checkpoint(model: step35.Model) -> None:
+    """Diverge from a slot's conversation far more than its window layers hold (a window of 16 plus a
+    micro-batch of 512 cells) before its end: only a checkpoint of the window layers (one at the end of
+    the earlier prompt) lets the prefix be reused."""
+    a = prompt(21, 700)
+    branch = a + prompt(22, 20)  # a's prompt again, then something else than a's 900-token answer
+    kept: dict[int, step35.Completion] = {}
+    for checkpoints in (32, 0):
+        with step35.Engine(model, slots=1, cache_mib=0, checkpoints=checkpoints) as engine:
+            long_answer = engine.generate(a, max_tokens=900, **GREEDY)
+            assert isinstance(long_answer, step35.Completion) and len(long_answer.tokens) == 900
+            kept[checkpoints] = run(engine, branch)
+            m = engine.metrics()
+        assert (m["checkpoint_restores"] > 0) == (checkpoints > 0)
+    with step35.Engine(model, slots=1, cache_mib=0) as fresh:
+        alone = run(fresh, branch)
+    assert kept[32].stats.prompt_tokens_cached == len(a)  # from the checkpoint at a's end
+    assert kept[32].stats.prompt_tokens_evaluated == 20
+    assert kept[0].stats.prompt_tokens_evaluated == len(branch)  # no checkpoint: all again
+    assert kept[32].tokens == kept[0].tokens == alone.tokens

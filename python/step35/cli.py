@@ -616,7 +616,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    rpc=args.rpc, tensor_split=args.tensor_split)
     with model:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
-                        kv_unified=args.kv_unified, cache_mib=None if args.cache_ram < 0 else args.cache_ram)
+                        kv_unified=args.kv_unified, cache_mib=None if args.cache_ram < 0 else args.cache_ram,
+                        checkpoints=args.ctx_checkpoints, checkpoint_every=args.checkpoint_every)
         try:
             app = serving.create_app(engine, model_name=name, aliases=aliases, api_key=api_key,
                                      max_body_bytes=args.max_body_bytes, defaults=defaults,
@@ -830,6 +831,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host-memory prompt cache: conversations a slot gives up are kept here and restored when "
                         "a request extends them (llama-server's --cache-ram; 0 = off; default -1: a quarter of "
                         "the available RAM, at most 8192)")
+    s.add_argument("--ctx-checkpoints", type=int, default=32, metavar="N",
+                   help="checkpoints of the sliding-window layers per slot, so that a prompt diverging from a "
+                        "slot's conversation early still reuses its prefix (llama-server's flag; 0 = off; default 32)")
+    s.add_argument("--checkpoint-every", type=int, default=1024, metavar="TOKENS",
+                   help="tokens of a long prompt between checkpoints (also one at each prompt's end; default 1024)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
     s.add_argument("--api-key", default=None,

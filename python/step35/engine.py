@@ -34,6 +34,10 @@ MAX_SLOTS = 256
 CACHE_RAM_SHARE = 0.25
 #: ... and at most this many MiB (llama-server's --cache-ram default).
 CACHE_RAM_MAX_MIB = 8192
+#: Window-layer checkpoints kept per slot (llama-server's --ctx-checkpoints default) ...
+CHECKPOINTS = 32
+#: ... taken at the end of each prompt and every this many tokens of a long one.
+CHECKPOINT_EVERY = 1024
 
 
 def default_cache_mib() -> float:
@@ -103,6 +107,14 @@ class Engine:
             that conversation's state is saved there first; a later request
             that extends it gets it back and evaluates only its new tokens.
             Least recently used conversations are dropped first.
+        checkpoints: how many checkpoints of its sliding-window layers each
+            slot keeps (0: none), taken at the end of each prompt and every
+            ``checkpoint_every`` tokens of a long one. A prompt that shares a
+            prefix with a slot's conversation, but diverges from it more than
+            a window before its end, is served from the checkpoint at or
+            before the divergence instead of from scratch (the window layers
+            keep only the last window). Checkpoints travel with a
+            conversation into the prompt cache and back.
 
     Example::
 
@@ -112,7 +124,8 @@ class Engine:
     """
 
     def __init__(self, model: Model, slots: int = 4, *, context: ContextParams | Mapping[str, Any] | None = None,
-                 max_waiting: int = 64, kv_unified: bool = False, cache_mib: float | None = None) -> None:
+                 max_waiting: int = 64, kv_unified: bool = False, cache_mib: float | None = None,
+                 checkpoints: int = CHECKPOINTS, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
         from .context import ContextParams
 
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
@@ -123,6 +136,9 @@ class Engine:
             cache_mib = default_cache_mib()
         if isinstance(cache_mib, bool) or not isinstance(cache_mib, (int, float)) or not cache_mib >= 0:
             raise ValueError(f"cache_mib must be a number of MiB >= 0 (0: no prompt cache), got {cache_mib!r}")
+        for name, value, low in (("checkpoints", checkpoints, 0), ("checkpoint_every", checkpoint_every, 1)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
         params = engine_context(base, slots, n_ctx_slot, kv_unified)
@@ -133,7 +149,7 @@ class Engine:
         self._ctx = model.new_context(params)
         self.cache_mib = float(cache_mib)
         self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot,
-                                              int(cache_mib * (1 << 20)))
+                                              int(cache_mib * (1 << 20)), checkpoints, checkpoint_every)
         self._closed = False
         self._lock = threading.Lock()
         self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
