@@ -73,6 +73,8 @@ struct Request {
     ErrorKind error_kind = ErrorKind::DecodeError;
     size_t n_cached = 0, n_evaluated = 0;
     size_t n_restored = 0;  // of n_cached: restored from the host-memory prompt cache
+    size_t share_mark = 0;  // a waiting request shares this prefix: a chunk ends there and it is cached
+    size_t n_copied = 0;    // of n_cached: copied from another slot
     Clock::time_point t_submit = Clock::now(), t_admit, t_prompt_done, t_first, t_end;
     bool have_first = false;
 };
@@ -94,7 +96,7 @@ class Engine {
 public:
     // `n_ctx_slot`: the most tokens one sequence may hold (0 = what the context allows one sequence).
     // `cache_bytes`: bound of the host-memory prompt cache (0: none). `max_checkpoints`: window-layer
-    // checkpoints kept per slot (0: none), taken at the end of each prompt and every `checkpoint_every`
+    // checkpoints kept per slot (0: none), taken just before the end of each prompt and every `checkpoint_every`
     // tokens of a long one.
     Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot, size_t cache_bytes,
            size_t max_checkpoints, size_t checkpoint_every)
@@ -263,6 +265,7 @@ public:
         d["requests_finished"] = total_finished_;
         d["prompt_tokens_restored"] = total_restored_;
         d["checkpoint_restores"] = total_checkpoint_restores_;
+        d["prompt_tokens_copied"] = total_copied_;
         size_t checkpoint_bytes = 0;
         for (const auto & sl : slots_) checkpoint_bytes += sl.checkpoints.bytes();
         d["checkpoint_bytes"] = checkpoint_bytes;
@@ -315,6 +318,31 @@ private:
         if (s.cached.size() >= keep + kMinSaveDrop) cache_.save(ctx_->get(), s.seq, s.cached, s.checkpoints);
     }
 
+    // Where a prompt's last checkpoint goes: a few tokens before its end, before the template's
+    // generation prompt, which the next turn renders differently when a client drops the reasoning
+    // (0: no checkpoints).
+    size_t checkpoint_mark(const Request & r) const {
+        if (n_swa_ == 0 || max_checkpoints_ == 0 || r.prompt.size() < kMinShare) return 0;  // short: cheap again
+        return r.prompt.size() - kCheckpointTail;
+    }
+
+    // Make slot `to` hold what slot `from` holds (its sequence state, tokens and checkpoints).
+    bool copy_slot(llama_context * c, const Slot & from, Slot & to) {
+        llama_memory_seq_rm(llama_get_memory(c), to.seq, -1, -1);
+        to.cached.clear();
+        to.checkpoints.items.clear();
+        const size_t size = llama_state_seq_get_size_ext(c, from.seq, LLAMA_STATE_SEQ_FLAGS_NONE);
+        std::vector<uint8_t> state(size);
+        if (size == 0 || llama_state_seq_get_data_ext(c, state.data(), size, from.seq, LLAMA_STATE_SEQ_FLAGS_NONE) == 0 ||
+            llama_state_seq_set_data_ext(c, state.data(), state.size(), to.seq, LLAMA_STATE_SEQ_FLAGS_NONE) == 0) {
+            llama_memory_seq_rm(llama_get_memory(c), to.seq, -1, -1);
+            return false;
+        }
+        to.cached = from.cached;
+        to.checkpoints = from.checkpoints;
+        return true;
+    }
+
     // Cut slot `s` back to its first `keep` tokens, restoring the window layers from the checkpoint at
     // `keep` when they no longer hold the window before it; returns what it keeps (0: cleared).
     size_t cut_to(llama_context * c, Slot & s, size_t keep) {
@@ -333,6 +361,23 @@ private:
         s.cached.resize(keep);
         s.checkpoints.cut(keep);
         return keep;
+    }
+
+    // Whether `req` should wait for a request whose prompt is being evaluated and shares a longer prefix
+    // with it than `served` (what a slot or the cache can serve now): that one's chunks end at the shared
+    // prefix, which goes to the prompt cache, and `req` is admitted from there a step later. So requests
+    // that arrive together evaluate their shared prefix once.
+    bool wait_for_shared_prefix(const Request & req, size_t served) {
+        if (cache_.max_bytes() == 0) return false;
+        for (auto & s : slots_) {
+            if (!s.req || s.req->state != State::Prompt) continue;
+            Request & other = *s.req;
+            const size_t shared = std::min(common_prefix(other.prompt, req.prompt), req.prompt.size() - 1);
+            if (shared < kMinShare || shared <= served + kMinRestoreGain || other.n_prompt_done >= shared) continue;
+            if (other.share_mark == 0 || other.share_mark > shared) other.share_mark = shared;
+            return true;
+        }
+        return false;
     }
 
     // Give waiting requests free slots: the slot, or the conversation in the prompt cache, that serves
@@ -356,9 +401,10 @@ private:
                 if (empty < 0 && slots_[i].cached.empty()) empty = (int) i;
             }
             if (best < 0) return;
+            auto [entry, entry_lcp] = cache_.best(req->prompt, n_swa_);
+            if (wait_for_shared_prefix(*req, std::max(best_keep, entry_lcp))) return;
             waiting_.pop_front();
             bool restored = false;
-            auto [entry, entry_lcp] = cache_.best(req->prompt, n_swa_);
             if (entry >= 0 && std::min(entry_lcp, req->prompt.size() - 1) > best_keep + kMinRestoreGain) {
                 const int target = empty >= 0 ? empty : best;  // an empty slot loses nothing
                 Slot & t = slots_[(size_t) target];
@@ -370,9 +416,28 @@ private:
                 if (entry >= 0) restored = cache_.restore(c, t.seq, (size_t) entry, &t.cached, &t.checkpoints);
                 best = target;
             }
+            bool copied = false;
+            if (!restored) {  // a busy slot holding a longer servable prefix: copy its sequence
+                int source = -1;
+                size_t source_keep = std::max(best_keep, std::min(entry_lcp, req->prompt.size() - 1));
+                for (size_t i = 0; i < slots_.size(); ++i)
+                    if (slots_[i].req) {
+                        const size_t keep = servable_by(mem, slots_[i], req->prompt);
+                        if (keep > source_keep + kMinRestoreGain) {
+                            source = (int) i;
+                            source_keep = keep;
+                        }
+                    }
+                if (source >= 0) {
+                    const int target = empty >= 0 ? empty : best;
+                    save_conversation(slots_[(size_t) target], 0);
+                    copied = copy_slot(c, slots_[(size_t) source], slots_[(size_t) target]);
+                    best = target;
+                }
+            }
             Slot & s = slots_[(size_t) best];
-            size_t keep = restored ? servable_by(mem, s, req->prompt) : best_keep;
-            if (!restored) save_conversation(s, keep);
+            size_t keep = restored || copied ? servable_by(mem, s, req->prompt) : best_keep;
+            if (!restored && !copied) save_conversation(s, keep);
             keep = cut_to(c, s, keep);
             s.req = req;
             req->slot = best;
@@ -380,6 +445,8 @@ private:
             req->n_prompt_done = keep;
             req->n_cached = keep;
             req->n_restored = restored ? keep : 0;
+            req->n_copied = copied ? keep : 0;
+            total_copied_ += req->n_copied;
             req->t_admit = Clock::now();
             total_cached_ += keep;
             total_restored_ += req->n_restored;
@@ -450,7 +517,10 @@ private:
                 Slot & s = slots_[(rr_ + k) % slots_.size()];
                 if (!s.req || s.req->state != State::Prompt) continue;
                 Request & r = *s.req;
-                const size_t n = std::min(budget, r.prompt.size() - r.n_prompt_done);
+                size_t n = std::min(budget, r.prompt.size() - r.n_prompt_done);
+                const size_t every = checkpoint_mark(r) > 0 ? (r.n_prompt_done / checkpoint_every_ + 1) * checkpoint_every_ : 0;
+                for (const size_t mark : {r.share_mark, checkpoint_mark(r), every})  // chunks end at these marks
+                    if (r.n_prompt_done < mark && r.n_prompt_done + n > mark) n = mark - r.n_prompt_done;
                 const bool last = r.n_prompt_done + n == r.prompt.size();
                 for (size_t i = 0; i < n; ++i)
                     add(r.prompt[r.n_prompt_done + i], (llama_pos) (r.n_prompt_done + i), s.seq, last && i == n - 1);
@@ -540,8 +610,13 @@ private:
                     r.n_evaluated += e.n;
                     total_evaluated_ += e.n;
                     const size_t last = s.checkpoints.items.empty() ? 0 : s.checkpoints.items.back().n;
-                    if (n_swa_ > 0 && (e.output >= 0 || s.cached.size() >= last + checkpoint_every_))
+                    if (n_swa_ > 0 && (r.n_prompt_done == checkpoint_mark(r) ||
+                                       s.cached.size() >= last + checkpoint_every_))
                         s.checkpoints.take(c, s.seq, s.cached.size(), max_checkpoints_);
+                    if (r.share_mark > 0 && r.n_prompt_done == r.share_mark) {  // the shared prefix, for the waiting
+                        cache_.save(c, s.seq, s.cached, s.checkpoints);
+                        r.share_mark = 0;
+                    }
                     if (e.output >= 0) {
                         r.state = State::Generating;
                         r.t_prompt_done = now;
@@ -620,12 +695,16 @@ private:
     std::vector<int64_t> events_;
     size_t total_evaluated_ = 0, total_cached_ = 0, total_generated_ = 0, total_finished_ = 0, total_steps_ = 0,
            total_kv_full_ = 0;
-    size_t total_restored_ = 0, total_checkpoint_restores_ = 0;
+    size_t total_restored_ = 0, total_checkpoint_restores_ = 0, total_copied_ = 0;
     PromptCache cache_;
     size_t max_checkpoints_;   // per slot
     size_t checkpoint_every_;  // tokens of a long prompt between checkpoints
     // a cut that drops fewer tokens is the same conversation's next turn, not worth a copy
     static constexpr size_t kMinSaveDrop = 32;
+    // a request waits for another's prompt only for a shared prefix of at least this many tokens
+    static constexpr size_t kMinShare = 256;
+    // the last checkpoint of a prompt is this many tokens before its end
+    static constexpr size_t kCheckpointTail = 4;
     // a restore must serve this many more tokens than the best slot can
     static constexpr size_t kMinRestoreGain = 16;
     std::thread worker_;
@@ -721,6 +800,7 @@ public:
         d["prompt_tokens_evaluated"] = r.n_evaluated;
         d["prompt_tokens_cached"] = r.n_cached;
         d["prompt_tokens_restored"] = r.n_restored;
+        d["prompt_tokens_copied"] = r.n_copied;
         d["queue_ms"] = admitted ? ms_between(r.t_submit, r.t_admit) : ms_between(r.t_submit, end);
         d["prompt_ms"] = admitted && prompt_done ? ms_between(r.t_admit, r.t_prompt_done) : 0.0;
         d["generated_tokens"] = r.generated.size();

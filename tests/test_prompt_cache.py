@@ -31,7 +31,7 @@ def run(engine: step35.Engine, ids: list[int], n: int = 6) -> step35.Completion:
 
 @pytest.fixture(scope="module")
 def model(tiny32_path: Path) -> step35.Model:
-    with step35.Model(tiny32_path, context={"n_ctx": 2048}) as m:
+    with step35.Model(tiny32_path, context={"n_ctx": 4096}) as m:
         yield m
 
 
@@ -103,7 +103,7 @@ def test_the_cache_never_exceeds_its_bound(model: step35.Model) -> None:
 def test_a_prompt_diverging_early_is_served_from_a_checkpoint(model: step35.Model) -> None:
     """Diverge from a slot's conversation far more than its window layers hold (a window of 16 plus a
     micro-batch of 512 cells) before its end: only a checkpoint of the window layers (one at the end of
-    the earlier prompt) lets the prefix be reused."""
+    the earlier prompt, 4 tokens before it ends) lets the prefix be reused."""
     a = prompt(21, 700)
     branch = a + prompt(22, 20)  # a's prompt again, then something else than a's 900-token answer
     kept: dict[int, step35.Completion] = {}
@@ -116,7 +116,21 @@ def test_a_prompt_diverging_early_is_served_from_a_checkpoint(model: step35.Mode
         assert (m["checkpoint_restores"] > 0) == (checkpoints > 0)
     with step35.Engine(model, slots=1, cache_mib=0) as fresh:
         alone = run(fresh, branch)
-    assert kept[32].stats.prompt_tokens_cached == len(a)  # from the checkpoint at a's end
-    assert kept[32].stats.prompt_tokens_evaluated == 20
+    assert kept[32].stats.prompt_tokens_cached == len(a) - 4  # from the checkpoint just before a's end
+    assert kept[32].stats.prompt_tokens_evaluated == 24
     assert kept[0].stats.prompt_tokens_evaluated == len(branch)  # no checkpoint: all again
     assert kept[32].tokens == kept[0].tokens == alone.tokens
+
+
+def test_two_requests_arriving_together_evaluate_their_shared_prefix_once(model: step35.Model) -> None:
+    shared = prompt(31, 2000)
+    a, b = shared + prompt(32, 50), shared + prompt(33, 50)
+    with step35.Engine(model, slots=2, cache_mib=64) as engine:
+        both = engine.generate_many([a, b], max_tokens=6, **GREEDY)
+        m = engine.metrics()
+    with step35.Engine(model, slots=1, cache_mib=0) as fresh:
+        alone = [run(fresh, a), run(fresh, b)]
+    # the shared 2000 tokens once, then each request's own 50
+    assert m["prompt_tokens_evaluated"] == len(shared) + 50 + 50
+    assert sorted(c.stats.prompt_tokens_restored for c in both) == [0, len(shared)]
+    assert [c.tokens for c in both] == [c.tokens for c in alone]

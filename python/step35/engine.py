@@ -36,7 +36,7 @@ CACHE_RAM_SHARE = 0.25
 CACHE_RAM_MAX_MIB = 8192
 #: Window-layer checkpoints kept per slot (llama-server's --ctx-checkpoints default) ...
 CHECKPOINTS = 32
-#: ... taken at the end of each prompt and every this many tokens of a long one.
+#: ... taken 4 tokens before the end of each prompt (before the generation prompt) and every this many tokens.
 CHECKPOINT_EVERY = 1024
 
 
@@ -108,7 +108,7 @@ class Engine:
             that extends it gets it back and evaluates only its new tokens.
             Least recently used conversations are dropped first.
         checkpoints: how many checkpoints of its sliding-window layers each
-            slot keeps (0: none), taken at the end of each prompt and every
+            slot keeps (0: none), taken just before the end of each prompt and every
             ``checkpoint_every`` tokens of a long one. A prompt that shares a
             prefix with a slot's conversation, but diverges from it more than
             a window before its end, is served from the checkpoint at or

@@ -126,6 +126,8 @@ class GenerationStats:
     evaluated, ``prompt_tokens_cached + prompt_tokens_evaluated`` of ``prompt_tokens`` are done)."""
     prompt_tokens_restored: int = 0
     """Of the cached prompt tokens, those restored from an engine's host-memory prompt cache."""
+    prompt_tokens_copied: int = 0
+    """Of the cached prompt tokens, those copied from another slot of an engine."""
 
     @property
     def prompt_tps(self) -> float:
@@ -300,6 +302,7 @@ def _stats(native: Any, seed: int) -> GenerationStats:
         prompt_tokens_cached=int(d.get("prompt_tokens_cached",
                                        int(d["prompt_tokens"]) - int(d["prompt_tokens_evaluated"]))),
         prompt_tokens_restored=int(d.get("prompt_tokens_restored", 0)),
+        prompt_tokens_copied=int(d.get("prompt_tokens_copied", 0)),
     )
 
 

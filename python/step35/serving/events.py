@@ -125,7 +125,8 @@ def usage_of(stats: Any, reasoning_tokens: int = 0) -> Usage:
                                "predicted_n": int(stats.generated_tokens),
                                "predicted_ms": float(stats.generation_ms), "ttft_ms": float(stats.ttft_ms),
                                "cache_n": prompt - evaluated,
-                               "cache_ram_n": int(getattr(stats, "prompt_tokens_restored", 0) or 0)}
+                               "cache_ram_n": int(getattr(stats, "prompt_tokens_restored", 0) or 0),
+                               "cache_slot_copy_n": int(getattr(stats, "prompt_tokens_copied", 0) or 0)}
     for name, attr in (("prompt_per_second", "prompt_tps"), ("predicted_per_second", "generation_tps")):
         value = getattr(stats, attr, None)
         if isinstance(value, (int, float)):

@@ -43,6 +43,8 @@ class _EngineCollector:
                 ("step35_prompt_tokens_cached", "prompt_tokens_cached", "Prompt tokens served from a slot's cache."),
                 ("step35_prompt_tokens_restored", "prompt_tokens_restored",
                  "Prompt tokens served from the host-memory prompt cache (part of the cached ones)."),
+                ("step35_prompt_tokens_copied", "prompt_tokens_copied",
+                 "Prompt tokens copied from another slot (part of the cached ones)."),
                 ("step35_checkpoint_restores", "checkpoint_restores",
                  "Prompts served from a checkpoint of a slot's sliding-window layers."),
                 ("step35_generated_tokens", "generated_tokens", "Tokens generated."),
