@@ -332,11 +332,16 @@ def test_responses_stream_events_carry_sequence_numbers(agent_server: Server) ->
     assert final.output_text == testing.AGENT_ANSWER and final.status == "completed"
 
 
+#: Its own system prompt: a prompt that another conversation's checkpoint serves in part starts with a window
+#: restored from that checkpoint, and may evaluate the last tokens of its earlier prompt again next turn.
+CODEX_INSTRUCTIONS = "You are a weather bot for the Codex tests."
+
+
 def _codex_turn(c: openai.OpenAI, items: list[Any], forced: bool) -> Any:
     return c.responses.create(model="m", input=items, tools=[WEATHER_FN],  # type: ignore[list-item]
                               tool_choice={"type": "function", "name": "get_weather"} if forced else "auto",
                               include=["reasoning.encrypted_content"], store=False, temperature=0,
-                              instructions="You are a weather bot.")
+                              instructions=CODEX_INSTRUCTIONS)
 
 
 def test_a_function_call_loop_of_four_turns_evaluates_only_the_new_tokens(agent_server: Server) -> None:
@@ -349,7 +354,7 @@ def test_a_function_call_loop_of_four_turns_evaluates_only_the_new_tokens(agent_
             totals.append(r.usage.input_tokens)
             cached.append(r.usage.input_tokens_details.cached_tokens)
             count = c.responses.input_tokens.count(model="m", input=items, tools=[WEATHER_FN],  # type: ignore
-                                                   instructions="You are a weather bot.")
+                                                   instructions=CODEX_INSTRUCTIONS)
             assert count.input_tokens == totals[-1]
             if turn < 3:
                 assert [o.type for o in r.output] == ["reasoning", "function_call"]

@@ -37,7 +37,7 @@ from .errors import APIError, bad
 from .events import (Answer, Event, Failed, Finished, Progress, ReasoningDelta, Started, TextDelta, ToolCallDone,
                      ToolCallStart, Usage)
 from .reasoning import ReasoningSeal
-from .request import ChatRequest, check_type, max_tokens_of, sampling_of, stop_of
+from .request import ChatRequest, check_type, max_tokens_of, optional, sampling_of, stop_of
 
 __all__ = ["Messages", "anthropic_error"]
 
@@ -132,12 +132,8 @@ class Messages:
             if body.get("max_tokens") is None:
                 raise bad("max_tokens", "max_tokens is required: the most tokens to generate")
             max_tokens = max_tokens_of(body, "max_tokens", None)
-        stream = body.get("stream")
-        if stream is not None:
-            check_type("stream", stream, bool)
-        model = body.get("model")
-        if model is not None:
-            check_type("model", model, str)
+        stream = optional(body, "stream", bool, False)
+        model = optional(body, "model", str)
         req = ChatRequest(messages=self._messages(body.get("system"), messages),
                           sampling=sampling_of(body, defaults, ("temperature", "top_p", "top_k")),
                           max_tokens=max_tokens, stop=stop_of(body, "stop_sequences"), stream=bool(stream),

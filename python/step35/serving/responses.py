@@ -43,7 +43,7 @@ from .events import (Answer, Event, Failed, Finished, Progress, ReasoningDelta, 
                      ToolCallStart, Usage)
 from .openai_chat import dumps, openai_error, reasoning_budget_of
 from .reasoning import ReasoningSeal
-from .request import SAMPLING_FIELDS, ChatRequest, check_type, max_tokens_of, sampling_of
+from .request import SAMPLING_FIELDS, ChatRequest, check_type, max_tokens_of, optional, sampling_of
 
 __all__ = ["EFFORT_BUDGETS", "ResponseStore", "Responses"]
 
@@ -143,12 +143,8 @@ class Responses:
             if body.get(field) not in (None, False):
                 raise bad(field, f"{field} is not supported: {why}", code="unsupported_parameter")
         items = self._items(body)
-        stream = body.get("stream")
-        if stream is not None:
-            check_type("stream", stream, bool)
-        model = body.get("model")
-        if model is not None:
-            check_type("model", model, str)
+        stream = optional(body, "stream", bool, False)
+        model = optional(body, "model", str)
         include = body.get("include") or []
         if not isinstance(include, list):
             raise bad("include", "include must be a list of strings")
