@@ -156,7 +156,8 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3, help="rounds (each server runs every scenario once per round)")
     ap.add_argument("-c", "--ctx", type=int, default=16384, help="context per slot")
     ap.add_argument("-t", "--threads", type=int, default=max(1, (os.cpu_count() or 2) - 1))
-    ap.add_argument("--model", default="tiny-agent", help="a built-in size (default: the tiny-agent model) or a GGUF")
+    ap.add_argument("--model", default="tiny-agent",
+                    help="a built-in size (default: tiny-agent, whose answers end; mid: Q4_K_S, window 512) or a GGUF")
     ap.add_argument("--quick", action="store_true", help="CI: K = 2,4, 2 turns, 1 round, a short system prompt")
     ap.add_argument("--llama-server", help="a llama-server binary (default: build_native.sh --server)")
     ap.add_argument("--log-dir", default=str(REPO / "build" / "compare_agents"))
@@ -166,7 +167,10 @@ def main() -> int:
     import step35
     from step35 import testing
 
-    model = str(testing.model_path(a.model)) if a.model in testing.SIZES else a.model
+    if a.model in testing.BENCH_QUANT:  # mid: Q4_K_S, as users run the real model
+        model = str(testing.bench_model_path(a.model))
+    else:
+        model = str(testing.model_path(a.model)) if a.model in testing.SIZES else a.model
     log_dir = Path(a.log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
     binary = llama_server_binary(a.llama_server, log_dir)

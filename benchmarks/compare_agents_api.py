@@ -11,6 +11,9 @@
      prompt, so nothing of it is cached: the whole prompt is evaluated;
    - "follow-up": the same conversation plus an assistant reply and a new user
      message, as an agent's next turn: only the added tokens need evaluating.
+   Codex's `namespace` tools are given to both as plain function tools
+   (llama-server skips namespace tools; step35 offers their functions), so both
+   render the same prompt.
    Per request: TTFT (request sent -> first streamed delta) and prompt tokens
    evaluated (the server's own Prometheus counter, read before and after:
    step35_prompt_tokens_evaluated_total / llamacpp:prompt_tokens_total).
@@ -107,10 +110,25 @@ def record(model: str, ctx: int, threads: int, log_dir: Path) -> dict[str, dict[
     return bodies
 
 
+def flat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Responses tools with ``namespace`` tools replaced by their functions: llama-server skips
+    namespace tools (and with them Codex's multi-agent functions), step35 offers their functions,
+    so both servers get them as plain function tools and render the same prompt."""
+    out = []
+    for tool in tools:
+        if tool.get("type") == "namespace":
+            out += [t for t in tool.get("tools") or [] if t.get("type") == "function"]
+        else:
+            out.append(tool)
+    return out
+
+
 def variants(path: str, body: dict[str, Any], nonce: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(first, follow-up) bodies: a nonce in front of the system prompt, then one more turn."""
     first = copy.deepcopy(body)
     first["stream"] = True
+    if path == "/v1/responses" and first.get("tools"):
+        first["tools"] = flat_tools(first["tools"])
     if path == "/v1/messages":
         first["system"] = [{"type": "text", "text": f"[{nonce}]"}] + list(first.get("system") or [])
         follow = copy.deepcopy(first)

@@ -62,13 +62,16 @@ def _clean_env(home: Path) -> dict[str, str]:
     return {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(home), "TERM": "dumb", "LANG": "C.UTF-8"}
 
 
-def _run(argv: list[str], env: dict[str, str], cwd: Path, proxy: RecordingProxy) -> subprocess.CompletedProcess[str]:
+def _run(argv: list[str], env: dict[str, str], cwd: Path, proxy: RecordingProxy,
+         capsys: pytest.CaptureFixture[str]) -> subprocess.CompletedProcess[str]:
+    """Run an agent; its output and every request it sent go to the test log (not captured)."""
     out = subprocess.run(argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          timeout=600)
-    print(f"$ {' '.join(argv)}\nexit {out.returncode}\n--- stdout\n{out.stdout}\n--- stderr\n{out.stderr[-3000:]}")
-    print("--- requests (method, path, status, size, headers)")
-    for line in proxy.summary():
-        print(line)
+    with capsys.disabled():
+        print(f"\n$ {' '.join(argv)}\nexit {out.returncode}\n--- stdout\n{out.stdout}\n--- stderr\n"
+              f"{out.stderr[-3000:]}\n--- requests (method, path, status, size, headers)")
+        for line in proxy.summary():
+            print(line)
     return out
 
 
@@ -80,14 +83,15 @@ def _check_requests(proxy: RecordingProxy, route: str) -> None:
     assert any(r.path == route for r in requests), [r.line() for r in requests]
 
 
-def test_claude_code_prints_the_models_answer(agent_server: Server, tmp_path: Path) -> None:
+def test_claude_code_prints_the_models_answer(agent_server: Server, tmp_path: Path,
+                                             capsys: pytest.CaptureFixture[str]) -> None:
     claude = agent_binary("claude")
     env = _clean_env(tmp_path)
     with RecordingProxy(agent_server.url) as proxy:
         env.update(CLAUDE_CONFIG_DIR=str(tmp_path / ".claude"), ANTHROPIC_BASE_URL=proxy.url, ANTHROPIC_API_KEY=KEY,
                    CLAUDE_CODE_DISABLE_NONESSENTIAL_TRAFFIC="1", DISABLE_AUTOUPDATER="1", DISABLE_TELEMETRY="1",
                    DISABLE_ERROR_REPORTING="1", CLAUDE_CODE_MAX_RETRIES="0")
-        out = _run([str(claude), "-p", "Say hello.", "--model", "step35"], env, tmp_path, proxy)
+        out = _run([str(claude), "-p", "Say hello.", "--model", "step35"], env, tmp_path, proxy, capsys)
     _check_requests(proxy, "/v1/messages")
     big = max(proxy.requests, key=lambda r: len(r.body))
     assert big.header("anthropic-version") and len(big.body) > 20_000  # the real agent prompt, tools and all
@@ -95,7 +99,8 @@ def test_claude_code_prints_the_models_answer(agent_server: Server, tmp_path: Pa
     assert testing.AGENT_ANSWER in out.stdout
 
 
-def test_codex_prints_the_models_answer(agent_server: Server, tmp_path: Path) -> None:
+def test_codex_prints_the_models_answer(agent_server: Server, tmp_path: Path,
+                                       capsys: pytest.CaptureFixture[str]) -> None:
     codex = agent_binary("codex")
     home = tmp_path / "codex"
     home.mkdir()
@@ -110,7 +115,7 @@ def test_codex_prints_the_models_answer(agent_server: Server, tmp_path: Path) ->
         env.update(CODEX_HOME=str(home), STEP35_API_KEY=KEY)
         work = tmp_path / "work"
         work.mkdir()
-        out = _run([str(codex), "exec", "--skip-git-repo-check", "Say hello."], env, work, proxy)
+        out = _run([str(codex), "exec", "--skip-git-repo-check", "Say hello."], env, work, proxy, capsys)
     _check_requests(proxy, "/v1/responses")
     big = max(proxy.requests, key=lambda r: len(r.body))
     assert big.json()["include"] == ["reasoning.encrypted_content"] and len(big.body) > 20_000
