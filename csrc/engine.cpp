@@ -436,7 +436,8 @@ private:
                 }
             }
             Slot & s = slots_[(size_t) best];
-            size_t keep = restored || copied ? servable_by(mem, s, req->prompt) : best_keep;
+            // what the slot serves now (after a restore or copy; a failed one left it empty)
+            size_t keep = servable_by(mem, s, req->prompt);
             if (!restored && !copied) save_conversation(s, keep);
             keep = cut_to(c, s, keep);
             s.req = req;
