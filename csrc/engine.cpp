@@ -823,7 +823,7 @@ void register_engine(py::module_ & m) {
     py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "Continuous batching over one context (use step35.Engine).")
         .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t, size_t, size_t, size_t>(), py::arg("context"),
              py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0, py::arg("cache_bytes") = 0,
-             py::arg("max_checkpoints") = 32, py::arg("checkpoint_every") = 1024)
+             py::arg("max_checkpoints") = 32, py::arg("checkpoint_every") = 2048)
         .def("submit_all",
              [](const std::shared_ptr<Engine> & e,
                 std::vector<std::tuple<std::vector<llama_token>, int64_t, SamplingOptions, std::vector<std::string>>> items,

@@ -834,8 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--ctx-checkpoints", type=int, default=32, metavar="N",
                    help="checkpoints of the sliding-window layers per slot, so that a prompt diverging from a "
                         "slot's conversation early still reuses its prefix (llama-server's flag; 0 = off; default 32)")
-    s.add_argument("--checkpoint-every", type=int, default=1024, metavar="TOKENS",
-                   help="tokens of a long prompt between checkpoints (also one just before each prompt's end; default 1024)")
+    s.add_argument("--checkpoint-every", type=int, default=2048, metavar="TOKENS",
+                   help="tokens of a long prompt between checkpoints (also one just before each prompt's end; "
+                        "default 2048, the default batch, so that no prompt chunk is split for them)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
     s.add_argument("--api-key", default=None,

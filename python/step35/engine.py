@@ -36,8 +36,9 @@ CACHE_RAM_SHARE = 0.25
 CACHE_RAM_MAX_MIB = 8192
 #: Window-layer checkpoints kept per slot (llama-server's --ctx-checkpoints default) ...
 CHECKPOINTS = 32
-#: ... taken 4 tokens before the end of each prompt (before the generation prompt) and every this many tokens.
-CHECKPOINT_EVERY = 1024
+#: ... taken 4 tokens before the end of each prompt (before the generation prompt) and every this many tokens
+#: (the default n_batch: prompt chunks end there anyway).
+CHECKPOINT_EVERY = 2048
 
 
 def default_cache_mib() -> float:
