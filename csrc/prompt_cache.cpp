@@ -29,11 +29,11 @@ void Checkpoints::take(llama_context * ctx, llama_seq_id seq, size_t n, size_t m
     if (got == 0) return;
     c.swa.resize(got);
     items.push_back(std::move(c));
-    while (items.size() > max) {  // drop the one closest to its predecessor (never the newest)
-        size_t drop = 1;
-        for (size_t i = 2; i + 1 < items.size(); ++i)
-            if (items[i].n - items[i - 1].n < items[drop].n - items[drop - 1].n) drop = i;
-        items.erase(items.begin() + (long) (items.size() > 1 ? drop : 0));
+    while (items.size() > max) {  // drop the one closest to its predecessor, never the newest
+        size_t drop = 0;
+        for (size_t i = 1; i + 1 < items.size(); ++i)
+            if (drop == 0 || items[i].n - items[i - 1].n < items[drop].n - items[drop - 1].n) drop = i;
+        items.erase(items.begin() + (long) drop);
     }
 }
 

@@ -110,6 +110,7 @@ class Messages:
     route = "/v1/messages"
     prompt_field = "messages"
     params = PARAMS
+    counts_reasoning = False
 
     def __init__(self, served_name: str, seal: ReasoningSeal, *, counting: bool = False) -> None:
         self.served_name = served_name

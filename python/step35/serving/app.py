@@ -60,6 +60,7 @@ class Adapter(Protocol):
     route: str
     prompt_field: str
     params: frozenset[str]
+    counts_reasoning: bool  #: its usage reports reasoning tokens (counted by tokenizing the reasoning)
 
     def parse(self, body: Mapping[str, Any], defaults: Mapping[str, Any]) -> ChatRequest: ...
     def error_body(self, err: APIError) -> dict[str, Any]: ...
@@ -179,7 +180,7 @@ class _Service:
     async def _sse(self, adapter: Adapter, req: ChatRequest, stream: Any,
                    tracker: Tracker) -> AsyncIterator[dict[str, str]]:
         ended: list[str] = []
-        events = engine_events(stream, count_tokens=self.count_tokens,
+        events = engine_events(stream, count_tokens=self.count_tokens if adapter.counts_reasoning else None,
                                progress_every=PROGRESS_SECONDS if req.progress else None)
         try:
             async for item in adapter.stream(req, self._tracked(events, adapter, tracker, ended)):
@@ -225,7 +226,7 @@ class _Service:
             return EventSourceResponse(self._sse(adapter, req, stream, tracker), ping=self.ping_seconds,
                                        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", **headers})
         answer = Answer()
-        events = engine_events(stream, count_tokens=self.count_tokens)
+        events = engine_events(stream, count_tokens=self.count_tokens if adapter.counts_reasoning else None)
         try:
             finished = await self._collect(request, events, answer)
         except ENGINE_ERRORS as e:

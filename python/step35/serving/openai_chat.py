@@ -197,12 +197,20 @@ def completion_request(body: Mapping[str, Any], defaults: Mapping[str, Any]) -> 
 # --------------------------------------------------------------------------- answers
 
 
+def _side_event(head: dict[str, Any], event: Progress | Failed) -> dict[str, str]:
+    """A chunk with prompt progress (llama-server's shape), or the error that ends a stream."""
+    if isinstance(event, Failed):
+        return {"data": dumps(openai_error(event.error))}
+    return {"data": dumps(dict(head, choices=[], prompt_progress=event.as_dict()))}
+
+
 class ChatCompletions:
     """``/v1/chat/completions``: ``chat.completion`` objects and ``chat.completion.chunk`` streams."""
 
     route = "/v1/chat/completions"
     prompt_field = "messages"
     params = PARAMS
+    counts_reasoning = False
 
     def __init__(self, served_name: str) -> None:
         self.served_name = served_name
@@ -251,11 +259,10 @@ class ChatCompletions:
                                              "function": {"name": event.name, "arguments": ""}}]})
             elif isinstance(event, ToolCallDone):
                 yield chunk({"tool_calls": [{"index": event.index, "function": {"arguments": event.arguments}}]})
-            elif isinstance(event, Progress):
-                yield {"data": dumps(dict(head, choices=[], prompt_progress=event.as_dict()))}
-            elif isinstance(event, Failed):
-                yield {"data": dumps(openai_error(event.error))}
-                return
+            elif isinstance(event, (Progress, Failed)):
+                yield _side_event(head, event)
+                if isinstance(event, Failed):
+                    return
             elif isinstance(event, Finished):
                 yield chunk({}, event.reason, timings=event.usage.timings)
                 if req.include_usage:
@@ -291,11 +298,10 @@ class Completions(ChatCompletions):
             if isinstance(event, TextDelta):
                 yield {"data": dumps(dict(head, choices=[{"index": 0, "text": event.text, "logprobs": None,
                                                           "finish_reason": None}], **extra))}
-            elif isinstance(event, Progress):
-                yield {"data": dumps(dict(head, choices=[], prompt_progress=event.as_dict()))}
-            elif isinstance(event, Failed):
-                yield {"data": dumps(openai_error(event.error))}
-                return
+            elif isinstance(event, (Progress, Failed)):
+                yield _side_event(head, event)
+                if isinstance(event, Failed):
+                    return
             elif isinstance(event, Finished):
                 yield {"data": dumps(dict(head, choices=[{"index": 0, "text": "", "logprobs": None,
                                                           "finish_reason": event.reason}],

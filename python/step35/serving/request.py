@@ -81,11 +81,10 @@ class ChatRequest:
 
 def check_type(field: str, value: Any, kind: type) -> Any:
     """``value`` of JSON type ``kind`` (an int is a number too; a bool is neither), else 400 naming ``field``."""
-    ok = not isinstance(value, bool) and (isinstance(value, int) if kind is int else isinstance(value, (int, float)))
-    if kind is bool:
-        ok = isinstance(value, bool)
-    elif kind is str:
-        ok = isinstance(value, str)
+    if kind in (bool, str):
+        ok = isinstance(value, kind)
+    else:  # a bool is an int to Python, not a number to JSON
+        ok = not isinstance(value, bool) and isinstance(value, int if kind is int else (int, float))
     if not ok:
         what = {int: "an integer", bool: "true or false", str: "a string"}.get(kind, "a number")
         raise bad(field, f"{field} must be {what}, got {value!r}")

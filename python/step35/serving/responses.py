@@ -127,6 +127,7 @@ class Responses:
     route = "/v1/responses"
     prompt_field = "input"
     params = PARAMS
+    counts_reasoning = True
 
     def __init__(self, served_name: str, seal: ReasoningSeal, store: ResponseStore) -> None:
         self.served_name = served_name
