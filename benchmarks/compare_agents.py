@@ -12,8 +12,8 @@ after the other in each round; the order alternates between rounds.
 
 Per scenario: prompt tokens evaluated (each server's Prometheus counter),
 the lower bound (the tokens of each prompt that no earlier prompt of the run
-shares: no prefix evaluated twice), TTFT p50/p99 over all requests, the wall
-time, and the RAM step35's prompt cache holds at the end.
+shares: no prefix evaluated twice), TTFT p50/p99 over all requests and per
+turn, the wall time, and the RAM step35's prompt cache holds at the end.
 
 Goals (issue 27), per scenario: tokens evaluated <= llama-server's and <= 1.05x
 the lower bound; TTFT p50 <= 0.8x llama-server's; wall time <= llama-server's.
@@ -90,6 +90,7 @@ def run_scenario(server: Server, k: int, turns: int, system: str, keep_reasoning
     """K agents at once, each ``turns`` turns; every prompt sent, the TTFTs, tokens evaluated and wall time."""
     before = metric(server.base_url, COUNTERS[server.name])
     ttfts: list[float] = []
+    by_turn: list[list[float]] = [[] for _ in range(turns)]
     prompts: list[list[dict[str, Any]]] = []
     errors: list[BaseException] = []
     lock = threading.Lock()
@@ -101,6 +102,7 @@ def run_scenario(server: Server, k: int, turns: int, system: str, keep_reasoning
                 ttft, reply = chat(server.base_url, messages, max_tokens)
                 with lock:
                     ttfts.append(ttft)
+                    by_turn[t].append(ttft)
                     prompts.append([dict(m) for m in messages])
                 if not keep_reasoning:
                     reply.pop("reasoning_content", None)
@@ -118,7 +120,7 @@ def run_scenario(server: Server, k: int, turns: int, system: str, keep_reasoning
     if errors:
         raise RuntimeError(f"{server.name}: {errors[0]}")
     out = {"evaluated": metric(server.base_url, COUNTERS[server.name]) - before, "ttfts": ttfts, "wall": wall,
-           "prompts": prompts}
+           "by_turn": by_turn, "prompts": prompts}
     if server.name == "step35":
         out["cache_mib"] = metric(server.base_url, "step35_prompt_cache_bytes") / (1 << 20)
     return out
@@ -142,8 +144,11 @@ def lower_bound(engine: Any, prompts: list[list[dict[str, Any]]]) -> int:
 
 
 def pct(xs: list[float], q: float) -> float:
+    """The q-quantile, linear between the two nearest ranks (numpy's default)."""
     s = sorted(xs)
-    return s[min(len(s) - 1, int(round(q * (len(s) - 1))))]
+    i = q * (len(s) - 1)
+    lo = int(i)
+    return s[lo] + (s[min(lo + 1, len(s) - 1)] - s[lo]) * (i - lo)
 
 
 def main() -> int:
@@ -228,6 +233,18 @@ def main() -> int:
               f"{med(theirs, 'evaluated') / bound:.2f} | {p(mine, .5):.0f} / {p(theirs, .5):.0f} "
               f"({p(mine, .5) / p(theirs, .5):.2f}) | {p(mine, .99):.0f} / {p(theirs, .99):.0f} | "
               f"{med(mine, 'wall'):.1f} / {med(theirs, 'wall'):.1f} | {med(mine, 'cache_mib'):.1f} |")
+    print(f"\nTTFT p50 / p99 per turn, ms, step35 / llama-server (ratio of the p50s), medians over {a.reps} rounds\n")
+    print("| agents | reasoning | " + " | ".join(f"turn {t + 1}" for t in range(a.turns)) + " |")
+    print("|---:|---|" + "---|" * a.turns)
+    for k, keep in scenarios:
+        mine, theirs = results[(k, keep, "step35")], results[(k, keep, "llama-server")]
+
+        def turn(rs: list[dict[str, Any]], t: int, q: float) -> float:
+            return median([pct(r["by_turn"][t], q) for r in rs]) * 1000
+
+        cells = [f"{turn(mine, t, .5):.0f} / {turn(theirs, t, .5):.0f} ({turn(mine, t, .5) / turn(theirs, t, .5):.2f}); "
+                 f"p99 {turn(mine, t, .99):.0f} / {turn(theirs, t, .99):.0f}" for t in range(a.turns)]
+        print(f"| {k} | {'sent back' if keep else 'dropped'} | " + " | ".join(cells) + " |")
     return 0
 
 

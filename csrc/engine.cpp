@@ -2,8 +2,10 @@
 // thread that never touches Python.
 //
 // Every step runs one llama_decode whose batch carries the next token of every
-// generating sequence plus chunks of waiting prompts (up to n_batch tokens), so
-// a long prompt never stalls the streams already running. Each request has its
+// generating sequence plus prompt chunks, oldest request first, up to one
+// micro-batch (n_ubatch tokens): a long prompt never stalls the streams already
+// running, and prompts that arrive together get their first tokens one after
+// the other instead of all at the end. Each request has its
 // own sampler chain (sequence.h), stop strings and max_tokens. A request that
 // gets a slot keeps the longest prefix of that slot's cached tokens that the
 // cache can still serve: the KV cache of step35 cannot shift, and its
@@ -105,6 +107,7 @@ public:
         llama_context * c = ctx_->get();
         guard_ = std::make_unique<BusyGuard>(*ctx_);
         n_batch_ = llama_n_batch(c);
+        n_ubatch_ = std::min<size_t>(llama_n_ubatch(c), n_batch_);
         n_ctx_seq_ = llama_n_ctx_seq(c);
         if (n_ctx_slot > 0) n_ctx_seq_ = std::min(n_ctx_seq_, n_ctx_slot);
         n_swa_ = llama_model_n_swa(ctx_->model());
@@ -481,13 +484,23 @@ private:
         batch_.logits[i] = logits;
     }
 
+    // Prompt tokens a step may carry beside `n_generating` tokens of running sequences: what fills one
+    // micro-batch (llama_decode computes a batch one n_ubatch at a time anyway), so that the oldest prompt
+    // finishes (and its first token comes) before the next one starts, and the running sequences get a token
+    // every micro-batch; at least half a micro-batch when the running ones fill it, and never over n_batch.
+    size_t prompt_room(size_t n_generating) const {
+        const size_t room = n_generating < n_ubatch_ ? n_ubatch_ - n_generating : 0;
+        return std::min(std::max(room, n_ubatch_ / 2), n_batch_ > n_generating ? n_batch_ - n_generating : 0);
+    }
+
     // The scheduler thread.
     void loop() {
         llama_context * c = ctx_->get();
         llama_memory_t mem = llama_get_memory(c);
         const llama_vocab * vocab = ctx_->vocab();
-        size_t prompt_budget = n_batch_;
+        size_t prompt_budget = n_ubatch_;
         std::vector<Entry> entries;
+        std::vector<Slot *> prompting;
         std::unique_lock<std::mutex> lk(mu_);
         while (true) {
             for (auto & s : slots_)
@@ -513,10 +526,14 @@ private:
                 entries.push_back({&s, 1, batch_.n_tokens, false});
                 add(s.req->pending, (llama_pos) s.cached.size(), s.seq, true);
             }
-            size_t budget = std::min(prompt_budget, n_batch_ - (size_t) batch_.n_tokens);
-            for (size_t k = 0; k < slots_.size() && budget > 0; ++k) {
-                Slot & s = slots_[(rr_ + k) % slots_.size()];
-                if (!s.req || s.req->state != State::Prompt) continue;
+            size_t budget = std::min(prompt_budget, prompt_room((size_t) batch_.n_tokens));
+            prompting.clear();
+            for (auto & s : slots_)
+                if (s.req && s.req->state == State::Prompt) prompting.push_back(&s);
+            std::sort(prompting.begin(), prompting.end(), [](const Slot * a, const Slot * b) { return a->req->id < b->req->id; });
+            for (Slot * sp : prompting) {
+                if (budget == 0) break;
+                Slot & s = *sp;
                 Request & r = *s.req;
                 size_t n = std::min(budget, r.prompt.size() - r.n_prompt_done);
                 const size_t every = checkpoint_mark(r) > 0 ? (r.n_prompt_done / checkpoint_every_ + 1) * checkpoint_every_ : 0;
@@ -528,9 +545,8 @@ private:
                 entries.push_back({&s, n, last ? batch_.n_tokens - 1 : -1, true});
                 budget -= n;
             }
-            rr_ = (rr_ + 1) % slots_.size();
             if (batch_.n_tokens == 0) {  // prompts were held back for running ones that have ended
-                prompt_budget = n_batch_;
+                prompt_budget = n_ubatch_;
                 continue;
             }
 
@@ -585,7 +601,7 @@ private:
                     for (auto & s : slots_)
                         if (s.req && (!longest || s.cached.size() > longest->cached.size())) longest = &s;
                     if (longest) finish_locked(*longest->req, "length");
-                    prompt_budget = n_batch_;
+                    prompt_budget = n_ubatch_;
                     continue;
                 }
                 const std::string msg = "llama_decode failed with code " + std::to_string(rc) +
@@ -597,7 +613,7 @@ private:
                     }
                 continue;
             }
-            prompt_budget = n_batch_;
+            prompt_budget = n_ubatch_;
 
             // Commit, then sample where there are logits (outside the lock: only this thread uses samplers).
             const auto now = Clock::now();
@@ -681,7 +697,7 @@ private:
     std::shared_ptr<ContextHandle> ctx_;
     std::unique_ptr<BusyGuard> guard_;
     size_t max_waiting_;
-    size_t n_batch_ = 0, n_ctx_seq_ = 0;
+    size_t n_batch_ = 0, n_ubatch_ = 0, n_ctx_seq_ = 0;
     llama_pos n_swa_ = 0;
     llama_batch batch_{};
 
@@ -689,7 +705,6 @@ private:
     std::condition_variable work_cv_, out_cv_;
     std::deque<std::shared_ptr<Request>> waiting_;
     std::vector<Slot> slots_;
-    size_t rr_ = 0;
     int64_t next_id_ = 1;
     bool stopping_ = false, cancel_all_ = false, stopped_ = false;
     bool events_enabled_ = false;

@@ -134,3 +134,29 @@ def test_two_requests_arriving_together_evaluate_their_shared_prefix_once(model:
     assert m["prompt_tokens_evaluated"] == len(shared) + 50 + 50
     assert sorted(c.stats.prompt_tokens_restored for c in both) == [0, len(shared)]
     assert [c.tokens for c in both] == [c.tokens for c in alone]
+
+
+def test_the_memory_plan_counts_the_prompt_cache_and_checkpoints(model: step35.Model, tiny32_path: Path) -> None:
+    """`fit` adds the cache's bound and every slot's checkpoints (each at most the cells one sequence
+    holds on the window layers) to RAM; a checkpoint the engine really takes is no larger."""
+    from step35 import fit
+
+    bare = fit.plan(tiny32_path, n_ctx=4096, n_seq_max=2)
+    p = fit.plan(tiny32_path, n_ctx=4096, n_seq_max=2, checkpoints=3, cache_mib=1)
+    window = int(model.metadata[f"{model.metadata['general.architecture']}.attention.sliding_window"])
+    one = fit.checkpoint_bytes(p.kv, window, p.n_ubatch)
+    assert one > 0 and p.prompt_cache == (1 << 20) + 2 * 3 * one
+    assert p.pools[0].need == bare.pools[0].need + p.prompt_cache and p.total == bare.total + p.prompt_cache
+    assert "prompts" in str(p)
+    with step35.Engine(model, slots=1, cache_mib=0, checkpoints=1) as engine:
+        run(engine, prompt(31, 700))
+        taken = engine.metrics()["checkpoint_bytes"]
+    assert 0 < taken <= one
+
+
+def test_serve_refuses_a_prompt_cache_that_does_not_fit(tiny32_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from step35.cli import main
+
+    assert main(["serve", "-m", str(tiny32_path), "-c", "4096", "--cache-ram", str(64 << 20)]) == 1
+    err = capsys.readouterr().err
+    assert "does not fit" in err and "smaller prompt cache" in err

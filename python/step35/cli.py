@@ -25,6 +25,7 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from ._version import __version__
 
@@ -276,13 +277,14 @@ def _device_list(value: str) -> list[str]:
 
 
 def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None, rpc=None,
-               tensor_split=None, mtp=False) -> tuple[str | None, bool, Path | None]:
+               tensor_split=None, mtp=False, **cache: Any) -> tuple[str | None, bool, Path | None]:
     """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
 
     With context ``params`` the memory plan of a repo is made from its headers
     before the download, so a model that cannot fit is refused before fetching it.
     Returns the path, whether that plan was made (then loading need not make it again), and the
     repo's MTP sidecar (``mtp-*.gguf``; fetched too when ``mtp`` is True or "auto"), if any.
+    ``cache`` (``checkpoints``, ``cache_mib``) adds an engine's prompt cache to the plan.
     """
     from . import hub
 
@@ -292,7 +294,7 @@ def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=N
             from .fit import check_context
 
             check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices, rpc=rpc,
-                          tensor_split=tensor_split)
+                          tensor_split=tensor_split, **cache)
             planned = True
         files = hub.download_files(value, mtp=mtp is True or mtp == "auto")
         return str(files[0]), planned, hub.mtp_sidecar(files)
@@ -601,23 +603,32 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
         header = read_header(model_files(args.model or _default_model())[0])
         n_ctx = int(header.metadata.get(f"{header.architecture}.context_length", 0) or 0)
-    # The memory plan covers the engine's context: one KV stream of the per-slot context per slot.
+    # The memory plan covers the engine's context (one KV stream of the per-slot context per slot) and
+    # its prompt cache in RAM (the bound, by default a share of the RAM free now, and the checkpoints).
     planned = engine_context(per_slot, slots, n_ctx, args.kv_unified)
+    cache: dict[str, Any] = dict(checkpoints=args.ctx_checkpoints, cache_mib=None if args.cache_ram < 0 else args.cache_ram)
     check = not args.no_fit_check
-    path, pre, _ = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
-                           args.tensor_split)
+    path, _, _ = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
+                            args.tensor_split, **cache)
     path = path or str(_default_model())
+    plan = None
+    if check:  # (a repo was planned from its headers before the download; this is the same plan, local)
+        from .fit import check_context
+
+        plan = check_context(path, planned, n_gpu_layers=args.n_gpu_layers, devices=args.device, rpc=args.rpc,
+                             tensor_split=args.tensor_split, **cache)
+    if plan is not None:  # the default bound: what the plan chose from the RAM it leaves
+        cache["cache_mib"] = plan.cache_mib
     api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
     defaults = dict(_sampling(args), max_tokens=args.n_predict)  # no -n: each route's own default
     name = (args.alias or [None])[0] or (args.model if is_repo else Path(path).name)
     aliases = list(dict.fromkeys(args.alias or [name]))
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
-                                   context=planned, check_memory=check and not pre, devices=args.device,
+                                   context=planned, check_memory=False, devices=args.device,
                                    rpc=args.rpc, tensor_split=args.tensor_split)
     with model:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
-                        kv_unified=args.kv_unified, cache_mib=None if args.cache_ram < 0 else args.cache_ram,
-                        checkpoints=args.ctx_checkpoints, checkpoint_every=args.checkpoint_every)
+                        kv_unified=args.kv_unified, checkpoint_every=args.checkpoint_every, **cache)
         try:
             app = serving.create_app(engine, model_name=name, aliases=aliases, api_key=api_key,
                                      max_body_bytes=args.max_body_bytes, defaults=defaults,
@@ -830,10 +841,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--cache-ram", type=float, default=-1, metavar="MIB",
                    help="host-memory prompt cache: conversations a slot gives up are kept here and restored when "
                         "a request extends them (llama-server's --cache-ram; 0 = off; default -1: a quarter of "
-                        "the available RAM, at most 8192)")
+                        "the RAM the memory plan leaves, at most 8192; counted in the plan)")
     s.add_argument("--ctx-checkpoints", type=int, default=32, metavar="N",
-                   help="checkpoints of the sliding-window layers per slot, so that a prompt diverging from a "
-                        "slot's conversation early still reuses its prefix (llama-server's flag; 0 = off; default 32)")
+                   help="checkpoints of the sliding-window layers per slot (in RAM, counted in the memory plan), so "
+                        "that a prompt diverging from a slot's conversation early still reuses its prefix "
+                        "(llama-server's flag; 0 = off; default 32)")
     s.add_argument("--checkpoint-every", type=int, default=2048, metavar="TOKENS",
                    help="tokens of a long prompt between checkpoints (also one just before each prompt's end; "
                         "default 2048, the default batch, so that no prompt chunk is split for them)")

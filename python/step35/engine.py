@@ -30,10 +30,6 @@ __all__ = ["Engine", "EngineStream"]
 
 #: The most slots an engine can have (llama.cpp's sequence limit).
 MAX_SLOTS = 256
-#: The host-memory prompt cache's default bound: this share of the available RAM ...
-CACHE_RAM_SHARE = 0.25
-#: ... and at most this many MiB (llama-server's --cache-ram default).
-CACHE_RAM_MAX_MIB = 8192
 #: Window-layer checkpoints kept per slot (llama-server's --ctx-checkpoints default) ...
 CHECKPOINTS = 32
 #: ... taken 4 tokens before the end of each prompt (before the generation prompt) and every this many tokens
@@ -42,10 +38,11 @@ CHECKPOINT_EVERY = 2048
 
 
 def default_cache_mib() -> float:
-    """The prompt cache's default bound in MiB: a quarter of the available RAM, at most 8 GiB."""
+    """The prompt cache's default bound in MiB: a quarter of the RAM available now, at most 8 GiB."""
     from ._system import system_memory
+    from .fit import default_cache_mib as of_spare
 
-    return min(CACHE_RAM_MAX_MIB, system_memory()[1] * CACHE_RAM_SHARE / (1 << 20))
+    return of_spare(system_memory()[1])
 
 
 def engine_context(per_slot: ContextParams, slots: int, n_ctx_slot: int, kv_unified: bool = False) -> ContextParams:

@@ -64,6 +64,15 @@ _GiB = 1 << 30
 #: A pool fits only if this much stays free (the OS, the Python process, fragmentation):
 #: 1 GiB plus 2% of what is available.
 MARGIN_FIXED, MARGIN_FRACTION = 1 << 30, 0.02
+#: An engine's host-memory prompt cache is bounded by default at this share of the RAM left over ...
+CACHE_RAM_SHARE = 0.25
+#: ... and at most this many MiB (llama-server's --cache-ram default).
+CACHE_RAM_MAX_MIB = 8192
+
+
+def default_cache_mib(spare: int) -> float:
+    """The prompt cache's default bound in MiB, given ``spare`` bytes of RAM left over."""
+    return min(CACHE_RAM_MAX_MIB, max(spare, 0) * CACHE_RAM_SHARE / (1 << 20))
 
 
 def _usable(available: int) -> int:
@@ -177,6 +186,15 @@ def kv_cache_bytes(metadata: dict[str, Any], n_ctx: int = 4096, type_k: str = "f
             full += b
             n_full += 1
     return KVCache(n_ctx, cells, cells_swa if n_swa else 0, n_stream, n_full, n_swa, full, swa, type_k, type_v)
+
+
+def checkpoint_bytes(kv: KVCache, window: int, n_ubatch: int = 512) -> int:
+    """Bytes of one checkpoint of a sequence's sliding-window layers (at most: the cells of one
+    sequence, ``window + n_ubatch``, on every sliding-window layer), which an engine keeps in RAM."""
+    if not kv.layers_swa or not kv.cells_swa:
+        return 0
+    per_cell = kv.bytes_swa // (kv.cells_swa * kv.n_stream)
+    return per_cell * min(kv.cells_swa, window + n_ubatch)
 
 
 def kv_table(metadata: dict[str, Any], contexts: Sequence[int] = (16384, 65536, 262144),
@@ -312,14 +330,16 @@ class FitPlan:
     outputs: int  #: llama.cpp's logits buffer (n_outputs rows of n_vocab floats, in RAM)
     pools: list[Pool]
     mtp: int = 0  #: the MTP draft context (KV cache and compute buffers) and a sidecar's weights
+    prompt_cache: int = 0  #: host RAM of an engine's prompt cache: its bound plus every slot's checkpoints
+    cache_mib: float = 0.0  #: the prompt cache's bound in this plan (chosen here when asked for the default)
     suggestions: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     kv_table: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def total(self) -> int:
-        """Weights + KV cache + compute buffers + logits buffer + MTP drafting."""
-        return self.weights + self.kv.total + self.compute + self.outputs + self.mtp
+        """Weights + KV cache + compute buffers + logits buffer + MTP drafting + prompt cache."""
+        return self.weights + self.kv.total + self.compute + self.outputs + self.mtp + self.prompt_cache
 
     @property
     def fits(self) -> bool:
@@ -348,6 +368,8 @@ class FitPlan:
             f"compute    {_fmt(self.compute):>11}",
             f"logits     {_fmt(self.outputs):>11}",
             *([f"MTP        {_fmt(self.mtp):>11}  (draft context of the MTP heads; a sidecar's weights)"] if self.mtp else []),
+            *([f"prompts    {_fmt(self.prompt_cache):>11}  (in RAM: the prompt cache's bound and the slots' "
+               f"sliding-window checkpoints)"] if self.prompt_cache else []),
             f"total      {_fmt(self.total):>11}  ({self.total / 1e9:.2f} GB)",
             "",
             f"{'memory':<10} {'need':>11} {'available':>11} {'total':>11}  verdict",
@@ -439,7 +461,8 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
          memory: int | None = None, kv_contexts: Sequence[int] = (16384, 65536, 262144),
          revision: str | None = None, include: str | Sequence[str] | None = None,
          machine: Machine | None = None, rpc: str | Sequence[str] | None = None,
-         tensor_split: Sequence[float] | None = None, mtp: bool | str | os.PathLike[str] = False) -> FitPlan:
+         tensor_split: Sequence[float] | None = None, mtp: bool | str | os.PathLike[str] = False,
+         checkpoints: int = 0, cache_mib: float | None = 0.0) -> FitPlan:
     """Plan the memory of ``model`` with this context on this machine.
 
     ``model`` is a local ``.gguf`` (any part of a split set) or a Hub repo
@@ -452,6 +475,10 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     pool of the memory it reports) and ``tensor_split`` place the layers as
     :class:`~step35.Model` does. ``mtp`` adds the MTP heads and their draft
     context (True: the file's own heads; a path: an ``mtp-*.gguf`` sidecar).
+    ``checkpoints`` (per sequence) and ``cache_mib`` add what an engine's prompt
+    cache holds in RAM (:class:`~step35.Engine`'s arguments of the same names);
+    ``cache_mib=None`` sizes it here: a quarter of the RAM the rest of the plan
+    leaves, at most 8 GiB (the plan's ``cache_mib`` says what it chose).
     ``machine`` plans for another :class:`Machine` than this one. The
     other arguments are the context's (see :class:`~step35.ContextParams`);
     ``n_ctx=0`` means the training context.
@@ -515,9 +542,16 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     n_vocab = len(meta.get("tokenizer.ggml.tokens") or ())
     outputs = 4 * n_vocab * max(n_outputs or 0, n_seq_max)
     ram.need += outputs
+    window = int(meta.get(f"{meta.get('general.architecture')}.attention.sliding_window", 0) or 0)
+    prompt_cache = n_seq_max * checkpoints * checkpoint_bytes(kv, window, n_ubatch)
+    if cache_mib is None:
+        cache_mib = default_cache_mib(_usable(ram.available) - ram.need - prompt_cache)
+    prompt_cache += int(cache_mib * (1 << 20))
+    ram.need += prompt_cache
     compute = sum(r["compute"] for r in breakdown if not r.get("mtp"))
     result = FitPlan(src.label, kv.n_ctx, ctx.type_k, ctx.type_v, swa_full, n_gpu_layers, n_ubatch, weights, kv,
-                     compute, outputs, pools, notes=notes, mtp=mtp_bytes,
+                     compute, outputs, pools, notes=notes, mtp=mtp_bytes, prompt_cache=prompt_cache,
+                     cache_mib=float(cache_mib),
                      kv_table=kv_table(meta, kv_contexts, n_ubatch=n_ubatch) if kv_contexts else [])
     sim_kv = sum(r["context"] for r in breakdown if not r.get("mtp"))
     if sim_kv != kv.total:  # never seen; would mean llama.cpp's sizing rules changed (tests compare them)
@@ -544,6 +578,10 @@ def _suggest(p: FitPlan, meta: dict[str, Any], layer_bytes: dict[int, int], ctx:
         p.suggestions.append(f"the weights alone need {_fmt(p.weights)} but {worst.name} has {_fmt(worst.available)}"
                              f" available: pick a smaller quant, or a machine with more memory")
         return
+    if worst is ram and p.prompt_cache:
+        ok = p.prompt_cache >= over
+        p.suggestions.append(f"a smaller prompt cache (serve --cache-ram MiB, --ctx-checkpoints N; Engine's cache_mib, "
+                             f"checkpoints) frees up to {_fmt(p.prompt_cache)}: {'fits' if ok else 'not enough alone'}")
     kv_share = worst.kv / p.kv.total if p.kv.total else 0.0
     if p.type_k == "f16" or p.type_v == "f16":
         q8 = kv_cache_bytes(meta, p.n_ctx, "q8_0", "q8_0", **kw)
@@ -612,7 +650,8 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
                   quant: str | None = None, devices: Sequence[str] | None = None, revision: str | None = None,
                   include: str | Sequence[str] | None = None, rpc: str | Sequence[str] | None = None,
                   tensor_split: Sequence[float] | None = None,
-                  mtp: bool | str | os.PathLike[str] = False) -> FitPlan | None:
+                  mtp: bool | str | os.PathLike[str] = False, checkpoints: int = 0,
+                  cache_mib: float | None = 0.0) -> FitPlan | None:
     """:func:`check` for a :class:`~step35.ContextParams`; does nothing (None) when
     ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Model` and the CLI call."""
     if _skip_check():
@@ -622,4 +661,4 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
                  n_batch=c.n_batch, n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified,
                  flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, devices=devices,
                  revision=revision, include=include, kv_contexts=(), rpc=rpc, tensor_split=tensor_split or None,
-                 mtp=mtp)
+                 mtp=mtp, checkpoints=checkpoints, cache_mib=cache_mib)
