@@ -10,6 +10,37 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
+# ---- the source tree --------------------------------------------------------
+# The tests normally run from a checkout (tests/ inside the repository). The
+# wheel matrix runs them elsewhere too: cibuildwheel installs the wheel into a
+# clean venv and copies only its `test-sources` (tests/ and pyproject.toml,
+# pyproject.toml [tool.cibuildwheel]) into an empty directory
+# (https://cibuildwheel.pypa.io/en/stable/options/#test-sources);
+# scripts/cibw_replica.py does the same here. There REPO is that directory,
+# with no llama.cpp/, fuzz/ or scripts/ beside tests/. This is the one place
+# that decides whether a file of the source tree is here: a test that needs one
+# calls source_file() (a skip with the reason when absent, never a collection
+# error); what the installed wheel ships (the chat template, the vocabulary)
+# comes from the package instead (step35._data).
+
+#: Why a file of the source tree may be missing (the skip reason's tail).
+NO_SOURCE_TREE = ("absent here: the tests run outside a source checkout (cibuildwheel copies only "
+                  "tests/ and pyproject.toml into an empty directory; scripts/cibw_replica.py does the same)")
+
+
+def in_source_tree(relpath: str) -> Path | None:
+    """``REPO / relpath`` when the tests run from a checkout that has it, else None."""
+    path = REPO / relpath
+    return path if path.exists() else None
+
+
+def source_file(relpath: str, why: str) -> Path:
+    """``REPO / relpath``, or skip the calling module (at import) or test: ``why`` says what needs it."""
+    path = in_source_tree(relpath)
+    if path is None:
+        pytest.skip(f"needs {relpath} from the source tree ({why}); {NO_SOURCE_TREE}", allow_module_level=True)
+    return path
+
 
 @pytest.fixture(scope="session")
 def model_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:

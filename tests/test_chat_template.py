@@ -5,7 +5,6 @@ from __future__ import annotations
 import copy
 import json
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import jinja2
@@ -14,9 +13,12 @@ from jinja2.ext import loopcontrols
 from jinja2.sandbox import SecurityError
 
 from step35 import chat_template
+from step35._data import chat_template_path
 
-TEMPLATE_PATH = Path(__file__).resolve().parent.parent / "llama.cpp" / "source" / "models" / "templates" \
-    / "StepFun3.5-Flash.jinja"
+# The template the installed package ships (step35/data/, installed from the pinned
+# llama.cpp's models/templates/): found in a wheel's clean test venv too, where
+# there is no source tree beside tests/ (tests/conftest.py).
+TEMPLATE_PATH = chat_template_path()
 TEMPLATE = TEMPLATE_PATH.read_text(encoding="utf-8")
 
 GEN_PROMPT = "<|im_start|>assistant\n<think>\n"

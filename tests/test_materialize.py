@@ -13,9 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, have_git_checkout
+from conftest import REPO, have_git_checkout, source_file
 
-SCRIPT = REPO / "llama.cpp" / "materialize.py"
+# The script under test lives in the source tree, not in the wheel: outside a
+# checkout (cibuildwheel's test directory) the whole module is skipped.
+SCRIPT = source_file("llama.cpp/materialize.py", "the script these tests run")
 
 PIN_TEMPLATE = """
 [upstream]

@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import random
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from step35 import chat_template, toolcalls
+from step35._data import chat_template_path
 from step35.toolcalls import ChatStreamParser, ToolCallParseError, merge_deltas, parse_output
 
-TEMPLATE = (Path(__file__).resolve().parent.parent / "llama.cpp" / "source" / "models" / "templates"
-            / "StepFun3.5-Flash.jinja").read_text(encoding="utf-8")
+# The template the installed package ships (see test_chat_template.py).
+TEMPLATE = chat_template_path().read_text(encoding="utf-8")
 
 
 def _fn(name: str, props: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from ._version import __version__
 from .errors import BuildError
@@ -14,9 +16,38 @@ from .errors import BuildError
 PACKAGE_DIR = Path(os.path.abspath(__file__)).parent
 LIB_DIR = PACKAGE_DIR / "lib"
 
+# Handles from os.add_dll_directory, kept for the life of the process: a handle
+# that is closed (or garbage-collected) takes its folder off the search path.
+_dll_directories: list[Any] = []
+
+
+def add_dll_directory(folder: Path | str) -> bool:
+    """Windows: put ``folder`` on the DLL search path of this process (once); elsewhere a no-op.
+
+    Python 3.8+ loads an extension's dependent DLLs from the system folders, the
+    extension's own folder and folders added with ``os.add_dll_directory`` only,
+    not from ``PATH`` (https://docs.python.org/3/library/os.html#os.add_dll_directory).
+    Returns whether the folder was added now.
+    """
+    if sys.platform != "win32" or not hasattr(os, "add_dll_directory"):
+        return False
+    folder = os.path.abspath(str(folder))
+    if not os.path.isdir(folder) or any(getattr(h, "path", None) == folder for h in _dll_directories):
+        return False
+    _dll_directories.append(os.add_dll_directory(folder))
+    return True
+
+
+# At import of the package (step35/__init__ imports this module), so that even a
+# direct ``import step35._core`` finds step35\lib.
+add_dll_directory(LIB_DIR)
+
 
 def import_core() -> ModuleType:
     """The ``step35._core`` extension as built, checked against the package version (no backends loaded)."""
+    # Windows: _core.pyd sits in step35\ and llama.dll, ggml*.dll beside their CPU
+    # variants in step35\lib, which the loader does not search by itself.
+    add_dll_directory(LIB_DIR)
     try:
         from . import _core as mod
     except ImportError as e:

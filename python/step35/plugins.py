@@ -20,6 +20,7 @@ import sys
 from importlib import util
 from pathlib import Path
 
+from ._native import add_dll_directory
 from .errors import PluginUnavailable
 
 __all__ = ["PluginUnavailable", "backend_module", "cuda_libraries", "note", "vulkan_libraries"]
@@ -47,7 +48,7 @@ def note(library: str) -> str:
 
 def backend_module(lib_dir: Path, name: str) -> Path:
     """The file of ggml backend module ``name`` (``cuda``, ``vulkan``) in ``lib_dir``."""
-    file = f"ggml-{name}.dll" if sys.platform == "win32" else f"libggml-{name}.so"
+    file = f"ggml-{name}.dll" if _windows() else f"libggml-{name}.so"
     path = Path(lib_dir) / file
     if not path.is_file():
         raise PluginUnavailable(f"{path} is missing: the plugin is damaged; reinstall it")
@@ -67,9 +68,18 @@ def _open(name: str) -> str | None:
 
 # Where NVIDIA's wheels put the runtime libraries, relative to site-packages:
 # CUDA 12 wheels use one folder per component, CUDA 13 wheels share nvidia/cu13.
+# On Windows the DLLs are under bin/, and CUDA 13's under bin/x86_64/ (checked
+# in nvidia-cuda-runtime 13.5.37's win_amd64 wheel: nvidia/cu13/bin/x86_64/cudart64_13.dll;
+# nvidia-cuda-runtime-cu12 12.9.79: nvidia/cuda_runtime/bin/cudart64_12.dll).
 _CUDA_WHEEL_DIRS = {
-    12: ("nvidia/cuda_runtime", "nvidia/cublas"),
-    13: ("nvidia/cu13",),
+    "posix": {
+        12: ("nvidia/cuda_runtime/lib", "nvidia/cublas/lib"),
+        13: ("nvidia/cu13/lib",),
+    },
+    "win32": {
+        12: ("nvidia/cuda_runtime/bin", "nvidia/cublas/bin"),
+        13: ("nvidia/cu13/bin/x86_64", "nvidia/cu13/bin"),
+    },
 }
 _CUDA_WHEELS = {
     12: "nvidia-cuda-runtime-cu12 nvidia-cublas-cu12",
@@ -77,9 +87,13 @@ _CUDA_WHEELS = {
 }
 
 
+def _windows() -> bool:
+    return sys.platform == "win32"
+
+
 def _cuda_runtime_files(major: int) -> list[str]:
     """Runtime libraries in load order (cuBLAS needs cuBLASLt, both need cudart)."""
-    if sys.platform == "win32":
+    if _windows():
         return [f"cudart64_{major}.dll", f"cublasLt64_{major}.dll", f"cublas64_{major}.dll"]
     return [f"libcudart.so.{major}", f"libcublasLt.so.{major}", f"libcublas.so.{major}"]
 
@@ -94,18 +108,39 @@ def _site_dirs() -> list[Path]:
 def _wheel_runtime(major: int) -> dict[str, Path]:
     """Runtime libraries found in NVIDIA's wheels: file name -> path."""
     found: dict[str, Path] = {}
-    sub = "bin" if sys.platform == "win32" else "lib"
+    layout = _CUDA_WHEEL_DIRS["win32" if _windows() else "posix"]
     for site in _site_dirs():
-        for rel in _CUDA_WHEEL_DIRS.get(major, ()):
-            folder = site / rel / sub
+        for rel in layout.get(major, ()):
+            folder = site / rel
             for f in _cuda_runtime_files(major):
                 if f not in found and (folder / f).is_file():
                     found[f] = folder / f
     return found
 
 
+def _windows_system_runtime(major: int) -> dict[str, Path]:
+    """Windows: the runtime DLLs of a system CUDA toolkit of that major version: file name -> path.
+
+    ``ctypes.CDLL("cudart64_13.dll")`` does not search ``PATH`` (Python 3.8+
+    loads with LOAD_LIBRARY_SEARCH_DEFAULT_DIRS), so the folders are searched
+    here: ``CUDA_PATH_V<major>_*`` and ``CUDA_PATH`` (``bin``, and ``bin\\x64``
+    where CUDA 13 installers put them), then ``PATH``.
+    """
+    roots = [v for k, v in sorted(os.environ.items(), reverse=True) if k.upper().startswith(f"CUDA_PATH_V{major}_")]
+    if os.environ.get("CUDA_PATH"):
+        roots.append(os.environ["CUDA_PATH"])
+    folders = [Path(r) / sub for r in roots for sub in ("bin", os.path.join("bin", "x64"))]
+    folders += [Path(p) for p in os.environ.get("PATH", "").split(os.pathsep) if p]
+    found: dict[str, Path] = {}
+    for folder in folders:
+        for f in _cuda_runtime_files(major):
+            if f not in found and (folder / f).is_file():
+                found[f] = folder / f
+    return found
+
+
 def _driver_problem() -> str | None:
-    lib = "nvcuda.dll" if sys.platform == "win32" else "libcuda.so.1"
+    lib = "nvcuda.dll" if _windows() else "libcuda.so.1"
     reason = _open(lib)
     if reason is None:
         return None
@@ -118,7 +153,8 @@ def cuda_libraries(lib_dir: Path, cuda_major: int) -> list[str]:
 
     The runtime comes from NVIDIA's wheels when they are installed (the plugin
     depends on them), else from a system CUDA of the same major version found
-    by the dynamic loader (``LD_LIBRARY_PATH``, ``ldconfig``, ``PATH`` on Windows).
+    by the dynamic loader (``LD_LIBRARY_PATH``, ``ldconfig``; on Windows searched here by
+    :func:`_windows_system_runtime`, as ``CDLL`` of a bare name does not search ``PATH``).
     Raises :class:`PluginUnavailable` with the reason and the fix.
     """
     module = backend_module(lib_dir, "cuda")
@@ -126,12 +162,18 @@ def cuda_libraries(lib_dir: Path, cuda_major: int) -> list[str]:
     if problem:
         raise PluginUnavailable(problem)
     wheel = _wheel_runtime(cuda_major)
-    if sys.platform == "win32":
-        for folder in {p.parent for p in wheel.values()}:
-            os.add_dll_directory(str(folder))
+    system: dict[str, Path] = {}
+    if _windows():
+        system = {f: p for f, p in _windows_system_runtime(cuda_major).items() if f not in wheel}
+        # Full paths below; the folders also go on the DLL search path (kept for
+        # the process) for what these DLLs load themselves.
+        for folder in sorted({str(p.parent) for p in (*wheel.values(), *system.values())}):
+            add_dll_directory(folder)
     missing = []
     for f in _cuda_runtime_files(cuda_major):
-        target = str(wheel[f]) if f in wheel else f
+        # By full path where we know it (a bare name is left to the dynamic
+        # loader: LD_LIBRARY_PATH / ldconfig on Linux).
+        target = str(wheel[f]) if f in wheel else str(system[f]) if f in system else f
         reason = _open(target)
         if reason is not None:
             missing.append(f"{f} ({reason})")
