@@ -41,10 +41,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import statistics
 import sys
-import time
 import urllib.request
 from pathlib import Path
 from typing import Any

@@ -35,7 +35,6 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
     p.swa_full = o.swa_full;
     p.kv_unified = o.kv_unified;
     p.offload_kqv = o.offload_kqv;
-    p.op_offload = o.op_offload;
     p.no_perf = true;
     p.abort_callback = &Interrupt::ggml_abort;
     p.abort_callback_data = &interrupt_;
@@ -324,7 +323,6 @@ void register_context(py::module_ & m) {
         .def_readwrite("swa_full", &ContextOptions::swa_full)
         .def_readwrite("kv_unified", &ContextOptions::kv_unified)
         .def_readwrite("offload_kqv", &ContextOptions::offload_kqv)
-        .def_readwrite("op_offload", &ContextOptions::op_offload)
         .def_readwrite("warmup", &ContextOptions::warmup);
 
     py::class_<ContextHandle, std::shared_ptr<ContextHandle>>(m, "ContextHandle", "A llama.cpp context (use step35.Context).")

@@ -35,7 +35,6 @@ struct ContextOptions {
     bool swa_full = false;
     bool kv_unified = true;
     bool offload_kqv = true;
-    bool op_offload = true;
     bool warmup = true;  // one cheap decode of a single token (no all-experts warm-up)
 };
 

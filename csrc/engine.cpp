@@ -198,18 +198,11 @@ public:
     }
 
     // Without the GIL: wait until `req` has text (or has ended); returns the text.
-    // `all`: wait for the end. Wakes every 50 ms so that Ctrl-C can stop the wait.
-    std::string wait(const std::shared_ptr<Request> & req, bool all, double timeout, bool * timed_out) {
+    // `all`: wait for the end. Wakes every kSignalPeriod so that Ctrl-C can stop the wait.
+    std::string wait(const std::shared_ptr<Request> & req, bool all) {
         std::unique_lock<std::mutex> lk(mu_);
-        const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
-                                                      std::chrono::duration<double>(timeout < 0 ? 1e9 : timeout));
-        *timed_out = false;
         while (!req->finished && (all || req->ready.empty())) {
-            if (Clock::now() >= deadline) {
-                *timed_out = true;
-                break;
-            }
-            if (out_cv_.wait_for(lk, std::chrono::milliseconds(50)) == std::cv_status::timeout) {
+            if (out_cv_.wait_for(lk, kSignalPeriod) == std::cv_status::timeout) {
                 lk.unlock();
                 {
                     py::gil_scoped_acquire gil;
@@ -737,16 +730,13 @@ public:
         if (engine_) engine_->cancel(req_);
     }
 
-    py::str step(bool all) { return step_for(all, -1.0); }
-
-    // Like step, but return "" after `timeout` seconds without text.
-    py::str step_for(bool all, double timeout) {
-        bool timed_out = false;
+    // Wait (GIL released) until text is ready, or for the end with `all`.
+    py::str step(bool all) {
         std::string text;
         {
             py::gil_scoped_release nogil;
             try {
-                text = engine_->wait(req_, all, timeout, &timed_out);
+                text = engine_->wait(req_, all);
             } catch (py::error_already_set &) {
                 py::gil_scoped_acquire gil;
                 engine_->cancel(req_);
@@ -867,8 +857,6 @@ void register_engine(py::module_ & m) {
     py::class_<EngineRequest>(m, "EngineRequest", "One request of an Engine (the Generation protocol).")
         .def("step", &EngineRequest::step, py::arg("all") = false,
              "Wait (GIL released) until text is ready, or for the end with all=True; returns the text.")
-        .def("step_for", &EngineRequest::step_for, py::arg("all"), py::arg("timeout"),
-             "Like step, but returns after timeout seconds even without text.")
         .def("poll", &EngineRequest::poll, "The text ready now, without waiting.")
         .def("close", &EngineRequest::close, "Cancel the request (its slot is free at the next step).")
         .def_property_readonly("id", &EngineRequest::id)

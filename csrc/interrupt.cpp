@@ -4,10 +4,6 @@ namespace py = pybind11;
 
 namespace step35 {
 
-namespace {
-constexpr auto kSignalPeriod = std::chrono::milliseconds(50);
-}
-
 void Interrupt::begin() {
     stop_.store(false, std::memory_order_relaxed);
     arm();

@@ -18,6 +18,9 @@
 
 namespace step35 {
 
+// How often native work that runs on a Python thread looks for pending signals (Ctrl-C).
+constexpr auto kSignalPeriod = std::chrono::milliseconds(50);
+
 class Interrupt {
 public:
     // Call with the GIL held, on the thread that will do the work: clears a

@@ -259,8 +259,6 @@ void register_model(py::module_ & m) {
         .def_property_readonly("n_params", [](const ModelHandle & h) { return llama_model_n_params(h.get().get()); })
         .def_property_readonly("size", [](const ModelHandle & h) { return llama_model_size(h.get().get()); })
         .def_property_readonly("n_layer", [](const ModelHandle & h) { return llama_model_n_layer(h.get().get()); })
-        .def_property_readonly("n_layer_nextn",
-                               [](const ModelHandle & h) { return llama_model_n_layer_nextn(h.get().get()); })
         .def_property_readonly("n_heads", [](const ModelHandle & h) {
                 auto heads = h.heads();
                 return heads ? llama_model_n_layer_nextn(heads.get()) : 0;

@@ -157,12 +157,6 @@ void register_rpc(py::module_ & m) {
     m.def("rpc_connect", &rpc_connect, py::arg("endpoint"),
           "Add the devices of the RPC worker at host:port (once per process); returns their names. "
           "RPCError if it cannot be reached, speaks another protocol version, or has no devices.");
-    m.def("rpc_failures", [](const std::string & endpoint) {
-              std::string msg;
-              const unsigned long long n = failures(endpoint, &msg);
-              return py::make_tuple(n, msg);
-          }, py::arg("endpoint"),
-          "(count, latest reason) of connection failures recorded for host:port in this process.");
     m.def("rpc_serve", &rpc_serve, py::arg("endpoint"), py::arg("cache_dir"), py::arg("n_threads"),
           py::arg("devices"), py::arg("mem"),
           "Run ggml's RPC server for the named devices at host:port; blocks (GIL released) until the "

@@ -64,7 +64,7 @@ def test_concurrent_greedy_outputs_equal_each_request_alone(model32, alone) -> N
         for p, s, text in zip(PROMPTS, streams, texts):
             assert s.tokens == alone[p], p
             assert s.finish_reason in ("length", "stop")
-            assert text == model32.detokenize(s.tokens, remove_special=True) or s.finish_reason == "stop"
+            assert text == model32.detokenize(s.tokens, remove_special=True)
         m = engine.metrics()
         assert m["requests_finished"] == len(PROMPTS) and m["running"] == 0 and m["waiting"] == 0
         # Batching happened: fewer decode steps than tokens decoded one request at a time.
@@ -259,23 +259,25 @@ def test_close_cancels_and_refuses_new_requests(model32, endless) -> None:
 
 
 def test_the_gil_is_released_while_the_engine_works(model32) -> None:
-    spins = 0
+    """While the main thread waits in generate_many (a native call), another Python thread runs: it
+    sees the engine part-way (some decode steps done, not all). With the GIL held through the wait
+    it could only run before the first step or after the last."""
+    seen: set[int] = set()
     stop = threading.Event()
-
-    def spin() -> None:
-        nonlocal spins
-        while not stop.is_set():
-            spins += 1
-
     with step35.Engine(model32, slots=2, context=CTX) as engine:
-        t = threading.Thread(target=spin)
+        def watch() -> None:
+            while not stop.is_set():
+                seen.add(engine.metrics()["decode_steps"])
+
+        t = threading.Thread(target=watch)
         t.start()
         try:
             engine.generate_many(PROMPTS[:2], max_tokens=32, temperature=0)
         finally:
             stop.set()
             t.join()
-    assert spins > 1000
+        last = engine.metrics()["decode_steps"]
+    assert last >= 32 and any(0 < n < last for n in seen), (sorted(seen), last)
 
 
 def test_a_full_shared_cache_ends_the_longest_request_and_never_gives_garbage(model32) -> None:

@@ -187,3 +187,32 @@ def test_cli_fit(tiny_path, capsys):
     assert d["fits"] is False and d["weights"] > 0 and d["kv"]["total"] > 0
     assert main(["run", "-m", str(tiny_path), "-p", "hi", "-n", "2", "--no-fit-check"]) == 0
 
+
+
+def test_an_engine_that_does_not_fit_beside_the_weights_is_refused_before_allocating(tmp_path, monkeypatch):
+    """Step 3.5 Flash's header (n_ctx_train 262,144): an engine of 4 slots, each with the training
+    context (n_ctx=0), needs 4 x 12.1 GiB of KV cache. On a 128 GB machine with the 111.5 GB of
+    weights loaded (16 GB left) that is refused, with the plan, before any context is made; one
+    slot of 16k tokens fits."""
+    import step35
+    from step35 import fit, testing
+
+    q4 = testing.write_header_only_model(tmp_path / "q4.gguf", "Q4_K_S")
+    monkeypatch.setattr(fit, "system_memory", lambda: (128 * 10**9, 16 * 10**9))
+
+    def no_context(*args, **kwargs):
+        raise AssertionError("a context was made")
+
+    with step35.Model(q4[0], vocab_only=True) as m:
+        assert m.n_ctx_train == 262144
+        monkeypatch.setattr(step35.Model, "new_context", no_context)
+        with pytest.raises(step35.MemoryFitError) as e:
+            step35.Engine(m, context={"n_ctx": 0}, cache_mib=0)
+        text = str(e.value)
+        assert "4 slot(s) x 262144 tokens" in text and "does not fit" in text and "check_memory=False" in text
+        assert e.value.plan.kv.total == 4 * 262144 * 12 * 4096 + 4 * 33 * 1024 * 4096  # 12 full + 33 window layers
+        from step35.engine import engine_context
+
+        small = engine_context(step35.ContextParams(n_ctx=16384), 1, 16384)
+        p = fit.check_engine(m, small, checkpoints=32, cache_mib=1024)
+        assert p is not None and p.fits and p.prompt_cache > 32 * fit.checkpoint_bytes(p.kv, 512)

@@ -296,6 +296,22 @@ def test_required_tool_choice_through_the_client(server: Server) -> None:
                                     BOUNDED_TOOLS[0]["function"]["parameters"])
 
 
+def test_a_tool_call_that_max_tokens_cuts_is_left_out(server: Server) -> None:
+    """A forced call that max_tokens cuts: "length", and only whole calls (here: none) in the message."""
+    with server.client() as c:
+        for stream in (False, True):
+            kw = dict(model=MODEL, messages=hello("Wake me at seven."), tools=BOUNDED_TOOLS, tool_choice="required",
+                      temperature=0, max_tokens=12, extra_body={"reasoning_budget": 0})
+            if stream:
+                chunks = list(c.chat.completions.create(**kw, stream=True))  # type: ignore[call-overload]
+                reason = next(ch.choices[0].finish_reason for ch in chunks if ch.choices and ch.choices[0].finish_reason)
+                calls = [t for ch in chunks if ch.choices for t in ch.choices[0].delta.tool_calls or []]
+            else:
+                choice = c.chat.completions.create(**kw).choices[0]  # type: ignore[call-overload]
+                reason, calls = choice.finish_reason, choice.message.tool_calls or []
+            assert reason == "length" and calls == [], (stream, reason, calls)
+
+
 def test_completions_take_a_json_schema(server: Server) -> None:
     with server.client() as c:
         r = c.completions.create(model=MODEL, prompt="x", max_tokens=100, temperature=1.0, seed=1,

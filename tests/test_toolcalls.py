@@ -249,11 +249,11 @@ def test_stream_holds_back_partial_tags() -> None:
     p = ChatStreamParser(TOOLS)
     assert p.feed("Thinking hard </thi") == [{"reasoning_content": "Thinking hard"}]
     assert p.feed("nk>\n\nAnswer <tool_ca") == [{"content": "Answer"}]
-    assert p.feed("ll>\n<function=get_weather>") == [{"tool_calls": [{
-        "index": 0, "id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": ""}}]}]
+    assert p.feed("ll>\n<function=get_weather>") == []  # a call comes whole, when it closes
     assert p.feed("\n<parameter=city>\nPa") == []
-    assert p.feed("ris\n</parameter>\n</function>") == [
-        {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": "Paris"}'}}]}]
+    assert p.feed("ris\n</parameter>\n</function>") == [{"tool_calls": [{
+        "index": 0, "id": "call_0", "type": "function",
+        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}]}]
     assert p.feed("\n</tool_call> <tool") == []
     assert p.feed("box") == [{"content": "  <toolbox"}]  # the space held after "Answer", then " <toolbox"
     assert p.finish() == []
@@ -303,3 +303,28 @@ def test_calls_rendered_by_the_template_parse_back() -> None:
     assert parsed["reasoning_content"] == "Plan." and parsed["content"] == "Sure."
     assert [json.loads(c["function"]["arguments"]) for c in parsed["tool_calls"]] == [
         args, {"path": "p", "content": "l1\n\nl2"}]
+
+
+@pytest.mark.parametrize("name", ["three_calls_with_newlines", "multiline_string_values"])
+def test_a_call_the_token_limit_cuts_is_left_out_and_the_calls_before_it_kept(name: str) -> None:
+    """Cut the output anywhere inside a call: with ``cut`` (finish_reason "length") the calls before it
+    come back and the cut one is left out; without, the parser says the output ends inside a call."""
+    text, expected = CORPUS[name]
+    starts = [i for i in range(len(text)) if text.startswith("<tool_call>", i)]
+    assert len(starts) == len(expected["tool_calls"])
+    for k, start in enumerate(starts):
+        end = text.index("</function>", start) + len("</function>")
+        for at in range(start + 1, end):
+            out = parse_output(text[:at], TOOLS, cut=True)
+            assert out["tool_calls"] == expected["tool_calls"][:k], (k, text[start:at])
+            assert (out["content"], out["reasoning_content"]) == (expected["content"], expected["reasoning_content"])
+            if at < start + len("<tool_call>"):  # not a call yet: without the cut, "<tool_c" is text
+                assert parse_output(text[:at], TOOLS)["content"].endswith(text[start:at])
+                continue
+            with pytest.raises(ToolCallParseError, match="cut off by the token limit") as e:
+                parse_output(text[:at], TOOLS)
+            assert e.value.truncated
+    # bad markup stays an error, cut or not
+    with pytest.raises(ToolCallParseError, match="expected <function=NAME>") as bad:
+        parse_output("R</think><tool_call>oops <function=get_weather>", TOOLS, cut=True)
+    assert not bad.value.truncated

@@ -116,7 +116,7 @@ def response(native: Any, seed: int, tools: list[dict[str, Any]] | None, *, mode
     finally:
         native.close()
     stats = _stats(native, seed)
-    message = parse_output(text, tools)
+    message = parse_output(text, tools, cut=native.finish_reason == "length")
     calls = message["tool_calls"]
     out_message: dict[str, Any] = {"role": "assistant", "content": message["content"] or None,
                                    "reasoning_content": message["reasoning_content"] or None}
@@ -153,10 +153,11 @@ class _ChunkMaker:
 
 
 def _last_chunks(stream: CompletionStream, parser: ChatStreamParser, maker: _ChunkMaker) -> Iterator[dict[str, Any]]:
-    """What follows the last piece: the parser's held-back deltas, then the chunk with the finish reason."""
-    yield from maker.deltas(parser.finish())
-    stats = stream.stats
+    """What follows the last piece: the parser's held-back deltas, then the chunk with the finish reason
+    (a call that the token limit cut is left out: "length", with the calls before it)."""
     reason = stream.finish_reason or "stop"
+    yield from maker.deltas(parser.finish(cut=reason == "length"))
+    stats = stream.stats
     if maker.tool_calls and reason == "stop":
         reason = "tool_calls"
     yield maker.chunk({}, reason, usage=_usage(stats), timings=_timings(stats))

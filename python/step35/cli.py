@@ -208,14 +208,17 @@ def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str = "context leng
 
 
 def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
+    from .generation import SamplingParams as D  # the defaults
+
     g = s.add_argument_group("sampling")
     g.add_argument("-n", "--n-predict", type=int, default=None, help="most tokens to generate (default: no limit)")
-    g.add_argument("--temp", type=float, default=0.8, help="temperature (0 = greedy)")
-    g.add_argument("--top-k", type=int, default=40)
-    g.add_argument("--top-p", type=float, default=0.95)
-    g.add_argument("--min-p", type=float, default=0.05)
-    g.add_argument("--repeat-penalty", type=float, default=1.0)
-    g.add_argument("--repeat-last-n", type=int, default=64, help="tokens the repeat penalty looks at (-1 = all)")
+    g.add_argument("--temp", type=float, default=D.temperature, help="temperature (0 = greedy)")
+    g.add_argument("--top-k", type=int, default=D.top_k)
+    g.add_argument("--top-p", type=float, default=D.top_p)
+    g.add_argument("--min-p", type=float, default=D.min_p)
+    g.add_argument("--repeat-penalty", type=float, default=D.repeat_penalty)
+    g.add_argument("--repeat-last-n", type=int, default=D.repeat_last_n,
+                   help="tokens the repeat penalty looks at (-1 = all)")
     g.add_argument("-s", "--seed", type=int, default=None)
     g.add_argument("--reasoning-budget", type=int, default=None, metavar="N",
                    help="most reasoning tokens before </think> is forced (0 = no reasoning, -1 = unlimited, "
@@ -393,6 +396,16 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _history_message(deltas: list[dict[str, Any]]) -> dict[str, Any]:
+    """The assistant message a streamed answer adds to the conversation (its tool calls too)."""
+    from .toolcalls import merge_deltas
+
+    message = merge_deltas(deltas)
+    if not message["tool_calls"]:
+        del message["tool_calls"]
+    return message
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
     with _open_model(args) as model:
         history: list[dict] = [{"role": "system", "content": args.system}] if args.system else []
@@ -418,24 +431,19 @@ def cmd_chat(args: argparse.Namespace) -> int:
             if not line.strip():
                 continue
             history.append({"role": "user", "content": line})
-            reasoning, content, calls = [], [], {}
+            deltas = []
             stream = model.chat(history, stream=True, max_tokens=args.n_predict, draft=args.draft, **_sampling(args))
             try:
                 for chunk in stream:
                     d = chunk["choices"][0]["delta"]
                     printer.delta(d)
-                    reasoning.append(d.get("reasoning_content") or "")
-                    content.append(d.get("content") or "")
-                    for c in d.get("tool_calls") or ():
-                        calls.setdefault(c["index"], c)
+                    deltas.append(d)
             except KeyboardInterrupt:
                 print("\n(stopped)", file=sys.stderr)
             finally:
                 stream.close()
                 printer.end()
-            message = {"role": "assistant", "content": "".join(content),
-                       "reasoning_content": "".join(reasoning)}
-            history.append(message)
+            history.append(_history_message(deltas))
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
@@ -628,7 +636,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
                                    rpc=args.rpc, tensor_split=args.tensor_split)
     with model:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
-                        kv_unified=args.kv_unified, checkpoint_every=args.checkpoint_every, **cache)
+                        kv_unified=args.kv_unified, checkpoint_every=args.checkpoint_every,
+                        check_memory=False, **cache)  # planned above, before the weights were loaded
         try:
             app = serving.create_app(engine, model_name=name, aliases=aliases, api_key=api_key,
                                      max_body_bytes=args.max_body_bytes, defaults=defaults,
@@ -685,6 +694,10 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``step35`` command."""
+    from ._limits import MAX_BODY_BYTES
+    from .rpc import DEFAULT_HOST as RPC_HOST
+    from .rpc import DEFAULT_PORT as RPC_PORT
+
     p = argparse.ArgumentParser(prog="step35", description="Run Step 3.5 Flash locally on llama.cpp.")
     p.add_argument("--version", action="version", version=f"step35 {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
@@ -804,9 +817,9 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("rpc-server", help="serve this machine's devices to other step35 / llama.cpp processes "
                                           "(llama.cpp's RPC backend; no authentication: keep it on 127.0.0.1 "
                                           "and use an SSH tunnel)")
-    s.add_argument("--host", default="127.0.0.1",
-                   help="address to bind (default 127.0.0.1; anything else needs --allow-open-network)")
-    s.add_argument("--port", type=int, default=50052, help="TCP port (default 50052)")
+    s.add_argument("--host", default=RPC_HOST,
+                   help=f"address to bind (default {RPC_HOST}; anything else needs --allow-open-network)")
+    s.add_argument("--port", type=int, default=RPC_PORT, help=f"TCP port (default {RPC_PORT})")
     s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
                    help="devices to serve (CUDA0, Vulkan0, CPU; see `step35 info`); default: every GPU, else the CPU")
     s.add_argument("--mem", type=_bytes_list, default=None, metavar="BYTES[,BYTES...]",
@@ -862,7 +875,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--response-store-mib", type=float, default=64.0, metavar="MIB",
                    help="memory for stored Responses API answers that previous_response_id can name "
                         "(least recently used dropped first; default 64)")
-    s.add_argument("--max-body-bytes", type=int, default=16 * 1024 * 1024,
+    s.add_argument("--max-body-bytes", type=int, default=MAX_BODY_BYTES,
                    help="largest request body; larger ones get 413 (default 16 MiB)")
     s.add_argument("--shutdown-timeout", type=float, default=10.0,
                    help="seconds in-flight requests get to finish after SIGINT/SIGTERM before they are cancelled")

@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
+from ._limits import INT32_MAX as _INT32_MAX
+from ._limits import MAX_SEQ as _MAX_SEQ
 from ._system import default_threads
 from .errors import ContextOverflowError
 
@@ -36,8 +38,6 @@ FlashAttn = Literal["auto", "on", "off"]
 
 
 _UINT32_MAX = 2**32 - 1  # the C++ ContextOptions fields n_ctx, n_batch, n_ubatch, n_seq_max are uint32_t
-_INT32_MAX = 2**31 - 1  # n_threads, n_threads_batch (int32_t); batches and positions are int32_t too
-_MAX_SEQ = 256  # llama.cpp's LLAMA_MAX_SEQ: it refuses a context with more sequences
 
 #: The allowed range of each integer ContextParams field (None fields aside), as the C++ side takes it.
 _INT_RANGES: dict[str, tuple[int, int]] = {

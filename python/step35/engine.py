@@ -18,8 +18,11 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._limits import MAX_SEQ
 from .errors import ClosedError
 from .generation import Completion, CompletionStream, SamplingParams, check_max_tokens, check_stop, result
+
+_DEFAULT = SamplingParams  # its field defaults are the sampling defaults of every call
 
 if TYPE_CHECKING:
     from .chat import ChatStream
@@ -29,7 +32,7 @@ if TYPE_CHECKING:
 __all__ = ["Engine", "EngineStream"]
 
 #: The most slots an engine can have (llama.cpp's sequence limit).
-MAX_SLOTS = 256
+MAX_SLOTS = MAX_SEQ
 #: Window-layer checkpoints kept per slot (llama-server's --ctx-checkpoints default) ...
 CHECKPOINTS = 32
 #: ... taken 4 tokens before the end of each prompt (before the generation prompt) and every this many tokens
@@ -113,6 +116,12 @@ class Engine:
             before the divergence instead of from scratch (the window layers
             keep only the last window). Checkpoints travel with a
             conversation into the prompt cache and back.
+        check_memory: before allocating anything, plan what the engine adds
+            beside the loaded weights (every slot's KV cache, compute buffers,
+            the prompt cache and checkpoints; :func:`step35.fit.check_engine`)
+            and raise :class:`~step35.MemoryFitError` with the plan when it does
+            not fit (the default context is the model's training context per
+            slot: for Step 3.5 Flash, 4 x 262,144 tokens).
 
     Example::
 
@@ -123,7 +132,8 @@ class Engine:
 
     def __init__(self, model: Model, slots: int = 4, *, context: ContextParams | Mapping[str, Any] | None = None,
                  max_waiting: int = 64, kv_unified: bool = False, cache_mib: float | None = None,
-                 checkpoints: int = CHECKPOINTS, checkpoint_every: int = CHECKPOINT_EVERY) -> None:
+                 checkpoints: int = CHECKPOINTS, checkpoint_every: int = CHECKPOINT_EVERY,
+                 check_memory: bool = True) -> None:
         from .context import ContextParams
 
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
@@ -140,6 +150,10 @@ class Engine:
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
         params = engine_context(base, slots, n_ctx_slot, kv_unified)
+        if check_memory:
+            from .fit import check_engine
+
+            check_engine(model, params, checkpoints=checkpoints, cache_mib=cache_mib)
         self.model = model
         self.slots = slots
         self.n_ctx_slot = n_ctx_slot
@@ -180,14 +194,14 @@ class Engine:
         prompt: str | bytes | Iterable[int],
         max_tokens: int | None = 256,
         *,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        temperature: float = _DEFAULT.temperature,
+        top_k: int = _DEFAULT.top_k,
+        top_p: float = _DEFAULT.top_p,
+        min_p: float = _DEFAULT.min_p,
+        repeat_penalty: float = _DEFAULT.repeat_penalty,
+        repeat_last_n: int = _DEFAULT.repeat_last_n,
+        presence_penalty: float = _DEFAULT.presence_penalty,
+        frequency_penalty: float = _DEFAULT.frequency_penalty,
         seed: int | None = None,
         stop: str | list[str] | None = None,
         stream: bool = False,
@@ -223,14 +237,14 @@ class Engine:
         *,
         stream: bool = False,
         max_tokens: int | None = None,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        temperature: float = _DEFAULT.temperature,
+        top_k: int = _DEFAULT.top_k,
+        top_p: float = _DEFAULT.top_p,
+        min_p: float = _DEFAULT.min_p,
+        repeat_penalty: float = _DEFAULT.repeat_penalty,
+        repeat_last_n: int = _DEFAULT.repeat_last_n,
+        presence_penalty: float = _DEFAULT.presence_penalty,
+        frequency_penalty: float = _DEFAULT.frequency_penalty,
         seed: int | None = None,
         stop: str | list[str] | None = None,
         response_format: Mapping[str, Any] | None = None,

@@ -662,3 +662,39 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
                  flash_attn=c.flash_attn, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, devices=devices,
                  revision=revision, include=include, kv_contexts=(), rpc=rpc, tensor_split=tensor_split or None,
                  mtp=mtp, checkpoints=checkpoints, cache_mib=cache_mib)
+
+
+def check_engine(model: Any, params: Any, *, checkpoints: int = 0, cache_mib: float = 0.0) -> FitPlan | None:
+    """Refuse an engine's context that would not fit beside its loaded ``model``.
+
+    Plans ``params`` (the engine's whole context: every slot's KV cache, the
+    compute buffers and logits) and the prompt cache in RAM (``checkpoints``
+    per slot, ``cache_mib``) where ``model`` put its layers, and compares what
+    the engine adds with the memory available now: the weights are loaded
+    already, so they are left out of what is needed. Raises
+    :class:`MemoryFitError` with the plan when it does not fit; does nothing
+    (None) when ``STEP35_NO_FIT_CHECK`` is set. What :class:`~step35.Engine` calls
+    before it allocates anything.
+    """
+    if _skip_check():
+        return None
+    c = params
+    placement = dict(getattr(model, "_placement", {}))
+    p = plan(model.path, n_ctx=c.n_ctx, type_k=c.type_k, type_v=c.type_v, swa_full=c.swa_full, n_batch=c.n_batch,
+             n_ubatch=c.n_ubatch, n_seq_max=c.n_seq_max, kv_unified=c.kv_unified, flash_attn=c.flash_attn,
+             kv_contexts=(), checkpoints=checkpoints, cache_mib=cache_mib,
+             n_gpu_layers=placement.get("n_gpu_layers", -1), main_gpu=placement.get("main_gpu", 0),
+             devices=placement.get("devices"), rpc=placement.get("rpc") or None,
+             tensor_split=placement.get("tensor_split") or None, mtp=placement.get("mtp", False))
+    for pool in p.pools:  # resident already: what the engine adds is the rest
+        pool.need -= pool.weights
+    if not p.fits:
+        raise MemoryFitError(
+            f"an engine of {c.n_seq_max} slot(s) x {c.n_ctx // max(c.n_seq_max, 1) if not c.kv_unified else c.n_ctx} "
+            f"tokens does not fit beside {p.model} (its weights are loaded):\n{p}\n"
+            "Give it fewer slots or a shorter context (Engine(model, slots=N, context={'n_ctx': TOKENS})), "
+            "a q8_0 KV cache (context={'type_k': 'q8_0', 'type_v': 'q8_0'}), or a smaller prompt cache "
+            "(cache_mib, checkpoints); or skip this check with check_memory=False "
+            "(environment: STEP35_NO_FIT_CHECK=1).", p)
+    return p
+

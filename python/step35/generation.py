@@ -13,6 +13,8 @@ import secrets
 from collections.abc import Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from ._limits import INT32_MAX as _INT32_MAX
+
 if TYPE_CHECKING:
     from .context import Context
 
@@ -23,9 +25,6 @@ def _number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
         raise ValueError(f"{name} must be a finite number, got {value!r}")
     return float(value)
-
-
-_INT32_MAX = 2**31 - 1  # top_k and repeat_last_n are int32_t on the native side
 
 
 def _integer(name: str, value: Any) -> int:

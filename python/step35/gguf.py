@@ -1,7 +1,7 @@
 """A small, strict reader of GGUF headers (metadata and tensor table).
 
 Reads only the header, never the tensor data, from any binary file object, so
-it works on local files and (later) on byte ranges fetched over HTTP. Corrupt
+it works on local files and on the byte ranges fetched of a Hub file. Corrupt
 or truncated input raises :class:`~step35.errors.InvalidModelError`; it never
 tries to allocate more than the file could hold.
 

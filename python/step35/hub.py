@@ -52,7 +52,7 @@ class Preset:
 #: Known Step 3.5 Flash GGUF repos, and the quant each one means by default.
 PRESETS: dict[str, Preset] = {
     "stepfun-ai/Step-3.5-Flash-Int4": Preset("stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S", "Q4_K_S",
-                                             "StepFun's Q4_K_S (the Int4 repo now resolves here)"),
+                                             "StepFun's Q4_K_S (the name of the Int4 repo resolves to this one)"),
     "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S": Preset("stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S", "Q4_K_S",
                                                     "StepFun's Q4_K_S"),
     "ubergarm/Step-3.5-Flash-GGUF": Preset("ubergarm/Step-3.5-Flash-GGUF", "IQ4_XS", "ubergarm's IQ4_XS, split in 4"),

@@ -8,6 +8,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ._limits import INT32_MAX as _INT32_MAX
+from .generation import SamplingParams as _DEFAULT  # the sampling defaults (one home: SamplingParams)
 from .gguf import check_model_header, model_files, read_header
 
 if TYPE_CHECKING:
@@ -23,7 +25,6 @@ __all__ = ["Model", "model_files"]
 
 ProgressCallback = Callable[[float], "bool | None"]
 
-_INT32_MAX = 2**31 - 1  # llama_model_params' n_gpu_layers and main_gpu are C ints
 
 
 def _check_int(name: str, value: Any, minimum: int, meaning: str) -> None:
@@ -149,6 +150,9 @@ class Model:
         # where the weights go: the same for a sidecar's heads
         place: dict[str, Any] = dict(n_gpu_layers=n_gpu_layers, use_mmap=bool(use_mmap), use_mlock=bool(use_mlock),
                                      main_gpu=int(main_gpu), devices=device_list, tensor_split=split, rpc=self._rpc)
+        # where the layers went, for memory plans of contexts made later (step35.fit.check_engine)
+        self._placement = dict(n_gpu_layers=n_gpu_layers, main_gpu=int(main_gpu), devices=device_list,
+                               tensor_split=split, rpc=self._rpc, mtp=sidecar or load_mtp)
         self._handle = core().load_model(str(self.path), vocab_only=bool(vocab_only),
                                          check_tensors=bool(check_tensors), progress=progress, load_mtp=load_mtp,
                                          **place)
@@ -244,8 +248,9 @@ class Model:
 
     @property
     def n_ctx_train(self) -> int:
-        """Context length the model was trained for."""
-        return int(self._handle.n_ctx_train)
+        """Context length the model was trained for (from the GGUF header: known to a
+        ``vocab_only`` model too)."""
+        return int(self._header.metadata.get(f"{self.architecture}.context_length", 0) or self._handle.n_ctx_train)
 
     @property
     def n_embd(self) -> int:
@@ -363,14 +368,14 @@ class Model:
         prompt: str | bytes | Iterable[int] | Sequence[str | bytes | Sequence[int]],
         max_tokens: int | None = 256,
         *,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        temperature: float = _DEFAULT.temperature,
+        top_k: int = _DEFAULT.top_k,
+        top_p: float = _DEFAULT.top_p,
+        min_p: float = _DEFAULT.min_p,
+        repeat_penalty: float = _DEFAULT.repeat_penalty,
+        repeat_last_n: int = _DEFAULT.repeat_last_n,
+        presence_penalty: float = _DEFAULT.presence_penalty,
+        frequency_penalty: float = _DEFAULT.frequency_penalty,
         seed: int | None = None,
         stop: str | list[str] | None = None,
         stream: bool = False,
@@ -517,14 +522,14 @@ class Model:
         *,
         stream: bool = False,
         max_tokens: int | None = None,
-        temperature: float = 0.8,
-        top_k: int = 40,
-        top_p: float = 0.95,
-        min_p: float = 0.05,
-        repeat_penalty: float = 1.0,
-        repeat_last_n: int = 64,
-        presence_penalty: float = 0.0,
-        frequency_penalty: float = 0.0,
+        temperature: float = _DEFAULT.temperature,
+        top_k: int = _DEFAULT.top_k,
+        top_p: float = _DEFAULT.top_p,
+        min_p: float = _DEFAULT.min_p,
+        repeat_penalty: float = _DEFAULT.repeat_penalty,
+        repeat_last_n: int = _DEFAULT.repeat_last_n,
+        presence_penalty: float = _DEFAULT.presence_penalty,
+        frequency_penalty: float = _DEFAULT.frequency_penalty,
         seed: int | None = None,
         stop: str | list[str] | None = None,
         response_format: Mapping[str, Any] | None = None,
@@ -592,7 +597,9 @@ class Model:
             GrammarError: ``response_format``'s schema (or a tool's) cannot be
                 enforced; the message names the schema path and the feature.
             ContextOverflowError: the conversation does not fit in the context.
-            ToolCallParseError: the model wrote a tool call that cannot be parsed.
+            ToolCallParseError: the model wrote a tool call that cannot be parsed (a call
+                that ``max_tokens`` cuts is no error: ``finish_reason`` is "length", and the
+                calls before it are kept).
         """
         from .chat import ChatStream, complete, select_tools
         from .constraints import for_chat

@@ -1123,22 +1123,3 @@ def bench_model_path(size: str = "tiny", quant: str | None = "default", seed: in
 
         quantize(src, dst, q)
     return dst
-
-
-if __name__ == "__main__":  # pragma: no cover
-    import argparse
-    import time
-
-    ap = argparse.ArgumentParser(description="build a random-weight step35 GGUF test model")
-    ap.add_argument("out", help="output .gguf path")
-    ap.add_argument("--size", default="tiny", choices=sorted(SIZES))
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--split", type=int, default=1)
-    ap.add_argument("--fork-era", action="store_true")
-    a = ap.parse_args()
-    t0 = time.perf_counter()
-    files = build_model(a.out, a.size, seed=a.seed, n_split=a.split, legacy_fork_keys=a.fork_era)
-    dt = time.perf_counter() - t0
-    for p in files:
-        print(p, p.stat().st_size)
-    print(f"params={SIZES[a.size].n_params()} time={dt:.2f}s")

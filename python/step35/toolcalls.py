@@ -24,8 +24,9 @@ Whitespace: reasoning and content are returned stripped of leading/trailing
 whitespace (the template adds its own newlines around them when they are sent
 back), and content is the text outside the tool-call blocks, concatenated.
 
-Malformed output, decided case by case (the non-streaming functions and
-:class:`ChatStreamParser` behave identically):
+One implementation: :class:`ChatStreamParser` reads the output piece by piece;
+:func:`parse_output` and :func:`parse_tool_calls` feed it the whole text and
+merge its deltas. Malformed output, decided case by case:
 
 * recovered: a missing ``</parameter>`` (the value ends at the next
   ``<parameter=``, ``</function>`` or ``</tool_call>``, as vLLM's qwen3-coder
@@ -89,6 +90,9 @@ _MISSING = object()
 
 class ToolCallParseError(Step35Error, ValueError):
     """The model's tool-call markup could not be parsed (see the module docstring)."""
+
+    #: The output ended inside a call (the markup so far was well formed).
+    truncated: bool = False
 
 
 # --------------------------------------------------------------------------- schemas
@@ -259,8 +263,10 @@ def _tag_name(text: str, start: int) -> tuple[str | None, int]:
 
 
 def _truncated(where: str) -> ToolCallParseError:
-    """The error for output that stops inside a tool call."""
-    return ToolCallParseError(f"the output ends inside a tool call ({where}); was it cut off by the token limit?")
+    """The error for output that stops inside a tool call (``truncated`` set: a cut, not bad markup)."""
+    e = ToolCallParseError(f"the output ends inside a tool call ({where}); was it cut off by the token limit?")
+    e.truncated = True
+    return e
 
 
 def _starts_a_tag(text: str, tags: Sequence[str]) -> bool:
@@ -268,7 +274,7 @@ def _starts_a_tag(text: str, tags: Sequence[str]) -> bool:
     return bool(text) and any(len(text) < len(t) and t.startswith(text) for t in tags)
 
 
-# --------------------------------------------------------------------------- non-streaming
+# --------------------------------------------------------------------------- whole outputs
 
 
 def split_reasoning(text: str, *, tool_call_ends_reasoning: bool = False) -> tuple[str, str]:
@@ -293,7 +299,7 @@ def split_reasoning(text: str, *, tool_call_ends_reasoning: bool = False) -> tup
 
 
 def parse_tool_calls(content: str, tools: Sequence[Mapping[str, Any]] | None, *,
-                     id_prefix: str = "call_") -> tuple[str, list[dict[str, Any]]]:
+                     id_prefix: str = "call_", cut: bool = False) -> tuple[str, list[dict[str, Any]]]:
     """Extract the tool calls from the content part of the output.
 
     Returns ``(content_without_calls, calls)``: the text outside the call
@@ -301,117 +307,27 @@ def parse_tool_calls(content: str, tools: Sequence[Mapping[str, Any]] | None, *,
     (``{"id": "call_0", "type": "function", "function": {"name", "arguments"}}``
     with ``arguments`` a JSON string). With no tools, nothing is parsed.
     Raises :class:`ToolCallParseError` on markup it cannot recover from.
+    ``cut``: the token limit ended the output (see :meth:`ChatStreamParser.finish`).
+    (:class:`ChatStreamParser` over the whole content, its deltas merged.)
     """
-    index = _ToolIndex(tools)
-    if not index:
-        return content.strip(), []
-    parser = _BlockParser(content, index, id_prefix)
-    return parser.run()
-
-
-class _BlockParser:
-    """One pass over complete content text (the non-streaming implementation)."""
-
-    def __init__(self, text: str, index: _ToolIndex, id_prefix: str) -> None:
-        self.text, self.index, self.id_prefix = text, index, id_prefix
-        self.pos = 0
-        self.pieces: list[str] = []
-        self.calls: list[dict[str, Any]] = []
-
-    def run(self) -> tuple[str, list[dict[str, Any]]]:
-        """Parse everything: content up to each ``<tool_call>``, then its block."""
-        while True:
-            start = self.text.find(CALL_OPEN, self.pos)
-            if start == -1:
-                self.pieces.append(self.text[self.pos:])
-                return "".join(self.pieces).strip(), self.calls
-            self.pieces.append(self.text[self.pos:start])
-            self.pos = start + len(CALL_OPEN)
-            self._block()
-
-    def _skip_space(self) -> None:
-        """Advance past whitespace."""
-        while self.pos < len(self.text) and self.text[self.pos].isspace():
-            self.pos += 1
-
-    def _at(self, tag: str) -> bool:
-        """Consume ``tag`` if the text continues with it."""
-        if self.text.startswith(tag, self.pos):
-            self.pos += len(tag)
-            return True
-        return False
-
-    def _block(self) -> None:
-        """After ``<tool_call>``: functions until ``</tool_call>`` (or a recovery point)."""
-        has_function = False
-        while True:
-            self._skip_space()
-            if self._at(FUNC_OPEN):
-                if self._function():
-                    return
-                has_function = True
-            elif self._at(CALL_CLOSE):
-                return
-            elif self._at(CALL_OPEN):
-                continue
-            elif self.pos >= len(self.text):
-                if has_function:
-                    return
-                raise _truncated("nothing after <tool_call>")
-            elif has_function:
-                return  # missing </tool_call>: the rest is content again
-            elif _starts_a_tag(self.text[self.pos:], _BLOCK_TAGS):
-                raise _truncated(f"{self.text[self.pos:]!r} after <tool_call>")
-            else:
-                raise ToolCallParseError(
-                    f"expected <function=NAME> after <tool_call>, got {self.text[self.pos:self.pos + 20]!r}")
-
-    def _function(self) -> bool:
-        """After ``<function=``: name, parameters, close. True when ``</tool_call>`` closed it."""
-        name, self.pos = _tag_name(self.text, self.pos)
-        if name is None:
-            raise _truncated("unterminated <function= tag")
-        self.index.check_name(name)
-        args: dict[str, Any] = {}
-        while True:
-            self._skip_space()
-            if self._at(PARAM_OPEN):
-                param, self.pos = _tag_name(self.text, self.pos)
-                if param is None:
-                    raise _truncated("unterminated <parameter= tag")
-                args[param] = self.index.convert(name, param, self._value())
-                continue
-            closed_block = self._at(CALL_CLOSE)
-            if closed_block or self._at(FUNC_CLOSE):
-                self.calls.append(_make_call(len(self.calls), self.id_prefix, name, args))
-                return closed_block
-            if self.pos >= len(self.text):
-                raise _truncated(f"no </function> for {name!r}")
-            raise ToolCallParseError(
-                f"unexpected text in <function={name}>: {self.text[self.pos:self.pos + 20]!r}")
-
-    def _value(self) -> str:
-        """A parameter's raw text; consumes ``</parameter>`` but not the recovery ends."""
-        ends = [(i, tag) for tag in _VALUE_ENDS if (i := self.text.find(tag, self.pos)) != -1]
-        if not ends:
-            raise _truncated("unterminated parameter value")
-        end, tag = min(ends)
-        raw = self.text[self.pos:end]
-        self.pos = end + (len(tag) if tag == PARAM_CLOSE else 0)
-        return raw
+    parser = ChatStreamParser(tools, id_prefix=id_prefix, reasoning=False)
+    message = merge_deltas([*parser.feed(content), *parser.finish(cut=cut)])
+    return message["content"], message["tool_calls"]
 
 
 def parse_output(text: str, tools: Sequence[Mapping[str, Any]] | None = None, *,
-                 id_prefix: str = "call_") -> dict[str, Any]:
+                 id_prefix: str = "call_", cut: bool = False) -> dict[str, Any]:
     """Parse a complete generation into an assistant message.
 
     Returns ``{"role": "assistant", "content": str, "reasoning_content": str,
-    "tool_calls": list}`` (empty strings/list when absent), the same as
-    :func:`merge_deltas` over :class:`ChatStreamParser`'s deltas.
+    "tool_calls": list}`` (empty strings/list when absent): :func:`merge_deltas`
+    over :class:`ChatStreamParser`'s deltas for the whole text, so a streamed
+    and a complete generation are parsed by the same code. ``cut``: the token
+    limit ended the output, so a call it ends inside is left out, not an error
+    (see :meth:`ChatStreamParser.finish`).
     """
-    reasoning, content = split_reasoning(text, tool_call_ends_reasoning=bool(tools))
-    content, calls = parse_tool_calls(content, tools, id_prefix=id_prefix)
-    return {"role": "assistant", "content": content, "reasoning_content": reasoning, "tool_calls": calls}
+    parser = ChatStreamParser(tools, id_prefix=id_prefix)
+    return merge_deltas([*parser.feed(text), *parser.finish(cut=cut)])
 
 
 def merge_deltas(deltas: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
@@ -491,9 +407,9 @@ class ChatStreamParser:
     Feed the detokenized pieces as they come; each call returns the deltas
     that are certain so far: ``{"reasoning_content": str}``,
     ``{"content": str}`` or ``{"tool_calls": [{"index", "id", "type",
-    "function": {"name", "arguments"}}]}``. A tool call is announced (id,
-    name, empty arguments) when ``<function=NAME>`` is complete and its
-    arguments follow in one piece when the function closes. Text that could
+    "function": {"name", "arguments"}}]}``. A tool call comes whole (id, name
+    and arguments in one delta) when its function closes, so a call that the
+    token limit cuts is never half announced. Text that could
     still turn into a tag (``</thi``, ``<tool_ca``) and trailing whitespace
     are held back until the next piece decides. Merged with
     :func:`merge_deltas`, the deltas always equal :func:`parse_output` of the
@@ -501,12 +417,14 @@ class ChatStreamParser:
     parser must not be used again.
     """
 
-    def __init__(self, tools: Sequence[Mapping[str, Any]] | None = None, *, id_prefix: str = "call_") -> None:
-        """Parse against ``tools`` (OpenAI tool dicts; None or [] means no tool parsing)."""
+    def __init__(self, tools: Sequence[Mapping[str, Any]] | None = None, *, id_prefix: str = "call_",
+                 reasoning: bool = True) -> None:
+        """Parse against ``tools`` (OpenAI tool dicts; None or [] means no tool parsing).
+        ``reasoning=False``: the output is content from its start (no reasoning part)."""
         self._index = _ToolIndex(tools)
         self._id_prefix = id_prefix
         self._reasoning_ends = (THINK_CLOSE, CALL_OPEN) if self._index else (THINK_CLOSE,)
-        self._state = _START
+        self._state = _START if reasoning else _CONTENT
         self._buf = ""
         self._scanned = 0  # how far _VALUE has searched _buf for an end tag
         self._reasoning = _Stripped()
@@ -518,6 +436,7 @@ class ChatStreamParser:
         self._param: str | None = None
         self._block_has_function = False
         self._finished = False
+        self._cut = False  # finish(cut=True): the token limit ended the output
 
     def feed(self, piece: str) -> list[dict[str, Any]]:
         """Add the next piece of output; return the deltas it makes certain."""
@@ -527,11 +446,22 @@ class ChatStreamParser:
         self._run(final=False)
         return self._take()
 
-    def finish(self) -> list[dict[str, Any]]:
-        """End of output: flush what was held back (raises if a tool call is unfinished)."""
+    def finish(self, *, cut: bool = False) -> list[dict[str, Any]]:
+        """End of output: flush what was held back.
+
+        An output that ends inside a tool call raises :class:`ToolCallParseError`,
+        unless ``cut`` says the token limit ended it (``finish_reason`` "length"):
+        then the calls before are kept and the unfinished one is left out, as is
+        the start of a tag (``<tool_ca``) at the very end.
+        """
         if not self._finished:
-            self._finished = True
-            self._run(final=True)
+            self._finished, self._cut = True, cut
+            try:
+                self._run(final=True)
+            except ToolCallParseError as e:
+                if not (cut and e.truncated):
+                    raise
+                self._function, self._args, self._buf = None, {}, ""  # the cut call: left out
         return self._take()
 
     def _take(self) -> list[dict[str, Any]]:
@@ -583,9 +513,11 @@ class ChatStreamParser:
         """Reasoning text until ``</think>`` (or ``<tool_call>`` when tools are given)."""
         at, tag = _find_first(self._buf, self._reasoning_ends)
         if at == -1:
-            keep = 0 if final else _partial_suffix(self._buf, self._reasoning_ends)
+            keep = 0 if final and not self._cut else _partial_suffix(self._buf, self._reasoning_ends)
             self._emit_text("reasoning_content", self._buf[:len(self._buf) - keep])
             self._consume(len(self._buf) - keep)
+            if final:
+                self._buf = ""  # (cut: the start of a tag the token limit cut off is dropped)
             return False
         self._emit_text("reasoning_content", self._buf[:at])
         self._consume(at + len(tag))
@@ -597,9 +529,11 @@ class ChatStreamParser:
         tags = (CALL_OPEN,) if self._index else ()
         at, _ = _find_first(self._buf, tags)
         if at == -1:
-            keep = 0 if final else _partial_suffix(self._buf, tags)
+            keep = 0 if final and not self._cut else _partial_suffix(self._buf, tags)
             self._emit_text("content", self._buf[:len(self._buf) - keep])
             self._consume(len(self._buf) - keep)
+            if final:
+                self._buf = ""  # (cut: the start of a tag the token limit cut off is dropped)
             return False
         self._emit_text("content", self._buf[:at])
         self._consume(at + len(CALL_OPEN))
@@ -634,7 +568,7 @@ class ChatStreamParser:
         return True
 
     def _open_function(self, final: bool) -> bool:
-        """``<function=NAME>``: announce the call."""
+        """``<function=NAME>``: a call starts (it is emitted when it closes)."""
         name, end = _tag_name(self._buf, len(FUNC_OPEN))
         if name is None:
             if final:
@@ -643,8 +577,6 @@ class ChatStreamParser:
         self._index.check_name(name)
         self._consume(end)
         self._function, self._args = name, {}
-        self._out.append({"tool_calls": [{"index": self._n_calls, "id": f"{self._id_prefix}{self._n_calls}",
-                                          "type": "function", "function": {"name": name, "arguments": ""}}]})
         self._state = _FUNCTION
         return True
 
@@ -668,16 +600,15 @@ class ChatStreamParser:
                 self._close_function()
                 self._state = state
                 return True
-        if not self._buf:
+        if not self._buf or _starts_a_tag(self._buf, _FUNC_TAGS):
             raise _truncated(f"no </function> for {self._function!r}")
         raise ToolCallParseError(f"unexpected text in <function={self._function}>: {self._buf[:20]!r}")
 
     def _close_function(self) -> None:
-        """Emit the finished call's arguments."""
+        """Emit the finished call, whole."""
         assert self._function is not None
         call = _make_call(self._n_calls, self._id_prefix, self._function, self._args)
-        self._out.append({"tool_calls": [{"index": self._n_calls,
-                                          "function": {"arguments": call["function"]["arguments"]}}]})
+        self._out.append({"tool_calls": [{"index": self._n_calls, **call}]})
         self._n_calls += 1
         self._block_has_function = True
         self._function = None

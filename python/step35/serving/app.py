@@ -28,6 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from .._limits import MAX_BODY_BYTES
 from .anthropic import Messages
 from .errors import ENGINE_ERRORS, APIError, bad, from_exception
 from .events import Answer, Event, Failed, Finished, ReasoningDelta, TextDelta, ToolCallStart, engine_events
@@ -40,7 +41,7 @@ from .responses import ResponseStore, Responses
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "INLINE_BODY_BYTES", "ROUTES", "create_app"]
 
 #: Largest request body accepted by default (a long agent conversation is a few MiB of JSON).
-DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BODY_BYTES = MAX_BODY_BYTES
 #: Requests whose body is at most this many bytes are templated and tokenized on the event loop
 #: (well under a millisecond); larger ones in a worker thread, so that they never stall other streams.
 INLINE_BODY_BYTES = 16 * 1024
