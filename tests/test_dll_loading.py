@@ -108,8 +108,11 @@ def test_core_import_adds_step35_lib_first(windows: list[str], monkeypatch: pyte
         def exec_module(self, module: types.ModuleType) -> None:
             pass
 
-    monkeypatch.delattr(step35, "_core", raising=False)
-    monkeypatch.delitem(sys.modules, "step35._core", raising=False)
+    # the real module first, so that monkeypatch puts it back after the test (else the stand-in
+    # would stay in sys.modules for the tests that run next)
+    importlib.import_module("step35._core")
+    monkeypatch.delattr(step35, "_core")
+    monkeypatch.delitem(sys.modules, "step35._core")
     monkeypatch.setattr(sys, "meta_path", [FakeCore(), *sys.meta_path])
     mod = _native.import_core()
     assert mod.__version__ == step35.__version__
