@@ -40,6 +40,8 @@ client alone: the table counts the distinct answers and those equal to it.
     python benchmarks/compare_serve.py --servers llama-server --models tiny32 --clients 1,8
     python benchmarks/compare_serve.py --lcp-python .venv-lcp/bin/python
     python benchmarks/compare_serve.py --quick                 # CI: tiny32, 1 and 4 clients, 1 rep, 16 tokens
+    python benchmarks/compare_serve.py --servers step35,llama-server --models mid-mtp --clients 1,4 --draft 2
+                                                               # MTP drafting in both servers
 
 Exit status: 0 when every server started and every request completed; 1 when a
 request failed (an error, or fewer than N tokens from a server that is meant to
@@ -93,20 +95,22 @@ class Settings:
     b: int
     ub: int
     fa: str  # on | off | auto
+    draft: int = 0  # MTP tokens drafted per step (0: none)
 
 
 def step35_serve_cmd(s: Settings, port: int) -> list[str]:
     """How `step35 serve` is started: the one place to adjust as its flags settle (its -c is per slot)."""
     return [sys.executable, "-m", "step35", "serve", "-m", s.model, "--host", "127.0.0.1", "--port", str(port),
             "-np", str(s.np), "-c", str(s.ctx), "-t", str(s.threads), "-b", str(s.b), "-ub", str(s.ub),
-            "-fa", s.fa, "--log-level", "warning"]
+            "-fa", s.fa, "--log-level", "warning"] + (["--mtp", "--draft", str(s.draft)] if s.draft else [])
 
 
 def llama_server_cmd(binary: Path, s: Settings, port: int) -> list[str]:
     """llama-server with the same slots and flags (its -c is the total over all slots)."""
     return [str(binary), "-m", s.model, "--host", "127.0.0.1", "--port", str(port), "-np", str(s.np),
             "-c", str(s.ctx * s.np), "-t", str(s.threads), "-b", str(s.b), "-ub", str(s.ub), "-fa", s.fa,
-            "--no-webui"]
+            "--no-webui"] + (["--spec-type", "draft-mtp", "--spec-draft-n-max", str(s.draft), "--spec-draft-n-min", "0",
+                              "--spec-draft-p-min", "0"] if s.draft else [])
 
 
 def lcp_server_cmd(python: str, s: Settings, port: int, defaults: bool) -> list[str]:
@@ -633,6 +637,9 @@ def main() -> int:  # noqa: C901 (one linear procedure)
                     help="server threads (default: the physical cores minus one, which the clients need: they "
                          "run on this machine too, and ggml's spinning threads then fight them; on 2 cores, "
                          "-t 2 measured 2-5x slower and far noisier than -t 1 for both servers)")
+    ap.add_argument("--draft", type=int, default=0, metavar="N",
+                    help="MTP: step35 serve --mtp --draft N against llama-server --spec-type draft-mtp "
+                         "--spec-draft-n-max N (a model with MTP heads: tiny-mtp, mid-mtp)")
     ap.add_argument("--ignore-eos", action="store_true", help="send ignore_eos to llama-server (the others have none)")
     ap.add_argument("--unique", action="store_true",
                     help="make every request's prompt unique (no prompt-cache reuse between rounds)")
@@ -710,7 +717,8 @@ def main() -> int:  # noqa: C901 (one linear procedure)
             print(f"model {model_name}: building it first if it is not cached (mid: ~2 min)", file=sys.stderr)
             path = model_for(model_name)
             for c in clients:
-                s = Settings(model=path, np=a.np or c, ctx=a.ctx, threads=threads, b=a.b, ub=a.ub, fa=a.fa)
+                s = Settings(model=path, np=a.np or c, ctx=a.ctx, threads=threads, b=a.b, ub=a.ub, fa=a.fa,
+                             draft=a.draft)
                 servers: list[Server] = []
                 for n in names:
                     port = free_port()

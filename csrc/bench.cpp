@@ -53,14 +53,8 @@ public:
         llama_context * ctx = c_.get();
         for (size_t i = 0; i < t.tok.size(); i += (size_t) n_batch_) {
             const size_t n = std::min((size_t) n_batch_, t.tok.size() - i);
-            batch_.n_tokens = (int32_t) n;
-            for (size_t k = 0; k < n; ++k) {
-                batch_.token[k] = t.tok[i + k];
-                batch_.pos[k] = t.pos[i + k];
-                batch_.n_seq_id[k] = 1;
-                batch_.seq_id[k][0] = t.seq[i + k];
-                batch_.logits[k] = t.out[i + k];
-            }
+            batch_.n_tokens = 0;
+            for (size_t k = 0; k < n; ++k) batch_add(batch_, t.tok[i + k], t.pos[i + k], t.seq[i + k], t.out[i + k]);
             const int rc = llama_decode(ctx, batch_);
             rpc_check(ctx, c_.model());  // on RPC workers: RPCError if one went away
             if (rc != 0) return rc;

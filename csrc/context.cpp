@@ -29,9 +29,9 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
     p.n_seq_max = o.n_seq_max;
     if (o.n_threads > 0) p.n_threads = o.n_threads;
     if (o.n_threads_batch > 0) p.n_threads_batch = o.n_threads_batch;
-    p.flash_attn_type = (llama_flash_attn_type) o.flash_attn;
-    p.type_k = (ggml_type) o.type_k;
-    p.type_v = (ggml_type) o.type_v;
+    p.flash_attn_type = o.flash_attn;
+    p.type_k = o.type_k;
+    p.type_v = o.type_v;
     p.swa_full = o.swa_full;
     p.kv_unified = o.kv_unified;
     p.offload_kqv = o.offload_kqv;
@@ -49,7 +49,7 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
     if (heads) {
         try {
             py::gil_scoped_release nogil;
-            drafter_ = std::make_unique<Drafter>(std::move(heads), ctx_, o.flash_attn, &Interrupt::ggml_abort,
+            drafter_ = std::make_unique<Drafter>(std::move(heads), ctx_, o.flash_attn, o.kv_unified, &Interrupt::ggml_abort,
                                                  &interrupt_);
             if (pool_) llama_attach_threadpool(drafter_->context(), pool_, pool_batch_);
         } catch (const Error & e) {
@@ -71,7 +71,7 @@ ContextHandle::ContextHandle(std::shared_ptr<llama_model> model, const ContextOp
         llama_pos where = 0;
         {
             py::gil_scoped_release nogil;
-            rc = decode(&t, 1, 0, 0, 1, 0, nullptr, &where);
+            rc = decode(&t, 1, 0, 0, Outputs::Last, 0, nullptr, &where);
             llama_memory_clear(llama_get_memory(ctx_), true);
         }
         if (rc != 0) {
@@ -135,7 +135,7 @@ void ContextHandle::close() {
 void ContextHandle::clear() {
     llama_memory_clear(llama_get_memory(get()), true);
     history_.clear();
-    if (drafter_) drafter_->remove_from(0);
+    if (drafter_) drafter_->clear();
 }
 
 bool ContextHandle::truncate(size_t n) {
@@ -161,7 +161,7 @@ bool ContextHandle::truncate(size_t n) {
     return true;
 }
 
-int ContextHandle::decode(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq, int outputs,
+int ContextHandle::decode(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq, Outputs outputs,
                           size_t chunk, float * out, llama_pos * where) {
     llama_context * ctx = ctx_;
     const size_t n_batch = llama_n_batch(ctx);
@@ -172,15 +172,10 @@ int ContextHandle::decode(const llama_token * tokens, size_t n, llama_pos pos0, 
     int rc = 0;
     for (size_t start = 0; start < n; start += chunk) {
         const size_t len = std::min(chunk, n - start);
-        batch.n_tokens = (int32_t) len;
-        for (size_t i = 0; i < len; ++i) {
-            const size_t k = start + i;
-            batch.token[i] = tokens[k];
-            batch.pos[i] = pos0 + (llama_pos) k;
-            batch.n_seq_id[i] = 1;
-            batch.seq_id[i][0] = seq;
-            batch.logits[i] = outputs == 2 || (outputs == 1 && k == n - 1);
-        }
+        batch.n_tokens = 0;
+        for (size_t k = start; k < start + len; ++k)
+            batch_add(batch, tokens[k], pos0 + (llama_pos) k, seq,
+                      outputs == Outputs::All || (outputs == Outputs::Last && k == n - 1));
         rc = llama_decode(ctx, batch);
         if (rc == 0 && drafter_ && seq == 0) {
             if (!drafter_->tracking) drafter_->synced = false;
@@ -256,11 +251,10 @@ std::shared_ptr<ContextHandle> new_context(const ModelHandle & m, const ContextO
 // Decode tokens at positions [pos0, pos0+n) of `seq` and return the logits of
 // the requested rows as a float32 array (rows x n_vocab).
 py::array_t<float> eval(ContextHandle & c, const std::vector<llama_token> & tokens, llama_pos pos0, llama_seq_id seq,
-                        int outputs, size_t chunk) {
+                        Outputs outputs, size_t chunk) {
     BusyGuard busy(c);
     llama_context * ctx = c.get();
     check_tokens(c.vocab(), tokens.data(), tokens.size());
-    if (outputs < 0 || outputs > 2) throw py::value_error("outputs must be 0 (none), 1 (last) or 2 (all)");
     if (seq < 0 || (uint32_t) seq >= llama_n_seq_max(ctx))
         throw py::value_error("seq_id " + std::to_string(seq) + " is outside [0, n_seq_max=" +
                               std::to_string(llama_n_seq_max(ctx)) + ")");
@@ -271,7 +265,8 @@ py::array_t<float> eval(ContextHandle & c, const std::vector<llama_token> & toke
                     std::to_string(pos0) + " + " + std::to_string(tokens.size()) + " tokens do not fit in n_ctx=" +
                         std::to_string(n_ctx) + "; use a larger n_ctx or a shorter input");
     const size_t n_vocab = (size_t) llama_vocab_n_tokens(c.vocab());
-    const size_t rows = outputs == 2 ? tokens.size() : (outputs == 1 && !tokens.empty() ? 1 : 0);
+    const size_t rows =
+        outputs == Outputs::All ? tokens.size() : (outputs == Outputs::Last && !tokens.empty() ? 1 : 0);
     py::array_t<float> out({rows, n_vocab});
     float * data = out.mutable_data();
     if (tokens.empty()) return out;
@@ -309,6 +304,26 @@ py::array_t<float> eval(ContextHandle & c, const std::vector<llama_token> & toke
 }  // namespace
 
 void register_context(py::module_ & m) {
+    // The enums step35.ContextParams' settings map to, by name: one home for their values.
+    py::enum_<Outputs>(m, "Outputs", "Which rows of a decoded input give logits.")
+        .value("none", Outputs::None)
+        .value("last", Outputs::Last)
+        .value("all", Outputs::All);
+    py::enum_<llama_flash_attn_type>(m, "FlashAttn", "llama.cpp's flash attention setting (ContextParams.flash_attn).")
+        .value("auto", LLAMA_FLASH_ATTN_TYPE_AUTO)
+        .value("off", LLAMA_FLASH_ATTN_TYPE_DISABLED)
+        .value("on", LLAMA_FLASH_ATTN_TYPE_ENABLED);
+    py::enum_<ggml_type>(m, "KVType", "The KV-cache element types a context takes (ContextParams.type_k / type_v).")
+        .value("f32", GGML_TYPE_F32)
+        .value("f16", GGML_TYPE_F16)
+        .value("bf16", GGML_TYPE_BF16)
+        .value("q8_0", GGML_TYPE_Q8_0)
+        .value("q4_0", GGML_TYPE_Q4_0)
+        .value("q4_1", GGML_TYPE_Q4_1)
+        .value("q5_0", GGML_TYPE_Q5_0)
+        .value("q5_1", GGML_TYPE_Q5_1)
+        .value("iq4_nl", GGML_TYPE_IQ4_NL);
+
     py::class_<ContextOptions>(m, "ContextOptions", "Options of a llama.cpp context (see step35.ContextParams).")
         .def(py::init<>())
         .def_readwrite("n_ctx", &ContextOptions::n_ctx)
@@ -332,7 +347,8 @@ void register_context(py::module_ & m) {
                                [](const ContextHandle & c) {
                                    return py::make_tuple(c.work_done.load(), c.work_total.load());
                                },
-                               "(tokens done, tokens in total) of the running call.")
+                               "(tokens done, tokens in total) of the running call: a bench's tokens, or a "
+                               "generation's tokens generated of the most it may generate; (0, 0) when none runs.")
         .def_property_readonly("n_ctx", [](const ContextHandle & c) { return llama_n_ctx(c.get()); })
         .def_property_readonly("n_batch", [](const ContextHandle & c) { return llama_n_batch(c.get()); })
         .def_property_readonly("n_ubatch", [](const ContextHandle & c) { return llama_n_ubatch(c.get()); })
@@ -355,7 +371,8 @@ void register_context(py::module_ & m) {
                                "Most tokens one MTP draft can hold (0: no drafter).")
         .def("cancel", [](ContextHandle & c) { c.interrupt().request(); },
              "Ask the running call to stop (from any thread).")
-        .def("eval", &eval, py::arg("tokens"), py::arg("pos0") = 0, py::arg("seq_id") = 0, py::arg("outputs") = 2,
+        .def("eval", &eval, py::arg("tokens"), py::arg("pos0") = 0, py::arg("seq_id") = 0,
+             py::arg("outputs") = Outputs::All,
              py::arg("chunk") = 0,
              "Decode tokens at pos0.. and return the logits of the output rows (float32, rows x n_vocab).");
 

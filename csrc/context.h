@@ -22,6 +22,9 @@
 
 namespace step35 {
 
+// Which rows of a decoded input give logits. Bound as step35._core.Outputs ("none", "last", "all").
+enum class Outputs { None, Last, All };
+
 struct ContextOptions {
     uint32_t n_ctx = 4096;
     uint32_t n_batch = 2048;
@@ -29,14 +32,25 @@ struct ContextOptions {
     uint32_t n_seq_max = 1;
     int32_t n_threads = 0;        // 0 = llama.cpp's default
     int32_t n_threads_batch = 0;  // 0 = llama.cpp's default
-    int flash_attn = -1;          // llama_flash_attn_type: -1 auto, 0 off, 1 on
-    int type_k = 1;               // ggml_type (1 = F16)
-    int type_v = 1;
+    llama_flash_attn_type flash_attn = LLAMA_FLASH_ATTN_TYPE_AUTO;
+    ggml_type type_k = GGML_TYPE_F16;
+    ggml_type type_v = GGML_TYPE_F16;
     bool swa_full = false;
     bool kv_unified = true;
     bool offload_kqv = true;
     bool warmup = true;  // one cheap decode of a single token (no all-experts warm-up)
 };
+
+// Append one token of one sequence to `b`: the one batch filler of the single-stream loop, the engine and
+// the benchmark (`b` must have room).
+inline void batch_add(llama_batch & b, llama_token t, llama_pos pos, llama_seq_id seq, bool logits) {
+    const int32_t i = b.n_tokens++;
+    b.token[i] = t;
+    b.pos[i] = pos;
+    b.n_seq_id[i] = 1;
+    b.seq_id[i][0] = seq;
+    b.logits[i] = logits;
+}
 
 class ContextHandle {
 public:
@@ -65,14 +79,14 @@ public:
     bool truncate(size_t n);
 
     // Decode `tokens` into `seq` starting at `pos0`, in chunks of at most
-    // `chunk` tokens (0 = n_batch). `outputs`: 0 none, 1 the last token,
-    // 2 every token; the logits of the output rows are written to `out`
+    // `chunk` tokens (0 = n_batch). `outputs`: none, the last token, or
+    // every token; the logits of the output rows are written to `out`
     // (rows x n_vocab floats) if it is not null. Call without the GIL.
     // Returns 0 or the failing llama_decode code (with `where` set to the
     // position of the failing chunk); on failure the partial chunk is removed.
     // While the drafter tracks sequence 0, each chunk is also run through the
     // MTP heads (a failure there returns 3, or 2 when the call was cancelled).
-    int decode(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq, int outputs, size_t chunk,
+    int decode(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq, Outputs outputs, size_t chunk,
                float * out, llama_pos * where);
 
     std::atomic<bool> busy{false};

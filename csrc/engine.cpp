@@ -11,8 +11,17 @@
 // cache can still serve: the KV cache of step35 cannot shift, and its
 // sliding-window layers keep only a window, so a prefix is reused only when
 // the window before it is still there (else the prompt is evaluated again).
-// A full KV cache evicts idle slots, then shrinks the prompt chunks, then ends
-// the longest running sequence with "length"; it never returns garbage.
+// A full KV cache first drops the step's drafts, then evicts idle slots, then
+// shrinks the prompt chunks, then ends the longest running sequence with
+// "length"; it never returns garbage.
+//
+// With a draft length (MTP), the heads' draft context follows every slot
+// (each batch decoded is run through the heads), the generating slots draft
+// together before each step, and each slot's pending token and drafts join the
+// step's batch with logits on every row. The target is sampled row by row: a
+// drafted token is kept while it equals the target's own sample, so every
+// emitted token is drawn exactly as without drafting (the same greedy output,
+// the same seeded sample); rejected drafts leave both caches.
 //
 // Python submits from any thread (EngineRequest), reads text with the GIL
 // released, and cancels with close(): the slot is free at the next step.
@@ -70,7 +79,7 @@ struct Request {
 
     std::string ready;  // text not yet handed to Python
     bool finished = false;
-    std::string finish_reason;
+    FinishReason finish_reason = FinishReason::Running;
     std::string error;
     ErrorKind error_kind = ErrorKind::DecodeError;
     size_t n_cached = 0, n_evaluated = 0;
@@ -79,6 +88,8 @@ struct Request {
     size_t n_copied = 0;    // of n_cached: copied from another slot
     Clock::time_point t_submit = Clock::now(), t_admit, t_prompt_done, t_first, t_end;
     bool have_first = false;
+    int draft_max = 0;  // the engine's MTP draft length (0: none)
+    DraftCounts drafts;
 };
 
 struct Slot {
@@ -86,6 +97,7 @@ struct Slot {
     std::vector<llama_token> cached;  // tokens in this sequence's cache, positions 0..n-1
     Checkpoints checkpoints;          // of the sliding-window layers, within `cached`
     std::shared_ptr<Request> req;
+    std::vector<llama_token> drafts;  // this step's MTP drafts after the pending token
 };
 
 size_t common_prefix(const std::vector<llama_token> & a, const std::vector<llama_token> & b) {
@@ -100,11 +112,24 @@ public:
     // `cache_bytes`: bound of the host-memory prompt cache (0: none). `max_checkpoints`: window-layer
     // checkpoints kept per slot (0: none), taken just before the end of each prompt and every `checkpoint_every`
     // tokens of a long one.
+    // `draft`: MTP tokens drafted per step for every generating slot (0: none; the context must have been
+    // made with the MTP heads).
     Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot, size_t cache_bytes,
-           size_t max_checkpoints, size_t checkpoint_every)
+           size_t max_checkpoints, size_t checkpoint_every, int draft)
         : ctx_(std::move(ctx)), max_waiting_(max_waiting), cache_(cache_bytes), max_checkpoints_(max_checkpoints),
-          checkpoint_every_(std::max<size_t>(1, checkpoint_every)) {
+          checkpoint_every_(std::max<size_t>(1, checkpoint_every)), draft_(draft) {
         llama_context * c = ctx_->get();
+        if (draft_ < 0) throw py::value_error("draft must be >= 0");
+        if (draft_ > 0) {
+            dr_ = ctx_->drafter();
+            if (!dr_)
+                throw py::value_error("this context has no MTP heads to draft with; make it with the model's heads "
+                                      "(load the model with mtp=True), or draft=0");
+            if (draft_ > dr_->n_max())
+                throw py::value_error("draft=" + std::to_string(draft_) + " but the model has " +
+                                      std::to_string(dr_->n_max()) + " MTP head(s): one token per head at most");
+            dr_->set_draft(draft_);
+        }
         guard_ = std::make_unique<BusyGuard>(*ctx_);
         n_batch_ = llama_n_batch(c);
         n_ubatch_ = std::min<size_t>(llama_n_ubatch(c), n_batch_);
@@ -172,6 +197,8 @@ public:
             auto req = std::make_shared<Request>(next_id_++, std::move(sub.prompt), sub.max_tokens, sub.sampling,
                                                  std::move(sub.stop), render_special);
             req->sampler = std::make_unique<Sampler>(req->sampling, vocab, req->prompt);
+            req->draft_max = draft_;
+            req->drafts.reset(draft_);
             reqs.push_back(req);
         }
         for (const auto & req : reqs) waiting_.push_back(req);
@@ -187,7 +214,7 @@ public:
         if (req->state == State::Waiting) {
             auto it = std::find(waiting_.begin(), waiting_.end(), req);
             if (it != waiting_.end()) waiting_.erase(it);
-            finish_locked(*req, "cancelled");
+            finish_locked(*req, FinishReason::Cancelled);
             lk.unlock();
             out_cv_.notify_all();
             return;
@@ -269,6 +296,8 @@ public:
         d["prompt_cache_entries"] = cache_.entries();
         d["prompt_cache_max_bytes"] = cache_.max_bytes();
         d["decode_steps"] = total_steps_;
+        d["draft_tokens"] = total_drafted_;
+        d["draft_accepted"] = total_accepted_;
         d["kv_full_events"] = total_kv_full_;
         d["closed"] = stopping_;
         return d;
@@ -284,7 +313,7 @@ private:
         return true;
     }
 
-    void finish_locked(Request & r, const char * reason) {
+    void finish_locked(Request & r, FinishReason reason) {
         if (r.finished) return;
         r.finished = true;
         r.finish_reason = reason;
@@ -325,6 +354,7 @@ private:
     // Make slot `to` hold what slot `from` holds (its sequence state, tokens and checkpoints).
     bool copy_slot(llama_context * c, const Slot & from, Slot & to) {
         llama_memory_seq_rm(llama_get_memory(c), to.seq, -1, -1);
+        if (dr_) dr_->remove_from(0, to.seq);  // the heads' cache is not copied: their drafts start over
         to.cached.clear();
         to.checkpoints.items.clear();
         const size_t size = llama_state_seq_get_size_ext(c, from.seq, LLAMA_STATE_SEQ_FLAGS_NONE);
@@ -354,6 +384,7 @@ private:
             keep = 0;
         }
         if (keep == 0) llama_memory_seq_rm(mem, s.seq, -1, -1);
+        if (dr_) dr_->remove_from((llama_pos) keep, s.seq);
         s.cached.resize(keep);
         s.checkpoints.cut(keep);
         return keep;
@@ -407,6 +438,7 @@ private:
                 save_conversation(t, 0);
                 std::tie(entry, entry_lcp) = cache_.best(req->prompt, n_swa_);  // saving may have dropped entries
                 llama_memory_seq_rm(mem, t.seq, -1, -1);
+                if (dr_) dr_->remove_from(0, t.seq);  // a restored conversation has no heads' cache: drafts start over
                 t.cached.clear();
                 t.checkpoints.items.clear();
                 if (entry >= 0) restored = cache_.restore(c, t.seq, (size_t) entry, &t.cached, &t.checkpoints);
@@ -454,6 +486,7 @@ private:
         for (auto & s : slots_) {
             if (!s.req && !s.cached.empty()) {
                 llama_memory_seq_rm(mem, s.seq, -1, -1);
+                if (dr_) dr_->remove_from(0, s.seq);
                 s.cached.clear();
                 s.checkpoints.items.clear();
                 *evicted = true;
@@ -468,14 +501,7 @@ private:
         bool prompt;
     };
 
-    void add(llama_token t, llama_pos pos, llama_seq_id seq, bool logits) {
-        const int32_t i = batch_.n_tokens++;
-        batch_.token[i] = t;
-        batch_.pos[i] = pos;
-        batch_.n_seq_id[i] = 1;
-        batch_.seq_id[i][0] = seq;
-        batch_.logits[i] = logits;
-    }
+    void add(llama_token t, llama_pos pos, llama_seq_id seq, bool logits) { batch_add(batch_, t, pos, seq, logits); }
 
     // Prompt tokens a step may carry beside `n_generating` tokens of running sequences: what fills one
     // micro-batch (llama_decode computes a batch one n_ubatch at a time anyway), so that the oldest prompt
@@ -486,6 +512,107 @@ private:
         return std::min(std::max(room, n_ubatch_ / 2), n_batch_ > n_generating ? n_batch_ - n_generating : 0);
     }
 
+    // MTP tokens to draft after slot `s`'s pending token this step: the engine's draft length, within what
+    // the request may still generate, what its context holds after them, and `room` rows of the batch.
+    size_t draft_count(const Slot & s, const Request & r, size_t room) const {
+        if (!dr_ || no_drafts_) return 0;
+        int64_t k = draft_;
+        if (r.max_tokens >= 0) k = std::min<int64_t>(k, r.max_tokens - (int64_t) r.generated.size() - 1);
+        k = std::min<int64_t>(k, (int64_t) n_ctx_seq_ - (int64_t) s.cached.size() - 2);
+        k = std::min<int64_t>(k, (int64_t) room);
+        return (size_t) std::max<int64_t>(k, 0);
+    }
+
+    // The one batch filler: each entry's rows, in order (a generating slot's pending token and its drafts,
+    // every row with logits; a prompt chunk, logits only for the prompt's last token). Sets each entry's
+    // row count and first logits row.
+    void fill_batch(std::vector<Entry> & entries) {
+        batch_.n_tokens = 0;
+        for (auto & e : entries) {
+            Slot & s = *e.slot;
+            Request & r = *s.req;
+            if (!e.prompt) {
+                const llama_pos pos = (llama_pos) s.cached.size();
+                e.output = batch_.n_tokens;
+                e.n = 1 + s.drafts.size();
+                add(r.pending, pos, s.seq, true);
+                for (size_t i = 0; i < s.drafts.size(); ++i) add(s.drafts[i], pos + 1 + (llama_pos) i, s.seq, true);
+                continue;
+            }
+            const bool last = r.n_prompt_done + e.n == r.prompt.size();
+            for (size_t i = 0; i < e.n; ++i)
+                add(r.prompt[r.n_prompt_done + i], (llama_pos) (r.n_prompt_done + i), s.seq, last && i == e.n - 1);
+            e.output = last ? batch_.n_tokens - 1 : -1;
+        }
+    }
+
+    // Sample entry `e`'s rows in turn (outside the lock: only this thread uses samplers): a drafted token
+    // is kept while it equals the target's own sample; the first sample that differs (or the one after the
+    // last draft) ends the list. Each token is drawn exactly as without drafting.
+    std::vector<llama_token> verify(llama_context * c, const llama_vocab * vocab, const Entry & e) {
+        const Slot & s = *e.slot;
+        const size_t nd = e.prompt ? 0 : s.drafts.size();
+        std::vector<llama_token> toks;
+        for (size_t i = 0; i <= nd; ++i) {
+            const llama_token tok = s.req->sampler->sample(c, e.output + (int32_t) i);
+            toks.push_back(tok);
+            if (i == nd || tok != s.drafts[i] || llama_vocab_is_eog(vocab, tok)) break;
+        }
+        return toks;
+    }
+
+    // Hand out the tokens sampled for slot `s` (the first `nd` rows were drafts): kept drafts are in the
+    // cache already; the last token is the next one to decode, unless the request ends first.
+    void emit_locked(Slot & s, size_t nd, const std::vector<llama_token> & toks) {
+        const std::shared_ptr<Request> hold = s.req;  // finishing frees the slot
+        Request & r = *hold;
+        const llama_vocab * vocab = ctx_->vocab();
+        size_t accepted = 0;
+        for (size_t i = 0; i < toks.size(); ++i) {
+            const llama_token tok = toks[i];
+            if (r.max_tokens >= 0 && (int64_t) r.generated.size() >= r.max_tokens) {  // max_tokens=0
+                finish_locked(r, FinishReason::Length);
+                break;
+            }
+            if (!r.have_first) {
+                r.have_first = true;
+                r.t_first = Clock::now();
+            }
+            if (llama_vocab_is_eog(vocab, tok)) {
+                finish_locked(r, FinishReason::Stop);
+                break;
+            }
+            const bool kept = i < nd && tok == s.drafts[i];
+            if (kept) {
+                s.cached.push_back(tok);
+                ++accepted;
+            }
+            r.generated.push_back(tok);
+            ++total_generated_;
+            if (r.out.append(vocab, tok)) {
+                finish_locked(r, FinishReason::Stop);
+                break;
+            }
+            r.ready += r.out.take_ready();
+            if ((r.max_tokens >= 0 && (int64_t) r.generated.size() >= r.max_tokens) ||
+                s.cached.size() - (kept ? 1 : 0) + 1 >= n_ctx_seq_) {
+                finish_locked(r, FinishReason::Length);
+                break;
+            }
+            if (!kept) {
+                r.pending = tok;
+                break;
+            }
+        }
+        if (nd > 0) {
+            r.drafts.step(nd, accepted);
+            total_drafted_ += nd;
+            total_accepted_ += accepted;
+            dr_->accept((int) accepted, s.seq);
+        }
+        if (events_enabled_ && !r.finished && !r.ready.empty()) events_.push_back(r.id);
+    }
+
     // The scheduler thread.
     void loop() {
         llama_context * c = ctx_->get();
@@ -494,12 +621,15 @@ private:
         size_t prompt_budget = n_ubatch_;
         std::vector<Entry> entries;
         std::vector<Slot *> prompting;
+        std::vector<Drafter::Want> wants;
+        std::vector<std::pair<Entry, std::vector<llama_token>>> sampled;
+        std::vector<std::pair<Entry, Error>> failed;  // e.g. a grammar that allows no token
         std::unique_lock<std::mutex> lk(mu_);
         while (true) {
             for (auto & s : slots_)
-                if (s.req && (s.req->cancel || cancel_all_)) finish_locked(*s.req, "cancelled");
+                if (s.req && (s.req->cancel || cancel_all_)) finish_locked(*s.req, FinishReason::Cancelled);
             if (cancel_all_) {
-                for (auto & r : waiting_) finish_locked(*r, "cancelled");
+                for (auto & r : waiting_) finish_locked(*r, FinishReason::Cancelled);
                 waiting_.clear();
             }
             out_cv_.notify_all();
@@ -510,16 +640,21 @@ private:
                 continue;
             }
 
-            // The batch: every generating slot's next token, then prompt chunks.
-            batch_.n_tokens = 0;
+            // The batch: every generating slot's next token (with its MTP drafts), then prompt chunks.
             entries.clear();
+            wants.clear();
+            size_t rows = 0;
             for (auto & s : slots_) {
                 if (!s.req || s.req->state != State::Generating) continue;
-                if ((size_t) batch_.n_tokens >= n_batch_) break;  // more slots than n_batch: the rest next step
-                entries.push_back({&s, 1, batch_.n_tokens, false});
-                add(s.req->pending, (llama_pos) s.cached.size(), s.seq, true);
+                if (rows >= n_batch_) break;  // more slots than n_batch: the rest next step
+                const size_t k = draft_count(s, *s.req, n_batch_ - rows - 1);
+                s.drafts.clear();
+                if (k > 0)
+                    wants.push_back({s.seq, s.req->pending, (llama_pos) s.cached.size(), (int) k, &s.cached, &s.drafts});
+                entries.push_back({&s, 1, -1, false});
+                rows += 1 + k;
             }
-            size_t budget = std::min(prompt_budget, prompt_room((size_t) batch_.n_tokens));
+            size_t budget = std::min(prompt_budget, prompt_room(rows));
             prompting.clear();
             for (auto & s : slots_)
                 if (s.req && s.req->state == State::Prompt) prompting.push_back(&s);
@@ -532,25 +667,26 @@ private:
                 const size_t every = checkpoint_mark(r) > 0 ? (r.n_prompt_done / checkpoint_every_ + 1) * checkpoint_every_ : 0;
                 for (const size_t mark : {r.share_mark, checkpoint_mark(r), every})  // chunks end at these marks
                     if (r.n_prompt_done < mark && r.n_prompt_done + n > mark) n = mark - r.n_prompt_done;
-                const bool last = r.n_prompt_done + n == r.prompt.size();
-                for (size_t i = 0; i < n; ++i)
-                    add(r.prompt[r.n_prompt_done + i], (llama_pos) (r.n_prompt_done + i), s.seq, last && i == n - 1);
-                entries.push_back({&s, n, last ? batch_.n_tokens - 1 : -1, true});
+                entries.push_back({&s, n, -1, true});
                 budget -= n;
             }
-            if (batch_.n_tokens == 0) {  // prompts were held back for running ones that have ended
+            if (entries.empty()) {  // prompts were held back for running ones that have ended
                 prompt_budget = n_ubatch_;
                 continue;
             }
 
             lk.unlock();
-            const int rc = llama_decode(c, batch_);
+            if (!wants.empty()) dr_->draft(wants);  // the heads run for every drafting slot at once
+            fill_batch(entries);
+            int rc = llama_decode(c, batch_);
             std::string rpc_error;
             try {
                 rpc_check(c, ctx_->model());
             } catch (const Error & err) {
                 rpc_error = err.what();
             }
+            // the heads' cache follows every sequence: they see every batch the target decodes
+            const bool heads_failed = rc == 0 && rpc_error.empty() && dr_ && !dr_->process(batch_);
             lk.lock();
             ++total_steps_;
 
@@ -560,11 +696,15 @@ private:
                     if (s.req) {
                         s.req->error = rpc_error;
                         s.req->error_kind = ErrorKind::RPCError;
-                        finish_locked(*s.req, "error");
+                        finish_locked(*s.req, FinishReason::Error);
                     }
                 continue;
             }
 
+            if (heads_failed) {
+                for (const auto & e : entries) dr_->remove_from((llama_pos) e.slot->cached.size(), e.slot->seq);
+                rc = ctx_->interrupt().should_stop() ? 2 : 3;
+            }
             if (rc != 0) {
                 // Whatever part of the batch was processed comes out again.
                 for (const auto & e : entries) llama_memory_seq_rm(mem, e.slot->seq, (llama_pos) e.slot->cached.size(), -1);
@@ -574,6 +714,10 @@ private:
                 }
                 if (rc == 1) {  // no room in the KV cache
                     ++total_kv_full_;
+                    if (!wants.empty()) {  // first, a step without drafts
+                        no_drafts_ = true;
+                        continue;
+                    }
                     bool evicted = false;
                     evict_idle_locked(mem, &evicted);
                     if (evicted) continue;
@@ -593,20 +737,23 @@ private:
                     Slot * longest = nullptr;
                     for (auto & s : slots_)
                         if (s.req && (!longest || s.cached.size() > longest->cached.size())) longest = &s;
-                    if (longest) finish_locked(*longest->req, "length");
+                    if (longest) finish_locked(*longest->req, FinishReason::Length);
                     prompt_budget = n_ubatch_;
                     continue;
                 }
-                const std::string msg = "llama_decode failed with code " + std::to_string(rc) +
-                                        " on a batch of " + std::to_string(batch_.n_tokens) + " tokens";
+                const std::string msg = rc == 3 ? "the MTP heads failed on a batch of " + std::to_string(batch_.n_tokens) +
+                                                      " tokens"
+                                                : "llama_decode failed with code " + std::to_string(rc) +
+                                                      " on a batch of " + std::to_string(batch_.n_tokens) + " tokens";
                 for (auto & s : slots_)
                     if (s.req) {
                         s.req->error = msg;
-                        finish_locked(*s.req, "error");
+                        finish_locked(*s.req, FinishReason::Error);
                     }
                 continue;
             }
             prompt_budget = n_ubatch_;
+            no_drafts_ = false;
 
             // Commit, then sample where there are logits (outside the lock: only this thread uses samplers).
             const auto now = Clock::now();
@@ -637,12 +784,12 @@ private:
                 }
             }
             lk.unlock();
-            std::vector<std::pair<Entry, llama_token>> sampled;
-            std::vector<std::pair<Entry, Error>> failed;  // e.g. a grammar that allows no token
+            sampled.clear();
+            failed.clear();
             for (const auto & e : entries) {
                 if (e.output < 0) continue;
                 try {
-                    sampled.push_back({e, e.slot->req->sampler->sample(c, e.output)});
+                    sampled.push_back({e, verify(c, vocab, e)});
                 } catch (const Error & err) {
                     failed.push_back({e, err});
                 }
@@ -652,34 +799,15 @@ private:
                 if (!e.slot->req) continue;
                 e.slot->req->error = err.what();
                 e.slot->req->error_kind = err.kind;
-                finish_locked(*e.slot->req, "error");
+                finish_locked(*e.slot->req, FinishReason::Error);
             }
-            for (auto & [e, tok] : sampled) {
-                Slot & s = *e.slot;
-                if (!s.req) continue;
-                Request & r = *s.req;
-                if (!r.have_first) {
-                    r.have_first = true;
-                    r.t_first = Clock::now();
-                }
-                if (llama_vocab_is_eog(vocab, tok)) {
-                    finish_locked(r, "stop");
-                    continue;
-                }
-                r.generated.push_back(tok);
-                ++total_generated_;
-                if (r.out.append(vocab, tok)) {
-                    finish_locked(r, "stop");
-                    continue;
-                }
-                r.ready += r.out.take_ready();
-                if ((r.max_tokens >= 0 && (int64_t) r.generated.size() >= r.max_tokens) ||
-                    s.cached.size() + 1 >= n_ctx_seq_) {
-                    finish_locked(r, "length");
-                    continue;
-                }
-                r.pending = tok;
-                if (events_enabled_ && !r.ready.empty()) events_.push_back(r.id);
+            for (auto & [e, toks] : sampled) {
+                if (e.slot->req) emit_locked(*e.slot, e.prompt ? 0 : e.slot->drafts.size(), toks);
+            }
+            for (const auto & e : entries) {  // rejected drafts leave both caches
+                if (e.prompt || e.n == 1) continue;
+                llama_memory_seq_rm(mem, e.slot->seq, (llama_pos) e.slot->cached.size(), -1);
+                dr_->remove_from((llama_pos) e.slot->cached.size(), e.slot->seq);
             }
         }
         stopped_ = true;
@@ -705,9 +833,13 @@ private:
     size_t total_evaluated_ = 0, total_cached_ = 0, total_generated_ = 0, total_finished_ = 0, total_steps_ = 0,
            total_kv_full_ = 0;
     size_t total_restored_ = 0, total_checkpoint_restores_ = 0, total_copied_ = 0;
+    size_t total_drafted_ = 0, total_accepted_ = 0;
     PromptCache cache_;
     size_t max_checkpoints_;   // per slot
     size_t checkpoint_every_;  // tokens of a long prompt between checkpoints
+    int draft_ = 0;           // MTP tokens drafted per step (0: none)
+    Drafter * dr_ = nullptr;  // the context's drafter when draft_ > 0
+    bool no_drafts_ = false;  // the KV cache was full: one step without drafts
     // a cut that drops fewer tokens is the same conversation's next turn, not worth a copy
     static constexpr size_t kMinSaveDrop = 32;
     // a request waits for another's prompt only for a shared prefix of at least this many tokens
@@ -777,10 +909,10 @@ public:
         // A request that failed is finished once its error has been raised by step().
         return closed_ || (req_->finished && req_->ready.empty() && (req_->error.empty() || error_raised_));
     }
-    std::string finish_reason() {
+    FinishReason finish_reason() {
         std::lock_guard<std::mutex> lk(engine_->mutex());
         if (req_->finished) return req_->finish_reason;
-        return closed_ ? "cancelled" : "";  // closed: the engine ends it at its next step
+        return closed_ ? FinishReason::Cancelled : FinishReason::Running;  // closed: the engine ends it at its next step
     }
     py::object stop_sequence() {
         std::string matched;
@@ -795,24 +927,25 @@ public:
         std::lock_guard<std::mutex> lk(engine_->mutex());
         return req_->generated;
     }
-    py::dict stats() {
+    Stats stats() {
         std::lock_guard<std::mutex> lk(engine_->mutex());
         const Request & r = *req_;
-        py::dict d;
+        Stats st;
         const auto end = r.finished ? r.t_end : Clock::now();
         const bool admitted = r.t_admit != Clock::time_point{};
         const bool prompt_done = r.t_prompt_done != Clock::time_point{};
-        d["prompt_tokens"] = r.prompt.size();
-        d["prompt_tokens_evaluated"] = r.n_evaluated;
-        d["prompt_tokens_cached"] = r.n_cached;
-        d["prompt_tokens_restored"] = r.n_restored;
-        d["prompt_tokens_copied"] = r.n_copied;
-        d["queue_ms"] = admitted ? ms_between(r.t_submit, r.t_admit) : ms_between(r.t_submit, end);
-        d["prompt_ms"] = admitted && prompt_done ? ms_between(r.t_admit, r.t_prompt_done) : 0.0;
-        d["generated_tokens"] = r.generated.size();
-        d["generation_ms"] = prompt_done ? ms_between(r.t_prompt_done, end) : 0.0;
-        d["ttft_ms"] = r.have_first ? ms_between(r.t_submit, r.t_first) : 0.0;
-        return d;
+        st.prompt_tokens = r.prompt.size();
+        st.prompt_tokens_evaluated = r.n_evaluated;
+        st.prompt_tokens_cached = r.n_cached;
+        st.prompt_tokens_restored = r.n_restored;
+        st.prompt_tokens_copied = r.n_copied;
+        st.queue_ms = admitted ? ms_between(r.t_submit, r.t_admit) : ms_between(r.t_submit, end);
+        st.prompt_ms = admitted && prompt_done ? ms_between(r.t_admit, r.t_prompt_done) : 0.0;
+        st.generated_tokens = r.generated.size();
+        st.generation_ms = prompt_done ? ms_between(r.t_prompt_done, end) : 0.0;
+        st.ttft_ms = r.have_first ? ms_between(r.t_submit, r.t_first) : 0.0;
+        if (r.draft_max > 0) r.drafts.fill(st, r.draft_max);
+        return st;
     }
 
 private:
@@ -826,9 +959,9 @@ private:
 
 void register_engine(py::module_ & m) {
     py::class_<Engine, std::shared_ptr<Engine>>(m, "Engine", "Continuous batching over one context (use step35.Engine).")
-        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t, size_t, size_t, size_t>(), py::arg("context"),
-             py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0, py::arg("cache_bytes") = 0,
-             py::arg("max_checkpoints") = 32, py::arg("checkpoint_every") = 2048)
+        .def(py::init<std::shared_ptr<ContextHandle>, size_t, size_t, size_t, size_t, size_t, int>(),
+             py::arg("context"), py::arg("max_waiting") = 64, py::arg("n_ctx_slot") = 0, py::arg("cache_bytes") = 0,
+             py::arg("max_checkpoints") = 32, py::arg("checkpoint_every") = 2048, py::arg("draft") = 0)
         .def("submit_all",
              [](const std::shared_ptr<Engine> & e,
                 std::vector<std::tuple<std::vector<llama_token>, int64_t, SamplingOptions, std::vector<std::string>>> items,

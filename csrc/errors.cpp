@@ -1,5 +1,9 @@
 #include "errors.h"
 
+#include <pybind11/stl.h>
+
+#include <map>
+
 #include "ggml.h"
 #include "log.h"
 
@@ -8,25 +12,11 @@ namespace py = pybind11;
 namespace step35 {
 
 namespace {
-const char * kind_name(ErrorKind k) {
-    switch (k) {
-        case ErrorKind::ModelLoadError: return "ModelLoadError";
-        case ErrorKind::BackendLoadError: return "BackendLoadError";
-        case ErrorKind::ClosedError: return "ClosedError";
-        case ErrorKind::TokenizeError: return "TokenizeError";
-        case ErrorKind::Cancelled: return "Cancelled";
-        case ErrorKind::ContextError: return "ContextError";
-        case ErrorKind::ContextBusyError: return "ContextBusyError";
-        case ErrorKind::ContextOverflowError: return "ContextOverflowError";
-        case ErrorKind::DecodeError: return "DecodeError";
-        case ErrorKind::QuantizeError: return "QuantizeError";
-        case ErrorKind::QueueFullError: return "QueueFullError";
-        case ErrorKind::GrammarError: return "GrammarError";
-        case ErrorKind::RPCError: return "RPCError";
-        case ErrorKind::InvalidModelError: return "InvalidModelError";
-        case ErrorKind::Step35Error: break;
-    }
-    return "Step35Error";
+// The Python class of each kind, registered once by step35 when it imports this module
+// (register_error_classes). Never destroyed: a translator may run late in interpreter shutdown.
+std::map<ErrorKind, py::object> & error_classes() {
+    static auto * classes = new std::map<ErrorKind, py::object>();
+    return *classes;
 }
 }  // namespace
 
@@ -49,7 +39,33 @@ void fail(ErrorKind kind, const std::string & what, unsigned long long since_mar
 }
 
 void register_errors(py::module_ & m) {
-    (void) m;
+    // The one list of kinds: step35.errors has a class of each name, checked when it registers them.
+    py::enum_<ErrorKind>(m, "ErrorKind", "The kinds of native errors (step35.errors has a class of each name).")
+        .value("Step35Error", ErrorKind::Step35Error)
+        .value("ModelLoadError", ErrorKind::ModelLoadError)
+        .value("BackendLoadError", ErrorKind::BackendLoadError)
+        .value("ClosedError", ErrorKind::ClosedError)
+        .value("TokenizeError", ErrorKind::TokenizeError)
+        .value("Cancelled", ErrorKind::Cancelled)
+        .value("ContextError", ErrorKind::ContextError)
+        .value("ContextBusyError", ErrorKind::ContextBusyError)
+        .value("ContextOverflowError", ErrorKind::ContextOverflowError)
+        .value("DecodeError", ErrorKind::DecodeError)
+        .value("QuantizeError", ErrorKind::QuantizeError)
+        .value("QueueFullError", ErrorKind::QueueFullError)
+        .value("GrammarError", ErrorKind::GrammarError)
+        .value("RPCError", ErrorKind::RPCError)
+        .value("InvalidModelError", ErrorKind::InvalidModelError);
+    m.def(
+        "register_error_classes",
+        [](const std::map<ErrorKind, py::object> & classes) {
+            for (const auto & [kind, cls] : classes) {
+                if (!PyType_Check(cls.ptr()) || !PyObject_IsSubclass(cls.ptr(), PyExc_Exception))
+                    throw py::type_error("error classes must be Exception subclasses");
+                error_classes()[kind] = cls;
+            }
+        },
+        py::arg("classes"), "The Python exception class of each ErrorKind (step35 registers its own at import).");
     py::register_exception_translator([](std::exception_ptr p) {
         try {
             if (p) std::rethrow_exception(p);
@@ -58,13 +74,12 @@ void register_errors(py::module_ & m) {
             const std::string what = e.what();
             py::object msg = py::reinterpret_steal<py::object>(
                 PyUnicode_DecodeUTF8(what.data(), (Py_ssize_t) what.size(), "replace"));
-            py::object cls;
-            try {
-                cls = py::module_::import("step35.errors").attr(kind_name(e.kind));
-            } catch (py::error_already_set &) {
-                cls = py::reinterpret_borrow<py::object>(PyExc_RuntimeError);
-            }
-            PyErr_SetObject(cls.ptr(), msg.ptr());
+            auto & classes = error_classes();
+            auto it = classes.find(e.kind);
+            if (it == classes.end()) it = classes.find(ErrorKind::Step35Error);
+            // only before step35 registered its classes (the extension imported on its own)
+            PyObject * cls = it != classes.end() ? it->second.ptr() : PyExc_RuntimeError;
+            PyErr_SetObject(cls, msg.ptr());
         }
     });
 }

@@ -59,7 +59,10 @@ public:
         sampler_ = std::make_unique<Sampler>(sampling, vocab, prompt_);
         if (d) d->tracking = draft_ > 0;
         if (d && draft_ > 0) d->set_draft(draft_);
-        by_pos_.assign((size_t) std::max(draft_, 0), {0, 0});
+        drafts_count_.reset(draft_);
+        // progress of this call (Context progress): tokens generated of the most it may generate
+        ctx_->work_done.store(0);
+        ctx_->work_total.store(max_tokens_ >= 0 ? max_tokens_ : (long long) (n_ctx - prompt_.size()));
         ctx_->interrupt().begin();
     }
 
@@ -75,19 +78,19 @@ public:
             py::gil_scoped_release nogil;
             st = run(all);
         } catch (const Error &) {  // e.g. a grammar that allows no token: end, free the context, raise
-            finish("error");
+            finish(FinishReason::Error);
             release();
             throw;
         }
         if (ctx_->interrupt().signalled()) {  // Ctrl-C: stop, free the context, re-raise
-            finish("cancelled");
+            finish(FinishReason::Cancelled);
             release();
             ctx_->interrupt().rethrow_if_signalled();
         }
         if (st.rc == 2) {  // stopped from another thread while decoding
-            finish("cancelled");
+            finish(FinishReason::Cancelled);
         } else if (st.rc != 0) {
-            finish("error");
+            finish(FinishReason::Error);
             release();
             raise_decode_error(*ctx_, st.rc, st.where, st.n, mark);
         }
@@ -97,40 +100,29 @@ public:
     }
 
     void close() {
-        if (!finished_) finish("cancelled");
+        if (!finished_) finish(FinishReason::Cancelled);
         release();
     }
 
     bool finished() const { return finished_; }
-    const std::string & finish_reason() const { return finish_reason_; }
+    FinishReason finish_reason() const { return finish_reason_; }
     // The stop string that ended the generation, or None.
     py::object stop_sequence() const {
         if (!finished_ || out_.matched().empty()) return py::none();
         return py::str(out_.matched());
     }
 
-    py::dict stats() const {
-        py::dict d;
-        d["prompt_tokens"] = prompt_.size();
-        d["prompt_tokens_evaluated"] = n_prompt_eval_;
-        d["prompt_ms"] = t_prompt_ms_;
-        d["generated_tokens"] = n_gen_;
-        d["generation_ms"] = t_gen_ms_;
-        d["ttft_ms"] = ttft_ms_;
-        if (draft_ > 0) {
-            d["draft_max"] = draft_;
-            d["draft_steps"] = n_steps_;
-            d["draft_tokens"] = n_drafted_;
-            d["draft_accepted"] = n_accepted_;
-            py::list proposed, accepted;
-            for (const auto & p : by_pos_) {
-                proposed.append(p.first);
-                accepted.append(p.second);
-            }
-            d["draft_proposed_by_position"] = proposed;
-            d["draft_accepted_by_position"] = accepted;
-        }
-        return d;
+    Stats stats() const {
+        Stats st;
+        st.prompt_tokens = prompt_.size();
+        st.prompt_tokens_evaluated = n_prompt_eval_;
+        st.prompt_tokens_cached = prompt_done_ ? prompt_.size() - n_prompt_eval_ : 0;
+        st.prompt_ms = t_prompt_ms_;
+        st.generated_tokens = n_gen_;
+        st.generation_ms = t_gen_ms_;
+        st.ttft_ms = ttft_ms_;
+        if (draft_ > 0) drafts_count_.fill(st, draft_);
+        return st;
     }
 
     const std::vector<llama_token> & tokens() const { return generated_; }
@@ -159,7 +151,7 @@ private:
             if (!ctx_->truncate(keep)) keep = 0;
             if (keep == 0) ctx_->clear();
             const size_t n = prompt_.size() - keep;
-            st.rc = ctx_->decode(prompt_.data() + keep, n, (llama_pos) keep, 0, 1, 0, nullptr, &st.where);
+            st.rc = ctx_->decode(prompt_.data() + keep, n, (llama_pos) keep, 0, Outputs::Last, 0, nullptr, &st.where);
             if (st.rc != 0) {
                 st.n = n;
                 hist.resize(std::min(hist.size(), (size_t) std::max<llama_pos>(st.where, 0)));
@@ -174,11 +166,11 @@ private:
         }
         while (!finished_) {
             if (max_tokens_ >= 0 && (int64_t) n_gen_ >= max_tokens_) {
-                finish("length");
+                finish(FinishReason::Length);
                 break;
             }
             if (ctx_->interrupt().should_stop()) {
-                finish("cancelled");
+                finish(FinishReason::Cancelled);
                 break;
             }
             if (undecoded_ != LLAMA_TOKEN_NULL && draft_ > 0) {
@@ -189,7 +181,7 @@ private:
             }
             if (undecoded_ != LLAMA_TOKEN_NULL) {
                 auto & hist = ctx_->history();
-                st.rc = ctx_->decode(&undecoded_, 1, (llama_pos) hist.size(), 0, 1, 0, nullptr, &st.where);
+                st.rc = ctx_->decode(&undecoded_, 1, (llama_pos) hist.size(), 0, Outputs::Last, 0, nullptr, &st.where);
                 if (st.rc != 0) {
                     st.n = 1;
                     return st;
@@ -210,21 +202,22 @@ private:
     bool emit(llama_token tok, size_t n_before, size_t n_ctx) {
         if (n_gen_ == 0) ttft_ms_ = t_prompt_ms_ + ms_between(t_gen_start_, Clock::now());
         if (llama_vocab_is_eog(ctx_->vocab(), tok)) {
-            finish("stop");
+            finish(FinishReason::Stop);
             return true;
         }
         ++n_gen_;
+        ctx_->work_done.store((long long) n_gen_, std::memory_order_relaxed);
         generated_.push_back(tok);
         if (out_.append(ctx_->vocab(), tok)) {
-            finish("stop");
+            finish(FinishReason::Stop);
             return true;
         }
         if (max_tokens_ >= 0 && (int64_t) n_gen_ >= max_tokens_) {
-            finish("length");
+            finish(FinishReason::Length);
             return true;
         }
         if (n_before + 1 >= n_ctx) {
-            finish("length");
+            finish(FinishReason::Length);
             return true;
         }
         return false;
@@ -245,16 +238,13 @@ private:
         d.draft(undecoded_, pos0, (int) std::max<int64_t>(n, 0), hist, drafts_);
         batch_.assign(1, undecoded_);
         batch_.insert(batch_.end(), drafts_.begin(), drafts_.end());
-        st.rc = ctx_->decode(batch_.data(), batch_.size(), pos0, 0, 2, 0, nullptr, &st.where);
+        st.rc = ctx_->decode(batch_.data(), batch_.size(), pos0, 0, Outputs::All, 0, nullptr, &st.where);
         if (st.rc != 0) {
             st.n = batch_.size();
             return st;
         }
         hist.push_back(undecoded_);
         undecoded_ = LLAMA_TOKEN_NULL;
-        if (!drafts_.empty()) ++n_steps_;
-        n_drafted_ += drafts_.size();
-        for (size_t i = 0; i < drafts_.size(); ++i) ++by_pos_[i].first;
         size_t accepted = 0;
         // rejected drafts leave both caches (also when sampling throws)
         auto trim = [&] {
@@ -268,7 +258,6 @@ private:
                 const bool kept = i < drafts_.size() && tok == drafts_[i];
                 if (kept) {
                     ++accepted;
-                    ++by_pos_[i].second;
                     hist.push_back(tok);
                 }
                 if (emit(tok, hist.size() - (kept ? 1 : 0), n_ctx)) break;
@@ -281,13 +270,13 @@ private:
             trim();
             throw;
         }
-        n_accepted_ += accepted;
+        drafts_count_.step(drafts_.size(), accepted);
         if (!drafts_.empty()) d.accept((int) accepted);
         trim();
         return st;
     }
 
-    void finish(const char * reason) {
+    void finish(FinishReason reason) {
         if (finished_) return;
         finished_ = true;
         finish_reason_ = reason;
@@ -295,6 +284,10 @@ private:
     }
 
     void release() {
+        if (guard_) {  // the context is free again: no call runs on it
+            ctx_->work_done.store(0);
+            ctx_->work_total.store(0);
+        }
         if (guard_ && ctx_->drafter()) ctx_->drafter()->tracking = false;
         sampler_.reset();
         guard_.reset();
@@ -309,7 +302,7 @@ private:
 
     bool prompt_done_ = false;
     bool finished_ = false;
-    std::string finish_reason_;
+    FinishReason finish_reason_ = FinishReason::Running;
     llama_token undecoded_ = LLAMA_TOKEN_NULL;
     std::vector<llama_token> generated_;
     size_t n_gen_ = 0;
@@ -319,14 +312,37 @@ private:
 
     int draft_ = 0;  // MTP draft length (0: off)
     std::vector<llama_token> drafts_, batch_;
-    size_t n_steps_ = 0, n_drafted_ = 0, n_accepted_ = 0;
-    std::vector<std::pair<size_t, size_t>> by_pos_;  // (proposed, accepted) per draft position
-
+    DraftCounts drafts_count_;
 };
 
 }  // namespace
 
 void register_generate(py::module_ & m) {
+    py::enum_<FinishReason>(m, "FinishReason", "How a request ended (step35 gives Python the lower-case names).")
+        .value("running", FinishReason::Running)
+        .value("stop", FinishReason::Stop)
+        .value("length", FinishReason::Length)
+        .value("cancelled", FinishReason::Cancelled)
+        .value("error", FinishReason::Error);
+
+    py::class_<Stats>(m, "Stats", "What one request did (read by step35.generation into GenerationStats).")
+        .def_readonly("prompt_tokens", &Stats::prompt_tokens)
+        .def_readonly("prompt_tokens_evaluated", &Stats::prompt_tokens_evaluated)
+        .def_readonly("prompt_tokens_cached", &Stats::prompt_tokens_cached)
+        .def_readonly("prompt_tokens_restored", &Stats::prompt_tokens_restored)
+        .def_readonly("prompt_tokens_copied", &Stats::prompt_tokens_copied)
+        .def_readonly("generated_tokens", &Stats::generated_tokens)
+        .def_readonly("queue_ms", &Stats::queue_ms)
+        .def_readonly("prompt_ms", &Stats::prompt_ms)
+        .def_readonly("generation_ms", &Stats::generation_ms)
+        .def_readonly("ttft_ms", &Stats::ttft_ms)
+        .def_readonly("draft_max", &Stats::draft_max)
+        .def_readonly("draft_steps", &Stats::draft_steps)
+        .def_readonly("draft_tokens", &Stats::draft_tokens)
+        .def_readonly("draft_accepted", &Stats::draft_accepted)
+        .def_readonly("draft_proposed_by_position", &Stats::draft_proposed_by_position)
+        .def_readonly("draft_accepted_by_position", &Stats::draft_accepted_by_position);
+
     py::class_<SamplingOptions>(m, "SamplingOptions", "Sampler settings (validated in step35.generation).")
         .def(py::init<>())
         .def_readwrite("temperature", &SamplingOptions::temperature)

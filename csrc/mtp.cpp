@@ -11,9 +11,9 @@
 
 namespace step35 {
 
-Drafter::Drafter(std::shared_ptr<llama_model> heads, llama_context * target, int flash_attn,
+Drafter::Drafter(std::shared_ptr<llama_model> heads, llama_context * target, llama_flash_attn_type flash_attn, bool kv_unified,
                  bool (*abort)(void *), void * abort_data)
-    : heads_(std::move(heads)), target_(target) {
+    : heads_(std::move(heads)), target_(target), n_seq_(llama_n_seq_max(target)) {
     const int n_heads = llama_model_n_layer_nextn(heads_.get());
     if (n_heads <= 0) throw Error(ErrorKind::ContextError, "the model has no MTP heads loaded");
     llama_context_params p = llama_context_default_params();
@@ -22,13 +22,16 @@ Drafter::Drafter(std::shared_ptr<llama_model> heads, llama_context * target, int
     p.n_ctx = llama_n_ctx(target);
     p.n_batch = llama_n_batch(target);
     p.n_ubatch = llama_n_ubatch(target);
-    p.n_seq_max = 1;
+    // the target's sequences, one output row each per draft pass (llama-server's
+    // common_speculative_get_output_limits for draft-mtp: n_parallel rows, 1 per sequence)
+    p.n_seq_max = n_seq_;
+    p.kv_unified = kv_unified;
     p.n_rs_seq = 0;
-    p.n_outputs_max = 1;
+    p.n_outputs_max = n_seq_;
     p.n_outputs_max_per_seq = 1;
     p.n_threads = llama_n_threads(target);
     p.n_threads_batch = llama_n_threads_batch(target);
-    p.flash_attn_type = (llama_flash_attn_type) flash_attn;  // as the target's; the cache stays F16 (llama.cpp's draft default)
+    p.flash_attn_type = flash_attn;  // as the target's; the cache stays F16 (llama.cpp's draft default)
     p.no_perf = true;
     p.abort_callback = abort;
     p.abort_callback_data = abort_data;
@@ -57,7 +60,7 @@ void Drafter::init_driver(int n_max) {
     sp.draft.n_max = n_max;
     sp.draft.n_min = 0;
     sp.draft.p_min = 0.0f;
-    spec_ = common_speculative_init(sp, 1);
+    spec_ = common_speculative_init(sp, n_seq_);
     if (!spec_) throw Error(ErrorKind::ContextError, "llama.cpp could not set up MTP drafting");
     n_max_ = common_speculative_n_max(spec_);
 }
@@ -75,40 +78,64 @@ Drafter::~Drafter() {
     if (ctx_) llama_free(ctx_);
 }
 
-bool Drafter::process(const llama_token * tokens, size_t n, llama_pos pos0) {
+bool Drafter::process(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq) {
     if (!spec_) return false;
     batch_->clear();
-    for (size_t i = 0; i < n; ++i) batch_->add(tokens[i], pos0 + (llama_pos) i, 0, false);
+    for (size_t i = 0; i < n; ++i) batch_->add(tokens[i], pos0 + (llama_pos) i, seq, false);
     return common_speculative_process(spec_, *batch_);
+}
+
+bool Drafter::process(const llama_batch & b) {
+    if (!spec_) return false;
+    batch_->clear();
+    for (int32_t i = 0; i < b.n_tokens; ++i) batch_->add(b.token[i], b.pos[i], b.seq_id[i][0], false);
+    return common_speculative_process(spec_, *batch_);
+}
+
+void Drafter::draft(const std::vector<Want> & wants) {
+    if (!spec_) return;
+    bool any = false;
+    for (const auto & w : wants) {
+        w.out->clear();
+        if (w.n <= 0) continue;
+        auto & dp = common_speculative_get_draft_params(spec_, w.seq);
+        dp.drafting = true;
+        dp.n_max = std::min(w.n, n_max_);
+        dp.pos0 = w.pos0;
+        dp.id_last = w.last;
+        dp.prompt = w.history;
+        dp.result = w.out;
+        any = true;
+    }
+    if (!any) return;
+    common_speculative_draft(spec_);
+    llama_memory_t mem = llama_get_memory(ctx_);
+    for (const auto & w : wants) {
+        if (w.n <= 0) continue;
+        auto & dp = common_speculative_get_draft_params(spec_, w.seq);
+        dp.drafting = false;
+        dp.result = nullptr;
+        dp.prompt = nullptr;
+        // the draft steps wrote the drafted positions into the heads' cache
+        llama_memory_seq_rm(mem, w.seq, w.pos0, -1);
+        if ((int) w.out->size() > w.n) w.out->resize((size_t) w.n);
+    }
 }
 
 void Drafter::draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
                     std::vector<llama_token> & out) {
-    out.clear();
-    if (n <= 0 || !spec_) return;
-    auto & dp = common_speculative_get_draft_params(spec_, 0);
-    dp.drafting = true;
-    dp.n_max = std::min(n, n_max_);
-    dp.pos0 = pos0;
-    dp.id_last = last;
-    dp.prompt = &history;
-    dp.result = &out;
-    common_speculative_draft(spec_);
-    dp.drafting = false;
-    dp.result = nullptr;
-    dp.prompt = nullptr;
-    // the draft steps wrote the drafted positions into the heads' cache
-    llama_memory_seq_rm(llama_get_memory(ctx_), 0, pos0, -1);
-    if ((int) out.size() > n) out.resize((size_t) n);
+    draft({Want{0, last, pos0, n, &history, &out}});
 }
 
-void Drafter::accept(int n) {
-    if (spec_) common_speculative_accept(spec_, 0, (uint16_t) n);
+void Drafter::accept(int n, llama_seq_id seq) {
+    if (spec_) common_speculative_accept(spec_, seq, (uint16_t) n);
 }
 
-void Drafter::remove_from(llama_pos pos) {
-    if (pos <= 0) llama_memory_clear(llama_get_memory(ctx_), true);
-    else llama_memory_seq_rm(llama_get_memory(ctx_), 0, pos, -1);
+void Drafter::remove_from(llama_pos pos, llama_seq_id seq) {
+    llama_memory_t mem = llama_get_memory(ctx_);
+    if (pos <= 0 || !llama_memory_seq_rm(mem, seq, pos, -1)) llama_memory_seq_rm(mem, seq, -1, -1);
 }
+
+void Drafter::clear() { llama_memory_clear(llama_get_memory(ctx_), true); }
 
 }  // namespace step35

@@ -4,19 +4,16 @@
 // model whose heads it runs: the target model itself, or a sidecar file that
 // holds only the heads) and llama-common's speculative driver
 // (common_speculative_*, "draft-mtp", one head per draft position as
-// llama-server runs Step 3.5). It follows one sequence (seq 0) of its target
-// context: every batch decoded into the target while it is tracking is handed
-// to process(), which builds the heads' own KV cache from the target's hidden
-// states. Verification (sampling the target at every drafted position and
-// keeping the drafts up to the first mismatch) is the caller's: generate.cpp.
-//
-// For the batching engine the same driver serves several sequences: made with
-// n_seq = slots (common_speculative_init(params, n_seq)), fed every engine
-// batch through process() (a batch lists each sequence's tokens contiguously,
-// as the driver requires), each drafting slot's params (pos0, id_last, n_max)
-// set before the step so that its verification rows join the step's batch.
-// Today a Drafter follows sequence 0 of a one-sequence context; engine
-// contexts are made without one.
+// llama-server runs Step 3.5). It follows every sequence of its target
+// context, as llama-server's driver follows its slots: the draft context has
+// the target's sequences, and every batch decoded into the target is handed to
+// process() (each sequence's tokens contiguous in it, as the driver requires),
+// which builds the heads' own KV cache from the target's hidden states. The
+// sequences that draft in a step are drafted together (draft()), and their
+// verification rows join that step's target batch. Verification (sampling the
+// target at every drafted position and keeping the drafts up to the first
+// mismatch) is the scheduler's: engine.cpp, and generate.cpp for sequence 0
+// of a one-sequence context.
 #pragma once
 
 #include <memory>
@@ -32,11 +29,11 @@ namespace step35 {
 class Drafter {
 public:
     // `heads`: the model holding the NextN blocks (loaded with load_mtp);
-    // `target`: the context whose sequence 0 is drafted for. The draft context
-    // has the target's size, batch sizes, threads and attention settings.
+    // `target`: the context drafted for. The draft context has the target's
+    // size, sequences, batch sizes, threads and attention settings.
     // Throws step35 Error (ContextError) when llama.cpp refuses either part.
-    Drafter(std::shared_ptr<llama_model> heads, llama_context * target, int flash_attn, bool (*abort)(void *),
-            void * abort_data);
+    Drafter(std::shared_ptr<llama_model> heads, llama_context * target, llama_flash_attn_type flash_attn, bool kv_unified,
+            bool (*abort)(void *), void * abort_data);
     ~Drafter();
     Drafter(const Drafter &) = delete;
     Drafter & operator=(const Drafter &) = delete;
@@ -48,22 +45,39 @@ public:
     // Draft `n` tokens per step from now on (1..n_max()).
     void set_draft(int n);
 
-    // Tokens [pos0, pos0+n) of sequence 0 were just decoded into the target
-    // (one llama_decode): run them through the heads. False on failure.
-    bool process(const llama_token * tokens, size_t n, llama_pos pos0);
-    // Draft up to `n` tokens following `last` (the sampled token not yet in the
-    // target, at position `pos0`); `history` holds the target's tokens before it.
+    // Tokens [pos0, pos0+n) of sequence `seq` were just decoded into the
+    // target (one llama_decode): run them through the heads. False on failure.
+    bool process(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq = 0);
+    // The whole target batch just decoded (several sequences, each contiguous). False on failure.
+    bool process(const llama_batch & batch);
+
+    // One sequence's draft: up to `n` tokens following `last` (the sampled
+    // token not yet in the target, at position `pos0`); `history` holds the
+    // target's tokens of that sequence before it.
+    struct Want {
+        llama_seq_id seq;
+        llama_token last;
+        llama_pos pos0;
+        int n;
+        const std::vector<llama_token> * history;
+        std::vector<llama_token> * out;
+    };
+    // Draft for every sequence in `wants` at once (one pass of the heads per draft position).
+    void draft(const std::vector<Want> & wants);
+    // The single-sequence form (sequence 0).
     void draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
                std::vector<llama_token> & out);
-    // `n` drafted tokens were accepted by the target after the last draft.
-    void accept(int n);
-    // Drop the heads' cache from position `pos` on (all of it for 0).
-    void remove_from(llama_pos pos);
+    // `n` drafted tokens of `seq` were accepted by the target after its last draft.
+    void accept(int n, llama_seq_id seq = 0);
+    // Drop sequence `seq`'s part of the heads' cache from position `pos` on (all of it for 0).
+    void remove_from(llama_pos pos, llama_seq_id seq = 0);
+    // Drop the whole heads' cache.
+    void clear();
 
     // Whether the heads' cache follows the target's sequence 0 (false after a
     // decode into the target that bypassed process()).
     bool synced = false;
-    // Whether decodes into the target are handed to process() now.
+    // Whether decodes into the target's sequence 0 are handed to process() now.
     bool tracking = false;
 
 private:
@@ -72,6 +86,7 @@ private:
     llama_context * ctx_ = nullptr;
     common_speculative * spec_ = nullptr;
     std::unique_ptr<common_batch> batch_;
+    uint32_t n_seq_ = 1;
     int n_heads_ = 0;  // heads usable for drafting (at most 3)
     int n_max_ = 0;    // the driver's draft length
 

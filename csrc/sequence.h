@@ -7,9 +7,11 @@
 
 #include <pybind11/pybind11.h>
 
+#include <algorithm>
 #include <chrono>
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "constraint.h"
@@ -31,6 +33,58 @@ struct SamplingOptions {
 };
 
 using Clock = std::chrono::steady_clock;
+
+// How a request ended (Running: not yet). Bound as step35._core.FinishReason, whose names Python gives out.
+enum class FinishReason { Running, Stop, Length, Cancelled, Error };
+
+// What one request did, as step35.GenerationStats reads it: the single-stream loop
+// (generate.cpp) and the engine (engine.cpp) fill the same struct. Bound as step35._core.Stats.
+struct Stats {
+    size_t prompt_tokens = 0;
+    size_t prompt_tokens_evaluated = 0;
+    size_t prompt_tokens_cached = 0;    // served from the cache
+    size_t prompt_tokens_restored = 0;  // of the cached: from the host-memory prompt cache
+    size_t prompt_tokens_copied = 0;    // of the cached: copied from another slot
+    size_t generated_tokens = 0;
+    double queue_ms = 0.0;  // waiting for a slot (an engine's requests)
+    double prompt_ms = 0.0;
+    double generation_ms = 0.0;
+    double ttft_ms = 0.0;
+    int draft_max = 0;  // MTP tokens drafted per step (0: no drafting; the draft fields are then 0)
+    size_t draft_steps = 0, draft_tokens = 0, draft_accepted = 0;
+    std::vector<size_t> draft_proposed_by_position, draft_accepted_by_position;
+};
+
+// One request's MTP counters.
+struct DraftCounts {
+    size_t steps = 0, drafted = 0, accepted = 0;
+    std::vector<std::pair<size_t, size_t>> by_pos;  // (proposed, accepted) per draft position
+
+    void reset(int draft_max) { by_pos.assign((size_t) std::max(draft_max, 0), {0, 0}); }
+    // A step that drafted `n` tokens and kept `kept` of them.
+    void step(size_t n, size_t kept) {
+        if (n == 0) return;
+        ++steps;
+        drafted += n;
+        accepted += kept;
+        for (size_t i = 0; i < n && i < by_pos.size(); ++i) {
+            ++by_pos[i].first;
+            if (i < kept) ++by_pos[i].second;
+        }
+    }
+    void fill(Stats & st, int draft_max) const {
+        st.draft_max = draft_max;
+        st.draft_steps = steps;
+        st.draft_tokens = drafted;
+        st.draft_accepted = accepted;
+        st.draft_proposed_by_position.clear();
+        st.draft_accepted_by_position.clear();
+        for (const auto & p : by_pos) {
+            st.draft_proposed_by_position.push_back(p.first);
+            st.draft_accepted_by_position.push_back(p.second);
+        }
+    }
+};
 
 inline double ms_between(Clock::time_point t0, Clock::time_point t1) {
     return std::chrono::duration<double, std::milli>(t1 - t0).count();

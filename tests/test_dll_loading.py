@@ -103,6 +103,9 @@ def test_core_import_adds_step35_lib_first(windows: list[str], monkeypatch: pyte
             windows.append("import step35._core")
             mod = types.ModuleType(spec.name)
             mod.__version__ = step35.__version__  # type: ignore[attr-defined]
+            # the error kinds step35 registers its classes for at import (none here)
+            mod.ErrorKind = types.SimpleNamespace(__members__={})  # type: ignore[attr-defined]
+            mod.register_error_classes = lambda classes: None  # type: ignore[attr-defined]
             return mod
 
         def exec_module(self, module: types.ModuleType) -> None:

@@ -7,7 +7,6 @@ import contextlib
 import dataclasses
 import inspect
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -16,7 +15,7 @@ import numpy as np
 import pytest
 
 import step35
-from step35 import ContextOverflowError, ContextBusyError, generation
+from step35 import ContextOverflowError, ContextBusyError, generation, testing
 from step35 import chat as chat_module
 
 
@@ -280,19 +279,18 @@ def test_stop_string_across_token_boundary(model) -> None:
 
 
 def test_streaming_equals_non_streaming_and_never_splits_characters(model) -> None:
-    # A random model writes plenty of byte tokens; find a seed whose output has a
-    # multi-byte character split across tokens, then check the stream on it.
-    kw = dict(max_tokens=64, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0)
+    # The grammar makes the answer emoji and CJK text, starting with an emoji. The tokenizer has no
+    # single token for an emoji (4 UTF-8 bytes), so each one is written in several tokens: pieces would split
+    # characters unless the stream held their bytes back until the character is whole.
+    kw = dict(max_tokens=64, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=3,
+              grammar='root ::= "😀" ("😀" | "🎉" | "中文" | " ")+')
     prompt = "中文和表情符号 😀 🎉 混合在一起:"
-    for seed in range(40):
-        out = _fresh(model, prompt, seed=seed, **kw)
-        split = any(0 < len(model.token_to_piece(t)) and
-                    not _is_complete_utf8(model.token_to_piece(t)) for t in out.tokens)
-        if split:
-            break
-    else:
-        pytest.fail("no seed produced a character split across tokens")
-    stream = _fresh(model, prompt, seed=seed, stream=True, **kw)
+    assert len(model.tokenize("😀", add_special=False)) > 1
+    out = _fresh(model, prompt, **kw)
+    assert any(0 < len(model.token_to_piece(t)) and not _is_complete_utf8(model.token_to_piece(t))
+               for t in out.tokens), "no character split across tokens"
+    assert out.text.strip() and set(out.text) <= set("😀🎉中文 ")
+    stream = _fresh(model, prompt, stream=True, **kw)
     pieces = list(stream)
     assert "".join(pieces) == out.text
     assert out.text == model.detokenize_bytes(out.tokens).decode("utf-8", "replace")
@@ -339,56 +337,50 @@ def test_break_out_of_a_for_loop_frees_the_context(model) -> None:
 
 
 # Interrupting a generation, deterministically: the generation is one that cannot
-# end on its own for thousands of tokens (a seed found to fill the whole context
-# without EOS), and the interrupt is sent once the main thread is inside the
-# native token loop (seen from its Python frame), not by a wall-clock timer.
+# end on its own before the context is full (a token-map model, greedy: its next
+# token is a fixed function of the last one, never an end token), and the
+# interrupt is sent once the native token loop has generated a token (the
+# context's progress counter, which only that loop moves), not by a wall-clock timer.
 
 ENDLESS_PROMPT = "Go on forever"
-# generation.result runs a non-streaming generation: its frame waits on this line.
-_STEP_LINE = next(n for n, line in enumerate(inspect.getsourcelines(generation.result)[0],
-                                             inspect.getsourcelines(generation.result)[1])
-                  if "native.step(True)" in line)
 
 
 @pytest.fixture(scope="module")
-def endless(tiny_path):
-    """A model, seeded sampling settings whose generation from ENDLESS_PROMPT fills its
-    whole 2048-token context without EOS, and how many tokens the context then holds.
+def endless(model_cache):
+    """A model, greedy settings whose generation from ENDLESS_PROMPT fills its whole
+    2048-token context without an end token, and how many tokens the context then holds.
 
-    Seeded sampling on a fresh cache is deterministic, so the same call generates
-    those 2000+ tokens again (one thread: a spinning threadpool on a loaded
-    machine would make this slow, and this is about stopping, not speed).
+    The trunk is a token map (step35.testing): greedy continues with token_map(last),
+    and ordinary tokens map to ordinary tokens, so no end token ever comes. One
+    thread: a spinning threadpool on a loaded machine would make this slow, and
+    this is about stopping, not speed.
     """
-    with step35.Model(tiny_path, context={"n_ctx": 2048, "n_threads": 1}) as m:
-        for seed in range(20):
-            kw = {"max_tokens": None, "temperature": 1.0, "seed": seed}
-            m.context.clear()
-            if m.generate(ENDLESS_PROMPT, **kw).finish_reason == "length":
-                full = len(m.context.tokens)
-                assert full >= 2000
-                m.context.clear()
-                yield m, kw, full
-                return
-        pytest.fail("no seed in 20 generated 2000 tokens without EOS")
+    spec = dataclasses.replace(testing.SIZES["tiny"], name="tiny-map", trunk="token_map")
+    with step35.Model(testing.model_path(spec), context={"n_ctx": 2048, "n_threads": 1}) as m:
+        kw = {"max_tokens": None, "temperature": 0}
+        out = m.generate(ENDLESS_PROMPT, **kw)
+        assert out.finish_reason == "length"
+        full = len(m.context.tokens)
+        assert full >= 2000
+        m.context.clear()
+        yield m, kw, full
 
 
 @contextlib.contextmanager
-def _once_inside_the_native_loop(action: Callable[[], None]) -> Iterator[threading.Event]:
-    """While the block runs, a thread calls ``action`` as soon as the main thread is inside
-    a non-streaming generation's native loop (its frame waits on ``native.step(True)``).
+def _once_inside_the_native_loop(ctx: step35.Context, action: Callable[[], None]) -> Iterator[threading.Event]:
+    """While the block runs, a thread calls ``action`` as soon as a generation on ``ctx`` is
+    inside its native token loop: the context's progress counter, which only that loop moves
+    (with the GIL released), has counted a generated token.
 
-    Yields an event set when it did. Seeing that frame at all needs the GIL, which
-    the main thread only gives up there by running native code without it. The
-    thread is stopped when the block ends, so it can never fire in a later test.
+    Yields an event set when it did. The thread is stopped when the block ends, so it can
+    never fire in a later test.
     """
-    assert threading.current_thread() is threading.main_thread()
-    main = threading.main_thread().ident
     fired, done = threading.Event(), threading.Event()
+    handle = ctx._handle
 
     def watch() -> None:
         while not done.is_set():
-            frame = sys._current_frames().get(main)
-            if frame is not None and frame.f_code is generation.result.__code__ and frame.f_lineno == _STEP_LINE:
+            if handle.progress[0] > 0:
                 fired.set()
                 action()
                 return
@@ -415,7 +407,7 @@ def test_gil_is_released_while_generating(endless) -> None:
             spins += 1
         ctx.cancel()
 
-    with _once_inside_the_native_loop(spin_then_cancel) as fired:
+    with _once_inside_the_native_loop(ctx, spin_then_cancel) as fired:
         out = m.generate(ENDLESS_PROMPT, **kw)
     assert fired.is_set() and spins == 200_000
     # The generation was still running when the other thread had done its work:
@@ -444,7 +436,7 @@ def test_ctrl_c_stops_a_long_generation(endless) -> None:
     m.context.clear()
     t0 = time.perf_counter()
     interrupted, out = False, None
-    with _python_sigint_handler(), _once_inside_the_native_loop(_thread.interrupt_main) as fired:
+    with _python_sigint_handler(), _once_inside_the_native_loop(m.context, _thread.interrupt_main) as fired:
         try:
             out = m.generate(ENDLESS_PROMPT, **kw)
         except KeyboardInterrupt:
@@ -454,7 +446,7 @@ def test_ctrl_c_stops_a_long_generation(endless) -> None:
     assert fired.is_set(), f"never inside the native loop ({time.perf_counter() - t0:.2f} s)"
     assert interrupted, (f"not interrupted: {out and out.finish_reason}, {len(m.context.tokens)} of {full} "
                          f"tokens in {time.perf_counter() - t0:.2f} s")
-    # Stopped mid-generation (the same seed fills the context when left alone).
+    # Stopped mid-generation (left alone, the same call fills the context).
     assert len(m.context.tokens) < full
     assert time.perf_counter() - t0 < 60  # generous: the native loop checks for signals every 50 ms
     assert m.generate("after", max_tokens=2).finish_reason in ("length", "stop")
@@ -464,7 +456,7 @@ def test_cancel_from_another_thread(endless) -> None:
     m, kw, full = endless
     ctx = m.context
     ctx.clear()
-    with _once_inside_the_native_loop(ctx.cancel) as fired:
+    with _once_inside_the_native_loop(ctx, ctx.cancel) as fired:
         out = m.generate(ENDLESS_PROMPT, **kw)
     assert fired.is_set()
     assert out.finish_reason == "cancelled"

@@ -296,9 +296,11 @@ def test_errors(tmp_path, model_cache, agree, random_path):
         step35.Model(plain, mtp=tmp_path / "mtp-missing.gguf")
     with pytest.raises(ValueError, match="mtp must be"):
         step35.Model(plain, mtp=3)
-    # a list of prompts runs on the engine, which does not draft
-    with pytest.raises(ValueError, match="engine"):
-        agree.generate([PROMPT, PROMPT], max_tokens=2, draft=1)
+    # an engine drafts only with heads, one token per head at most
+    with step35.Model(plain) as m, pytest.raises(ValueError, match="needs MTP heads"):
+        step35.Engine(m, slots=2, draft=1)
+    with pytest.raises(ValueError, match="draft must be"):
+        step35.Engine(agree, slots=2, draft=4)
 
 
 def test_context_reuse_and_other_calls(agree):
@@ -363,3 +365,107 @@ def test_cli(agree_path, capsys):
     trunk, sidecar = testing.mtp_sidecar_paths(_f32("tiny-mtp"))
     assert main(["info", "-m", str(trunk)]) == 0
     assert f"sidecar {sidecar.name} beside it" in capsys.readouterr().out
+
+
+# --------------------------------------------------------------------------- the engine drafts per slot
+
+PROMPTS = [PROMPT, "Once upon a time", "1, 2, 3, 4,", "The capital of France is"]
+
+
+def _ctx(m: step35.Model, n_ctx: int) -> step35.ContextParams:
+    """An engine context of ``n_ctx`` tokens per slot with the model's own settings (EXACT for the random one)."""
+    return m._context_params.replace(n_ctx=n_ctx)
+
+
+@pytest.mark.parametrize("kind", ["agree", "random"])
+@pytest.mark.parametrize("draft", [1, 2, 3])
+def test_engine_greedy_identical(kind, draft, agree, rand):
+    """Four slots drafting at once (their drafts verified in one batch) give each prompt's own greedy
+    output, the same as a slot that does not draft."""
+    m = agree if kind == "agree" else rand
+    want = [m.generate(p, max_tokens=40, temperature=0, draft=0) for p in PROMPTS]
+    with step35.Engine(m, slots=4, draft=draft, context=_ctx(m, 256)) as engine:
+        assert engine.draft == draft
+        outs = engine.generate_many(PROMPTS, max_tokens=40, temperature=0)
+        metrics = engine.metrics()
+    for p, w, o in zip(PROMPTS, want, outs):
+        assert (o.tokens, o.text, o.finish_reason) == (w.tokens, w.text, w.finish_reason), p
+        d = o.stats.draft
+        assert d is not None and d.draft_max == draft and d.drafted > 0
+        assert d.drafted == sum(d.proposed_by_position) and d.accepted == sum(d.accepted_by_position)
+        if kind == "agree":
+            assert d.acceptance == 1.0
+            assert d.steps <= math.ceil(40 / (draft + 1)) + 1
+    drafted = sum(o.stats.draft.drafted for o in outs)
+    accepted = sum(o.stats.draft.accepted for o in outs)
+    assert (metrics["draft_tokens"], metrics["draft_accepted"]) == (drafted, accepted)
+    if kind == "random":
+        assert accepted < drafted / 2  # random heads: the rollback path ran in every slot
+
+
+@pytest.mark.parametrize("kind", ["agree", "random"])
+def test_engine_streams_stops_and_limits(kind, agree, rand):
+    """Requests with their own max_tokens and stop strings, streamed side by side while drafting."""
+    m = agree if kind == "agree" else rand
+    full = m.generate(PROMPT, max_tokens=30, temperature=0, draft=0)
+    stop = full.text[len(full.text) // 2:len(full.text) // 2 + 3]
+    cases = [dict(max_tokens=n) for n in (0, 1, 2, 5, 11)] + [dict(max_tokens=30, stop=stop)]
+    want = [m.generate(PROMPT, temperature=0, draft=0, **kw) for kw in cases]
+    with step35.Engine(m, slots=len(cases), draft=3, context=_ctx(m, 256)) as engine:
+        streams = [engine.generate(PROMPT, temperature=0, stream=True, **kw) for kw in cases]
+        texts = ["".join(s) for s in streams]
+    for kw, w, text, s in zip(cases, want, texts, streams):
+        assert (text, s.finish_reason) == (w.text, w.finish_reason), kw
+
+
+def test_engine_context_full_and_seeded_samples(agree, rand):
+    ids = agree.tokenize(PROMPT)
+    outs = []
+    for draft in (0, 3):  # a slot of 32 tokens filled to the end, with and without drafts
+        with step35.Engine(agree, slots=1, draft=draft, context=_ctx(agree, 32)) as engine:
+            outs.append(engine.generate(ids, max_tokens=None, temperature=0))
+    base, out = outs
+    assert out.tokens == base.tokens and out.finish_reason == base.finish_reason == "length"
+    assert 32 - 2 <= len(ids) + len(out.tokens) <= 32
+    # a seeded sample is the same sample: one draw per emitted token, as without drafting
+    kw = dict(max_tokens=24, temperature=0.9, top_k=20)
+    for m in (rand, agree):
+        want = [m.generate(PROMPT, draft=0, seed=seed, **kw).tokens for seed in (1, 2, 3)]
+        with step35.Engine(m, slots=3, draft=2, context=_ctx(m, 256)) as engine:
+            got = [engine.generate(PROMPT, seed=seed, stream=True, **kw) for seed in (1, 2, 3)]
+            for g in got:
+                "".join(g)
+        assert [g.tokens for g in got] == want
+
+
+def test_engine_turns_reuse_the_slot(agree):
+    """A chat's next turn reuses the slot's cache (prefix kept in both caches) and still drafts."""
+    msgs = [{"role": "user", "content": "hi"}]
+    with step35.Engine(agree, slots=2, draft=2, context=_ctx(agree, 512)) as engine:
+        first = engine.chat(msgs, max_tokens=16, temperature=0, reasoning_budget=4)
+        msgs = msgs + [first["choices"][0]["message"], {"role": "user", "content": "more"}]
+        second = engine.chat(msgs, max_tokens=16, temperature=0, reasoning_budget=4)
+        cached = engine.metrics()["prompt_tokens_cached"]
+    assert cached > 0
+    want = agree.chat(msgs, max_tokens=16, temperature=0, reasoning_budget=4, draft=0)
+    assert second["choices"][0]["message"] == want["choices"][0]["message"]
+
+
+def test_prompt_lists_draft(agree):
+    """A list of prompts runs on an engine that drafts as a single prompt would."""
+    outs = agree.generate(PROMPTS, max_tokens=20, temperature=0, draft=2)
+    for p, o in zip(PROMPTS, outs):
+        assert o.tokens == agree.generate(p, max_tokens=20, temperature=0, draft=0).tokens
+        assert o.stats.draft is not None and o.stats.draft.acceptance == 1.0
+    plain = agree.generate(PROMPTS, max_tokens=4, temperature=0, draft=0)
+    assert all(o.stats.draft is None for o in plain)
+
+
+def test_engine_fit_counts_the_draft_context(agree):
+    from step35 import fit
+
+    params = step35.engine.engine_context(step35.ContextParams(n_ctx=256), 4, 256)
+    with_drafts = fit.check_engine(agree, params, drafts=True)
+    without = fit.check_engine(agree, params)
+    assert with_drafts is not None and without is not None
+    assert without.mtp == 0 and with_drafts.mtp > 0

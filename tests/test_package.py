@@ -52,3 +52,37 @@ def test_public_names_have_docstrings() -> None:
     for name in dir(step35.Model):
         if not name.startswith("_"):
             assert getattr(step35.Model, name).__doc__, f"Model.{name}"
+
+
+def test_every_native_error_kind_raises_its_own_class(tiny_path: Path) -> None:
+    """The native layer exports its error kinds; each one raises the step35.errors class of
+    that name (registered at import), never a generic RuntimeError."""
+    from step35 import errors
+    from step35._backends import core
+
+    c = core()
+    kinds = c.ErrorKind.__members__
+    assert "ContextOverflowError" in kinds and "GrammarError" in kinds
+    for name in kinds:
+        cls = getattr(errors, name)
+        assert issubclass(cls, Exception), name
+    # one raised through the translator: a grammar llama.cpp cannot parse
+    with step35.Model(tiny_path, vocab_only=True) as m:
+        try:
+            c.Constraint(m._handle, "root ::= (")
+        except errors.GrammarError as e:
+            assert type(e) is errors.GrammarError and "grammar" in str(e).lower()
+        else:
+            raise AssertionError("an unparsable grammar was accepted")
+
+
+def test_settings_names_match_the_native_enums() -> None:
+    """ContextParams' names for the flash-attention setting and the KV-cache types are the native
+    enums' names, and the ggml ids step35.fit plans with are the ones the native layer uses."""
+    from step35._backends import core
+    from step35.context import FLASH_ATTN, KV_TYPES
+
+    c = core()
+    assert set(FLASH_ATTN) == set(c.FlashAttn.__members__)
+    assert {name: int(kind.value) for name, kind in c.KVType.__members__.items()} == KV_TYPES
+    assert set(c.Outputs.__members__) == {"all", "last", "none"}

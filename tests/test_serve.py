@@ -893,3 +893,40 @@ def test_serve_without_the_extra_says_how_to_install_it() -> None:
                 "from step35.cli import main; sys.exit(main(['serve']))")
     assert r.returncode == 1
     assert "pip install 'step35[server]'" in r.stderr and "uvicorn" in r.stderr
+
+
+# --------------------------------------------------------------------------- live: MTP drafting
+
+
+def test_serve_mtp_drafts(model_cache: Path, tmp_path: Path) -> None:
+    """``step35 serve --mtp --draft 2``: two slots draft side by side; each answer is the greedy answer
+    without drafting, and /metrics counts the drafts."""
+    import dataclasses
+    from concurrent.futures import ThreadPoolExecutor
+
+    from step35 import testing
+
+    spec = testing.SIZES["tiny-mtp"]  # heads that agree with the trunk: every draft is kept
+    path = testing.model_path(dataclasses.replace(spec, name=spec.name + "-f32", dtype="f32", embd_dtype="f32"))
+    questions = ["hi", "count to five"]
+    with step35.Model(path) as m:
+        want = [m.chat(hello(q), max_tokens=24, temperature=0)["choices"][0]["message"] for q in questions]
+    s = start_server(path, tmp_path, "--mtp", "--draft", "2", "-np", "2", "-c", "512", "--api-key", KEY,
+                     "--log-level", "warning")
+    try:
+        assert "MTP drafts 2 per step" in s.log_text()
+        client = s.client()
+
+        def ask(q: str) -> Any:
+            return client.chat.completions.create(model=MODEL, messages=hello(q), max_tokens=24, temperature=0)
+
+        with ThreadPoolExecutor(2) as pool:
+            got = list(pool.map(ask, questions))
+        for w, g in zip(want, got):
+            assert g.choices[0].message.content == w["content"]
+            assert getattr(g.choices[0].message, "reasoning_content", None) == w.get("reasoning_content")
+        m = s.metrics()
+        assert m["step35_draft_tokens_total"] > 0
+        assert m["step35_draft_accepted_total"] == m["step35_draft_tokens_total"]
+    finally:
+        assert stop_server(s) == 0 or sys.platform == "win32"

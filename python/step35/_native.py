@@ -8,6 +8,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from . import errors
 from ._version import __version__
 from .errors import BuildError
 
@@ -62,4 +63,14 @@ def import_core() -> ModuleType:
             f"step35 {__version__} found a native extension built for {mod.__version__}: "
             "the installation is stale. Reinstall step35."
         )
+    _register_errors(mod)
     return mod
+
+
+def _register_errors(mod: ModuleType) -> None:
+    """Give the native layer the class of each of its error kinds (step35.errors has one per name)."""
+    missing = [name for name in mod.ErrorKind.__members__ if not hasattr(errors, name)]
+    if missing:  # a build whose kinds step35.errors does not know: stale, as above
+        raise BuildError(f"the native extension raises {', '.join(missing)}, which step35.errors does not define: "
+                         "the installation is stale. Reinstall step35.")
+    mod.register_error_classes({kind: getattr(errors, name) for name, kind in mod.ErrorKind.__members__.items()})

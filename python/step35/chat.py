@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from .chat_template import render_chat, validate_tools
-from .generation import CompletionStream, GenerationStats, SamplingParams, _stats, start
+from .generation import CompletionStream, GenerationStats, SamplingParams, _stats, finish_reason, start
 from .toolcalls import ChatStreamParser, parse_output
 
 if TYPE_CHECKING:
@@ -116,7 +116,8 @@ def response(native: Any, seed: int, tools: list[dict[str, Any]] | None, *, mode
     finally:
         native.close()
     stats = _stats(native, seed)
-    message = parse_output(text, tools, cut=native.finish_reason == "length")
+    reason = finish_reason(native)
+    message = parse_output(text, tools, cut=reason == "length")
     calls = message["tool_calls"]
     out_message: dict[str, Any] = {"role": "assistant", "content": message["content"] or None,
                                    "reasoning_content": message["reasoning_content"] or None}
@@ -126,7 +127,7 @@ def response(native: Any, seed: int, tools: list[dict[str, Any]] | None, *, mode
         "id": f"chatcmpl-{uuid.uuid4().hex[:24]}", "object": "chat.completion", "created": int(time.time()),
         "model": model_name,
         "choices": [{"index": 0, "message": out_message,
-                     "finish_reason": _finish_reason(native.finish_reason, calls)}],
+                     "finish_reason": _finish_reason(reason, calls)}],
         "usage": _usage(stats), "timings": _timings(stats),
     }
 

@@ -185,14 +185,28 @@ def cmd_testmodel(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_size_flags(g: Any, ctx_help: str = "context length (0 = the model's)") -> None:
+    """-c, -b, -ub with ContextParams' defaults (the flags of every command that sizes a context)."""
+    from .context import ContextParams as C  # the defaults
+
+    g.add_argument("-c", "--ctx-size", type=int, default=C.n_ctx, help=ctx_help)
+    g.add_argument("-b", "--batch-size", type=int, default=C.n_batch)
+    g.add_argument("-ub", "--ubatch-size", type=int, default=C.n_ubatch)
+
+
+def _add_kv_flags(g: Any) -> None:
+    """-fa, -ctk, -ctv with ContextParams' defaults."""
+    from .context import FLASH_ATTN, ContextParams as C  # the defaults
+
+    g.add_argument("-fa", "--flash-attn", choices=FLASH_ATTN, default=C.flash_attn)
+    g.add_argument("-ctk", "--cache-type-k", default=C.type_k)
+    g.add_argument("-ctv", "--cache-type-v", default=C.type_v)
+
+
 def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str = "context length (0 = the model's)") -> None:
     g = s.add_argument_group("context")
-    g.add_argument("-c", "--ctx-size", type=int, default=4096, help=ctx_help)
-    g.add_argument("-b", "--batch-size", type=int, default=2048)
-    g.add_argument("-ub", "--ubatch-size", type=int, default=512)
-    g.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
-    g.add_argument("-ctk", "--cache-type-k", default="f16")
-    g.add_argument("-ctv", "--cache-type-v", default="f16")
+    _add_size_flags(g, ctx_help)
+    _add_kv_flags(g)
     g.add_argument("-t", "--threads", type=int, default=None)
     g.add_argument("-tb", "--threads-batch", type=int, default=None)
     g.add_argument("--swa-full", action="store_true")
@@ -274,6 +288,22 @@ def _mtp(args: argparse.Namespace):
     return args.mtp
 
 
+def _heads(path: str | Path, mtp: Any, side: Path | None = None) -> bool | Path:
+    """--mtp resolved for the model file ``path``: True (the file's own heads), the path of a
+    sidecar (``side``, a repo's, when the file has no heads of its own; else one named on the
+    command line or lying beside the file), or False. What Model and the memory plan get."""
+    if mtp is False:
+        return False
+    from .gguf import model_files, read_header
+    from .mtp import file_heads, resolve
+
+    if side is not None and mtp is True and not file_heads(path):
+        mtp = side
+    first = model_files(path)[0]
+    own, sidecar = resolve(first, read_header(first), mtp)
+    return sidecar or own
+
+
 def _device_list(value: str) -> list[str]:
     """``-dev`` as llama.cpp takes it: comma-separated names, or ``none``."""
     return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
@@ -312,12 +342,9 @@ def _open_model(args: argparse.Namespace):
     mtp = _mtp(args)
     path, planned, side = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device,
                                      args.rpc, args.tensor_split, mtp)
-    if side is not None:  # a repo with an MTP sidecar: used unless the model file has its own heads
-        from .mtp import file_heads
-
-        if not file_heads(path):
-            mtp = side
-    model, _ = _load_with_progress(path or _default_model(), n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
+    path = path or str(_default_model())
+    mtp = _heads(path, mtp, side)
+    model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    context=params, check_memory=check and not planned, devices=args.device,
                                    rpc=args.rpc, tensor_split=args.tensor_split, mtp=mtp)
     return model
@@ -469,11 +496,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.model:
         wants_mtp = args.mtp is not False or args.draft is not None
         path, _, side = _model_arg(args.model, mtp=wants_mtp)
-        if side is not None and wants_mtp and args.mtp in (False, True):
-            from .mtp import file_heads
-
-            if not file_heads(path):
-                args.mtp = str(side)
+        if wants_mtp:
+            heads = _heads(path, True if args.mtp is False else args.mtp, side)
+            args.mtp = str(heads) if isinstance(heads, Path) else heads
     else:
         from .testing import bench_model_path
 
@@ -571,14 +596,9 @@ def cmd_fit(args: argparse.Namespace) -> int:
     model = args.model or _default_model()
     mtp: bool | Path = False
     if args.mtp is not False:
-        from .gguf import model_files, read_header
-        from .mtp import resolve
-
         if not Path(model).exists():
             raise ValueError("--mtp plans a local file's MTP heads; download the model first (step35 download)")
-        first = model_files(model)[0]
-        own, side = resolve(first, read_header(first), args.mtp)
-        mtp = side or own
+        mtp = _heads(model, args.mtp)
     p = fit.plan(model, quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k, mtp=mtp,
                  type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
                  n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
@@ -616,15 +636,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     planned = engine_context(per_slot, slots, n_ctx, args.kv_unified)
     cache: dict[str, Any] = dict(checkpoints=args.ctx_checkpoints, cache_mib=None if args.cache_ram < 0 else args.cache_ram)
     check = not args.no_fit_check
-    path, _, _ = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
-                            args.tensor_split, **cache)
+    path, _, side = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
+                               args.tensor_split, mtp=_mtp(args), **cache)
     path = path or str(_default_model())
+    mtp = _heads(path, _mtp(args), side)  # the MTP heads' draft context follows every slot
     plan = None
     if check:  # (a repo was planned from its headers before the download; this is the same plan, local)
         from .fit import check_context
 
         plan = check_context(path, planned, n_gpu_layers=args.n_gpu_layers, devices=args.device, rpc=args.rpc,
-                             tensor_split=args.tensor_split, **cache)
+                             tensor_split=args.tensor_split, mtp=mtp, **cache)
     if plan is not None:  # the default bound: what the plan chose from the RAM it leaves
         cache["cache_mib"] = plan.cache_mib
     api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
@@ -633,10 +654,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     aliases = list(dict.fromkeys(args.alias or [name]))
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    context=planned, check_memory=False, devices=args.device,
-                                   rpc=args.rpc, tensor_split=args.tensor_split)
+                                   rpc=args.rpc, tensor_split=args.tensor_split, mtp=mtp)
     with model:
         engine = Engine(model, slots=slots, context=per_slot, max_waiting=args.max_waiting,
                         kv_unified=args.kv_unified, checkpoint_every=args.checkpoint_every,
+                        draft=args.draft if mtp else 0,
                         check_memory=False, **cache)  # planned above, before the weights were loaded
         try:
             app = serving.create_app(engine, model_name=name, aliases=aliases, api_key=api_key,
@@ -647,6 +669,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
                 url = serving.url_of(host, port)
                 key = "<the --api-key>" if api_key else "none"
                 print(f"step35 serve: {name} on {url}/v1 ({engine.layout}"
+                      f"{f', MTP drafts {engine.draft} per step' if engine.draft else ''}"
                       f"{', API key required' if api_key else ''}); Ctrl-C stops", flush=True)
                 print(f"  OpenAI clients: base_url={url}/v1 api_key={key} model={name} "
                       f"(agents: OPENAI_BASE_URL={url}/v1 OPENAI_API_KEY={key})", flush=True)
@@ -695,6 +718,7 @@ def cmd_download(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``step35`` command."""
     from ._limits import MAX_BODY_BYTES
+    from .engine import CHECKPOINT_EVERY, CHECKPOINTS
     from .rpc import DEFAULT_HOST as RPC_HOST
     from .rpc import DEFAULT_PORT as RPC_PORT
 
@@ -791,15 +815,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-m", "--model", help="GGUF file, any part of a split set, or a Hub repo owner/name[:QUANT] "
                                          "(only its headers are fetched)")
     s.add_argument("--quant", help="quantization, for a repo")
-    s.add_argument("-c", "--ctx-size", type=int, default=4096, help="context length (0 = the model's)")
-    s.add_argument("-b", "--batch-size", type=int, default=2048)
-    s.add_argument("-ub", "--ubatch-size", type=int, default=512)
+    _add_size_flags(s)
     s.add_argument("-np", "--parallel", type=int, default=1,
                    help="parallel sequences: -c is split into one KV stream each (as step35 serve, llama-server)")
     s.add_argument("-kvu", "--kv-unified", action="store_true", help="one KV buffer shared by the sequences")
-    s.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
-    s.add_argument("-ctk", "--cache-type-k", default="f16")
-    s.add_argument("-ctv", "--cache-type-v", default="f16")
+    _add_kv_flags(s)
     s.add_argument("--swa-full", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     _add_rpc_flags(s)
@@ -855,13 +875,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="host-memory prompt cache: conversations a slot gives up are kept here and restored when "
                         "a request extends them (llama-server's --cache-ram; 0 = off; default -1: a quarter of "
                         "the RAM the memory plan leaves, at most 8192; counted in the plan)")
-    s.add_argument("--ctx-checkpoints", type=int, default=32, metavar="N",
+    s.add_argument("--ctx-checkpoints", type=int, default=CHECKPOINTS, metavar="N",
                    help="checkpoints of the sliding-window layers per slot (in RAM, counted in the memory plan), so "
                         "that a prompt diverging from a slot's conversation early still reuses its prefix "
-                        "(llama-server's flag; 0 = off; default 32)")
-    s.add_argument("--checkpoint-every", type=int, default=2048, metavar="TOKENS",
+                        f"(llama-server's flag; 0 = off; default {CHECKPOINTS})")
+    s.add_argument("--checkpoint-every", type=int, default=CHECKPOINT_EVERY, metavar="TOKENS",
                    help="tokens of a long prompt between checkpoints (also one just before each prompt's end; "
-                        "default 2048, the default batch, so that no prompt chunk is split for them)")
+                        f"default {CHECKPOINT_EVERY}, the default batch, so that no prompt chunk is split for them)")
     s.add_argument("--max-waiting", type=int, default=64,
                    help="requests that may wait for a slot; more get 429 with Retry-After (default 64)")
     s.add_argument("--api-key", default=None,
@@ -884,6 +904,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_context_flags(s, ctx_help="context length of each slot (0 = the model's); "
                                    "the KV cache holds -np x this many tokens")
     _add_sampling_flags(s)
+    _add_mtp_flags(s)
     s.set_defaults(func=cmd_serve)
     return p
 

@@ -27,12 +27,15 @@ if TYPE_CHECKING:
 
 __all__ = ["ContextParams", "Context", "KV_TYPES"]
 
-#: KV-cache element types (``type_k`` / ``type_v``) and their ggml type ids.
+#: KV-cache element types (``type_k`` / ``type_v``) and their ggml type ids (the sizes
+#: step35.fit plans with). The native layer's ``KVType`` enum is what a context is made with;
+#: the two are checked against each other in the tests.
 KV_TYPES: dict[str, int] = {
     t: int(GGMLQuantizationType[t.upper()])
     for t in ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "q5_0", "q5_1", "iq4_nl")
 }
-_FLASH_ATTN = {"auto": -1, "off": 0, "on": 1}
+#: The flash_attn settings (the -fa flag's choices; the native ``FlashAttn`` enum's names).
+FLASH_ATTN = ("auto", "off", "on")
 
 FlashAttn = Literal["auto", "on", "off"]
 
@@ -112,7 +115,7 @@ class ContextParams:
         fa = self.flash_attn
         if isinstance(fa, bool):
             object.__setattr__(self, "flash_attn", "on" if fa else "off")
-        elif fa not in _FLASH_ATTN:
+        elif fa not in FLASH_ATTN:
             raise ValueError(f"flash_attn must be 'auto', 'on', 'off' or a bool, got {fa!r}")
         for name in ("type_k", "type_v"):
             v = getattr(self, name)
@@ -152,17 +155,14 @@ class ContextParams:
         o.n_seq_max = self.n_seq_max
         o.n_threads = self.n_threads or default_threads()
         o.n_threads_batch = self.n_threads_batch or o.n_threads
-        o.flash_attn = _FLASH_ATTN[str(self.flash_attn)]
-        o.type_k = KV_TYPES[self.type_k]
-        o.type_v = KV_TYPES[self.type_v]
+        o.flash_attn = core.FlashAttn.__members__[str(self.flash_attn)]
+        o.type_k = core.KVType.__members__[self.type_k]
+        o.type_v = core.KVType.__members__[self.type_v]
         o.swa_full = self.swa_full
         o.kv_unified = self.kv_unified
         o.offload_kqv = self.offload_kqv
         o.warmup = self.warmup
         return o
-
-
-_OUTPUTS = {"none": 0, "last": 1, "all": 2}
 
 
 def _token_list(tokens: Iterable[int] | np.ndarray) -> list[int]:
@@ -190,8 +190,14 @@ class Context:
     thread or an unfinished stream gets :class:`~step35.errors.ContextBusyError`.
     """
 
-    def __init__(self, model: Model, params: ContextParams | Mapping[str, Any] | None = None, **overrides: Any):
-        """Create a context for ``model`` (settings: see :class:`ContextParams`)."""
+    def __init__(self, model: Model, params: ContextParams | Mapping[str, Any] | None = None, *,
+                 mtp: bool | None = None, **overrides: Any):
+        """Create a context for ``model`` (settings: see :class:`ContextParams`).
+
+        ``mtp``: give it a draft context over the model's MTP heads, which
+        follows every sequence (True; the model must have heads loaded); None:
+        when the model has heads and the context has one sequence.
+        """
         from ._backends import core
 
         self.params: ContextParams = ContextParams.coerce(params, **overrides)
@@ -199,9 +205,9 @@ class Context:
         self.model = model
         """The model this context runs."""
         self._core = core()
-        # one sequence: it drafts with the model's MTP heads when it has them
-        self._handle = self._core.new_context(model._native_handle(), self.params._native(self._core),
-                                              mtp=bool(model.mtp_heads) and self.params.n_seq_max == 1)
+        if mtp is None:  # one sequence: it drafts with the model's MTP heads when it has them
+            mtp = bool(model.mtp_heads) and self.params.n_seq_max == 1
+        self._handle = self._core.new_context(model._native_handle(), self.params._native(self._core), mtp=bool(mtp))
 
     # -- lifetime -------------------------------------------------------------
     def close(self) -> None:
@@ -306,7 +312,7 @@ class Context:
             ContextOverflowError: the tokens do not fit (the message gives both sizes).
             ValueError: a token id outside the vocabulary, a bad argument.
         """
-        if logits not in _OUTPUTS:
+        if logits not in ("all", "last", "none"):  # the native Outputs enum's names
             raise ValueError(f"logits must be 'all', 'last' or 'none', got {logits!r}")
         ids = _token_list(tokens)
         _positive_int("seq_id", seq_id, minimum=0, maximum=self.n_seq_max - 1)
@@ -319,7 +325,7 @@ class Context:
                 f"{len(ids)} tokens at position {pos} need {pos + len(ids)} positions but the context "
                 f"holds {self.n_ctx}; use a larger n_ctx or a shorter input"
             )
-        return self._handle.eval(ids, pos, seq_id, _OUTPUTS[logits], chunk)
+        return self._handle.eval(ids, pos, seq_id, self._core.Outputs.__members__[logits], chunk)
 
     def logits(self, tokens: Sequence[int] | np.ndarray, *, incremental: bool = False) -> np.ndarray:
         """Logits of every position of ``tokens``, from an empty cache.

@@ -116,9 +116,17 @@ class Engine:
             before the divergence instead of from scratch (the window layers
             keep only the last window). Checkpoints travel with a
             conversation into the prompt cache and back.
+        draft: multi-token prediction: tokens the MTP heads draft per step for
+            every generating slot (1 to 3; 0 off; None: 1 when the model was
+            loaded with heads, else 0). The heads' draft context follows every
+            slot; each slot's drafts are checked in the step's batch, and the
+            output is the same as without (see :mod:`step35.mtp`). A slot given
+            a conversation from the prompt cache or another slot drafts from
+            what it evaluates after that (the heads' own cache is not saved).
         check_memory: before allocating anything, plan what the engine adds
             beside the loaded weights (every slot's KV cache, compute buffers,
-            the prompt cache and checkpoints; :func:`step35.fit.check_engine`)
+            the MTP draft context, the prompt cache and checkpoints;
+            :func:`step35.fit.check_engine`)
             and raise :class:`~step35.MemoryFitError` with the plan when it does
             not fit (the default context is the model's training context per
             slot: for Step 3.5 Flash, 4 x 262,144 tokens).
@@ -133,8 +141,9 @@ class Engine:
     def __init__(self, model: Model, slots: int = 4, *, context: ContextParams | Mapping[str, Any] | None = None,
                  max_waiting: int = 64, kv_unified: bool = False, cache_mib: float | None = None,
                  checkpoints: int = CHECKPOINTS, checkpoint_every: int = CHECKPOINT_EVERY,
-                 check_memory: bool = True) -> None:
+                 draft: int | None = None, check_memory: bool = True) -> None:
         from .context import ContextParams
+        from .mtp import check_draft
 
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be an int in [1, {MAX_SLOTS}], got {slots!r}")
@@ -147,21 +156,24 @@ class Engine:
         for name, value, low in (("checkpoints", checkpoints, 0), ("checkpoint_every", checkpoint_every, 1)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"{name} must be an int >= {low}, got {value!r}")
+        n_draft = check_draft(draft, min(model.mtp_heads, 3))
         base = ContextParams.coerce(context if context is not None else model._context_params)
         n_ctx_slot = base.n_ctx or model.n_ctx_train
         params = engine_context(base, slots, n_ctx_slot, kv_unified)
         if check_memory:
             from .fit import check_engine
 
-            check_engine(model, params, checkpoints=checkpoints, cache_mib=cache_mib)
+            check_engine(model, params, checkpoints=checkpoints, cache_mib=cache_mib, drafts=n_draft > 0)
         self.model = model
         self.slots = slots
         self.n_ctx_slot = n_ctx_slot
         self.kv_unified = bool(kv_unified)
-        self._ctx = model.new_context(params)
+        self.draft = n_draft
+        """MTP tokens drafted per step (0: none)."""
+        self._ctx = model.new_context(params, mtp=n_draft > 0)
         self.cache_mib = float(cache_mib)
         self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot,
-                                              int(cache_mib * (1 << 20)), checkpoints, checkpoint_every)
+                                              int(cache_mib * (1 << 20)), checkpoints, checkpoint_every, n_draft)
         self._closed = False
         self._lock = threading.Lock()
         self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}

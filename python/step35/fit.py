@@ -435,7 +435,7 @@ def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any, devices: l
             finally:
                 heads.close()
         opts = ctx.replace(warmup=False)._native(c)
-        h = c.new_context(m, opts, mtp=bool(mtp) and ctx.n_seq_max == 1)
+        h = c.new_context(m, opts, mtp=bool(mtp))  # its draft context follows every sequence
         try:
             return list(c.memory_breakdown(h))
         finally:
@@ -664,12 +664,14 @@ def check_context(model: str | os.PathLike[str], params: Any, *, n_gpu_layers: i
                  mtp=mtp, checkpoints=checkpoints, cache_mib=cache_mib)
 
 
-def check_engine(model: Any, params: Any, *, checkpoints: int = 0, cache_mib: float = 0.0) -> FitPlan | None:
+def check_engine(model: Any, params: Any, *, checkpoints: int = 0, cache_mib: float = 0.0,
+                 drafts: bool = False) -> FitPlan | None:
     """Refuse an engine's context that would not fit beside its loaded ``model``.
 
     Plans ``params`` (the engine's whole context: every slot's KV cache, the
-    compute buffers and logits) and the prompt cache in RAM (``checkpoints``
-    per slot, ``cache_mib``) where ``model`` put its layers, and compares what
+    compute buffers and logits; with ``drafts``, the MTP draft context that
+    follows every slot) and the prompt cache in RAM (``checkpoints`` per slot,
+    ``cache_mib``) where ``model`` put its layers, and compares what
     the engine adds with the memory available now: the weights are loaded
     already, so they are left out of what is needed. Raises
     :class:`MemoryFitError` with the plan when it does not fit; does nothing
@@ -685,7 +687,7 @@ def check_engine(model: Any, params: Any, *, checkpoints: int = 0, cache_mib: fl
              kv_contexts=(), checkpoints=checkpoints, cache_mib=cache_mib,
              n_gpu_layers=placement.get("n_gpu_layers", -1), main_gpu=placement.get("main_gpu", 0),
              devices=placement.get("devices"), rpc=placement.get("rpc") or None,
-             tensor_split=placement.get("tensor_split") or None, mtp=placement.get("mtp", False))
+             tensor_split=placement.get("tensor_split") or None, mtp=placement.get("mtp", False) if drafts else False)
     for pool in p.pools:  # resident already: what the engine adds is the rest
         pool.need -= pool.weights
     if not p.fits:

@@ -127,6 +127,8 @@ class GenerationStats:
     """Of the cached prompt tokens, those restored from an engine's host-memory prompt cache."""
     prompt_tokens_copied: int = 0
     """Of the cached prompt tokens, those copied from another slot of an engine."""
+    queue_ms: float = 0.0
+    """Time an engine's request waited for a slot (0 for a call on a context)."""
 
     @property
     def prompt_tps(self) -> float:
@@ -257,7 +259,7 @@ class CompletionStream:
     @property
     def finish_reason(self) -> str | None:
         """Why generation ended (None while it runs)."""
-        return self._native.finish_reason if self._native.finished else None
+        return finish_reason(self._native) if self._native.finished else None
 
     @property
     def stop_sequence(self) -> str | None:
@@ -286,22 +288,24 @@ def _pieces(native: Any) -> Iterator[str]:
         native.close()
 
 
+def finish_reason(native: Any) -> str:
+    """How a native request ended, by name: "stop", "length", "cancelled", "error" ("" while it runs)."""
+    name: str = native.finish_reason.name
+    return "" if name == "running" else name
+
+
 def _stats(native: Any, seed: int) -> GenerationStats:
-    d = native.stats()
+    st = native.stats()
     draft = None
-    if "draft_max" in d:
-        draft = DraftStats(draft_max=int(d["draft_max"]), steps=int(d["draft_steps"]),
-                           drafted=int(d["draft_tokens"]), accepted=int(d["draft_accepted"]),
-                           proposed_by_position=tuple(int(x) for x in d["draft_proposed_by_position"]),
-                           accepted_by_position=tuple(int(x) for x in d["draft_accepted_by_position"]))
+    if st.draft_max:
+        draft = DraftStats(draft_max=st.draft_max, steps=st.draft_steps, drafted=st.draft_tokens,
+                           accepted=st.draft_accepted, proposed_by_position=tuple(st.draft_proposed_by_position),
+                           accepted_by_position=tuple(st.draft_accepted_by_position))
     return GenerationStats(
-        prompt_tokens=int(d["prompt_tokens"]), prompt_tokens_evaluated=int(d["prompt_tokens_evaluated"]),
-        prompt_ms=float(d["prompt_ms"]), generated_tokens=int(d["generated_tokens"]),
-        generation_ms=float(d["generation_ms"]), ttft_ms=float(d["ttft_ms"]), seed=seed, draft=draft,
-        prompt_tokens_cached=int(d.get("prompt_tokens_cached",
-                                       int(d["prompt_tokens"]) - int(d["prompt_tokens_evaluated"]))),
-        prompt_tokens_restored=int(d.get("prompt_tokens_restored", 0)),
-        prompt_tokens_copied=int(d.get("prompt_tokens_copied", 0)),
+        prompt_tokens=st.prompt_tokens, prompt_tokens_evaluated=st.prompt_tokens_evaluated, prompt_ms=st.prompt_ms,
+        generated_tokens=st.generated_tokens, generation_ms=st.generation_ms, ttft_ms=st.ttft_ms, seed=seed,
+        draft=draft, prompt_tokens_cached=st.prompt_tokens_cached, prompt_tokens_restored=st.prompt_tokens_restored,
+        prompt_tokens_copied=st.prompt_tokens_copied, queue_ms=st.queue_ms,
     )
 
 
@@ -365,5 +369,5 @@ def result(native: Any, seed: int, *, stream: bool, owner: Any,
         text = native.step(True)
     finally:
         native.close()
-    return Completion(text=text, tokens=list(native.tokens), finish_reason=native.finish_reason,
+    return Completion(text=text, tokens=list(native.tokens), finish_reason=finish_reason(native),
                       stats=_stats(native, seed))

@@ -318,8 +318,10 @@ class Model:
             raise ClosedError("this Model has been closed")
         return self._handle
 
-    def new_context(self, params: ContextParams | dict[str, Any] | None = None, **overrides: Any) -> Context:
-        """A new :class:`~step35.Context` (settings as :class:`~step35.ContextParams` fields).
+    def new_context(self, params: ContextParams | dict[str, Any] | None = None, *, mtp: bool | None = None,
+                    **overrides: Any) -> Context:
+        """A new :class:`~step35.Context` (settings as :class:`~step35.ContextParams` fields; ``mtp``: see
+        :class:`~step35.Context`).
 
         Example::
 
@@ -327,7 +329,7 @@ class Model:
         """
         from .context import Context
 
-        return Context(self, params, **overrides)
+        return Context(self, params, mtp=mtp, **overrides)
 
     @property
     def context(self) -> Context:
@@ -396,8 +398,9 @@ class Model:
         the prompt are reused.
 
         A list of prompts (texts, or lists of token ids) runs them all at once
-        on an :class:`~step35.Engine` with one slot each and returns a list of
-        :class:`~step35.Completion`, in order (not streaming).
+        on an :class:`~step35.Engine` with one slot each (drafting as ``draft``
+        says) and returns a list of :class:`~step35.Completion`, in order (not
+        streaming).
 
         Args:
             prompt: text (tokenized with BOS; special-token text such as
@@ -440,8 +443,8 @@ class Model:
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(prompt, (str, bytes, list, tuple)):
-            self._batch_only(stream, context, draft)
-            with self._batch_engine(len(prompt)) as engine:  # type: ignore[arg-type]
+            self._batch_only(stream, context)
+            with self._batch_engine(len(prompt), draft) as engine:  # type: ignore[arg-type]
                 return engine.generate_many(prompt, max_tokens, add_special=add_special,  # type: ignore[arg-type]
                                             parse_special=parse_special, stop=stop, grammar=grammar,
                                             reasoning_budget=reasoning_budget, **dataclasses.asdict(sampling))
@@ -464,21 +467,19 @@ class Model:
             heads = 0
         return check_draft(draft, min(heads, 3))
 
-    def _batch_only(self, stream: bool, context: Context | None, draft: int | None = None) -> None:
+    def _batch_only(self, stream: bool, context: Context | None) -> None:
         if stream:
             raise ValueError("stream=True takes one prompt; to stream many at once use step35.Engine")
         if context is not None:
             raise ValueError("context= takes one prompt; a list of prompts runs on an engine of its own")
-        if draft:
-            raise ValueError("draft= (MTP) drafts for one prompt at a time; a list of prompts runs on an engine, "
-                             "which does not draft")
 
-    def _batch_engine(self, n: int) -> Engine:
-        """An engine with one slot per request (each gets the model's default context size)."""
+    def _batch_engine(self, n: int, draft: int | None) -> Engine:
+        """An engine with one slot per request (each gets the model's default context size), drafting
+        ``draft`` tokens per step with the MTP heads as a single prompt would."""
         from .engine import MAX_SLOTS, Engine
 
         slots = min(n, MAX_SLOTS)
-        return Engine(self, slots=slots, max_waiting=max(0, n - slots))
+        return Engine(self, slots=slots, max_waiting=max(0, n - slots), draft=draft)
 
     def chat_prompt(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None, *,
                     template_kwargs: Mapping[str, Any] | None = None) -> str:
@@ -607,8 +608,8 @@ class Model:
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(messages, (list, tuple)):
-            self._batch_only(stream, context, draft)
-            with self._batch_engine(len(messages)) as engine:
+            self._batch_only(stream, context)
+            with self._batch_engine(len(messages), draft) as engine:
                 return engine.chat_many(messages, tools, tool_choice, max_tokens=max_tokens,  # type: ignore[return-value,arg-type]
                                         stop=stop, template_kwargs=template_kwargs, response_format=response_format,
                                         reasoning_budget=reasoning_budget, parallel_tool_calls=parallel_tool_calls,

@@ -48,6 +48,8 @@ class _EngineCollector:
                 ("step35_checkpoint_restores", "checkpoint_restores",
                  "Prompts served from a checkpoint of a slot's sliding-window layers."),
                 ("step35_generated_tokens", "generated_tokens", "Tokens generated."),
+                ("step35_draft_tokens", "draft_tokens", "Tokens the MTP heads drafted (serve --mtp)."),
+                ("step35_draft_accepted", "draft_accepted", "Drafted tokens the model kept."),
                 ("step35_requests_finished", "requests_finished", "Requests the engine finished.")):
             c = CounterMetricFamily(name, doc)
             c.add_metric([], float(m.get(key, 0)))
