@@ -25,8 +25,10 @@ FACTS = {
     "16 MiB body limit": r"16 \* 1024 \* 1024|16 << 20|1 << 24|16 MiB",
     "top_p default 0.95": r"top_p[^=\n]*=\s*0\.95|top_p = 0\.95f",
     "top_k default 40": r"top_k[^=\n]*=\s*40\b|top_k = 40;",
-    "n_ctx default 4096": r"n_ctx[^=\n]*=\s*4096|n_ctx = 4096",
-    "KV type table (q8_0 id 8)": r"[\"']q8_0[\"']\s*:\s*8|GGML_TYPE_Q8_0\s*=\s*8",
+    "n_ctx default 4096": r"n_ctx[^=\n]*=\s*4096|n_ctx = 4096|ctx-size.*default=4096",
+    "KV type list (iq4_nl)": r"[\"']iq4_nl[\"']|GGML_TYPE_IQ4_NL\)",
+    "flash_attn ids (-1/0/1)": r"[\"']auto[\"']:\s*-1|LLAMA_FLASH_ATTN_TYPE_AUTO\)|int flash_attn = -1",
+    "output modes (0/1/2)": r"[\"']last[\"']:\s*1|outputs == 1\b|Outputs::Last\)",
 }
 
 

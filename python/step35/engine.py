@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 from ._limits import MAX_SEQ
 from .errors import ClosedError
 from .generation import Completion, CompletionStream, SamplingParams, check_max_tokens, check_stop, result
+from .mtp import check_draft
 
 _DEFAULT = SamplingParams  # its field defaults are the sampling defaults of every call
 
@@ -143,7 +144,6 @@ class Engine:
                  checkpoints: int = CHECKPOINTS, checkpoint_every: int = CHECKPOINT_EVERY,
                  draft: int | None = None, check_memory: bool = True) -> None:
         from .context import ContextParams
-        from .mtp import check_draft
 
         if isinstance(slots, bool) or not isinstance(slots, int) or not 1 <= slots <= MAX_SLOTS:
             raise ValueError(f"slots must be an int in [1, {MAX_SLOTS}], got {slots!r}")
