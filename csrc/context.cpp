@@ -177,11 +177,7 @@ int ContextHandle::decode(const llama_token * tokens, size_t n, llama_pos pos0, 
             batch_add(batch, tokens[k], pos0 + (llama_pos) k, seq,
                       outputs == Outputs::All || (outputs == Outputs::Last && k == n - 1));
         rc = llama_decode(ctx, batch);
-        if (rc == 0 && drafter_ && seq == 0) {
-            if (!drafter_->tracking) drafter_->synced = false;
-            else if (!drafter_->process(tokens + start, len, pos0 + (llama_pos) start))
-                rc = interrupt_.should_stop() ? 2 : 3;
-        }
+        if (rc == 0 && drafter_ && seq == 0) drafter_->synced = false;  // the heads did not see this
         if (rc != 0) {
             *where = pos0 + (llama_pos) start;
             // Processed ubatches of an aborted/failed chunk stay in the cache: drop them.

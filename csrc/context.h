@@ -84,8 +84,8 @@ public:
     // (rows x n_vocab floats) if it is not null. Call without the GIL.
     // Returns 0 or the failing llama_decode code (with `where` set to the
     // position of the failing chunk); on failure the partial chunk is removed.
-    // While the drafter tracks sequence 0, each chunk is also run through the
-    // MTP heads (a failure there returns 3, or 2 when the call was cancelled).
+    // The MTP heads do not see these tokens: a decode into sequence 0 leaves
+    // the drafter out of step with it (Drafter::synced).
     int decode(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq, Outputs outputs, size_t chunk,
                float * out, llama_pos * where);
 

@@ -25,6 +25,14 @@
 //
 // Python submits from any thread (EngineRequest), reads text with the GIL
 // released, and cancels with close(): the slot is free at the next step.
+//
+// Single-stream generation (step35._core.generate) is this engine with one
+// slot whose scheduler runs on the caller's thread instead of its own
+// (threaded=false): the same batch filler, sampling, drafting, stop and KV
+// policy, one request at a time. Its slot starts from the tokens the context
+// already holds in sequence 0 and leaves them there, so the next prompt
+// reuses the common prefix (chat turns); the context is free again as soon
+// as the request ends.
 #include <pybind11/stl.h>
 
 #include <algorithm>
@@ -113,11 +121,12 @@ public:
     // checkpoints kept per slot (0: none), taken just before the end of each prompt and every `checkpoint_every`
     // tokens of a long one.
     // `draft`: MTP tokens drafted per step for every generating slot (0: none; the context must have been
-    // made with the MTP heads).
+    // made with the MTP heads). `threaded`: the scheduler runs on its own thread; false: on the thread that
+    // waits for text (EngineRequest.step), with one slot that continues sequence 0 of the context.
     Engine(std::shared_ptr<ContextHandle> ctx, size_t max_waiting, size_t n_ctx_slot, size_t cache_bytes,
-           size_t max_checkpoints, size_t checkpoint_every, int draft)
+           size_t max_checkpoints, size_t checkpoint_every, int draft, bool threaded = true)
         : ctx_(std::move(ctx)), max_waiting_(max_waiting), cache_(cache_bytes), max_checkpoints_(max_checkpoints),
-          checkpoint_every_(std::max<size_t>(1, checkpoint_every)), draft_(draft) {
+          checkpoint_every_(std::max<size_t>(1, checkpoint_every)), draft_(draft), threaded_(threaded) {
         llama_context * c = ctx_->get();
         if (draft_ < 0) throw py::value_error("draft must be >= 0");
         if (draft_ > 0) {
@@ -136,13 +145,20 @@ public:
         n_ctx_seq_ = llama_n_ctx_seq(c);
         if (n_ctx_slot > 0) n_ctx_seq_ = std::min(n_ctx_seq_, n_ctx_slot);
         n_swa_ = llama_model_n_swa(ctx_->model());
-        const uint32_t n_slots = llama_n_seq_max(c);
+        prompt_budget_ = n_ubatch_;
+        const uint32_t n_slots = threaded_ ? llama_n_seq_max(c) : 1;
         slots_.resize(n_slots);
         for (uint32_t i = 0; i < n_slots; ++i) slots_[i].seq = (llama_seq_id) i;
         batch_ = llama_batch_init((int32_t) n_batch_, 0, 1);
-        ctx_->clear();
+        // The one slot of a caller-run engine continues sequence 0, unless the heads must follow it and have
+        // not (a prefix decoded without them is decoded again).
+        Drafter * d = ctx_->drafter();
+        if (!threaded_ && !ctx_->history().empty() && !(dr_ && d && !d->synced))
+            slots_[0].cached = ctx_->history();
+        else
+            ctx_->clear();
         ctx_->interrupt().begin();
-        worker_ = std::thread([this] { loop(); });
+        if (threaded_) worker_ = std::thread([this] { loop(); });
     }
 
     ~Engine() {
@@ -172,8 +188,8 @@ public:
             check_tokens(vocab, sub.prompt.data(), sub.prompt.size());
             if (sub.prompt.size() >= n_ctx_seq_)
                 throw Error(ErrorKind::ContextOverflowError,
-                            "the prompt has " + std::to_string(sub.prompt.size()) + " tokens but a slot's context holds " +
-                                std::to_string(n_ctx_seq_) +
+                            "the prompt has " + std::to_string(sub.prompt.size()) + " tokens but " +
+                                (threaded_ ? "a slot's context" : "the context") + " holds " + std::to_string(n_ctx_seq_) +
                                 " (and at least one more is needed to generate); use a larger n_ctx or a shorter prompt");
         }
         std::unique_lock<std::mutex> lk(mu_);
@@ -202,15 +218,31 @@ public:
             reqs.push_back(req);
         }
         for (const auto & req : reqs) waiting_.push_back(req);
+        if (!threaded_) {  // the context's progress (Context.progress): tokens generated of the most it may generate
+            const auto & r = *reqs.front();
+            ctx_->work_done.store(0);
+            ctx_->work_total.store(r.max_tokens >= 0 ? r.max_tokens : (long long) (n_ctx_seq_ - r.prompt.size()));
+        }
         lk.unlock();
         work_cv_.notify_one();
         return reqs;
     }
 
-    // Cancel one request: a waiting one ends now, a running one at the next step.
+    // Cancel one request: a waiting one ends now, a running one at the next step (a caller-run engine's
+    // ends now when no thread runs it, and frees the context).
     void cancel(const std::shared_ptr<Request> & req) {
         std::unique_lock<std::mutex> lk(mu_);
         if (req->finished) return;
+        if (!threaded_) {
+            req->cancel = true;
+            if (running_here_) {
+                ctx_->interrupt().request();  // a long decode stops between graph nodes
+                return;
+            }
+            finish_locked(*req, FinishReason::Cancelled);
+            release_here_locked();
+            return;
+        }
         if (req->state == State::Waiting) {
             auto it = std::find(waiting_.begin(), waiting_.end(), req);
             if (it != waiting_.end()) waiting_.erase(it);
@@ -224,9 +256,22 @@ public:
         work_cv_.notify_one();
     }
 
+    // With the GIL, before wait(): a caller-run engine watches this thread for Ctrl-C.
+    void arm() {
+        if (!threaded_) ctx_->interrupt().arm();
+    }
+
+    // With the GIL, after wait(): a caller-run engine stopped by Ctrl-C re-raises its KeyboardInterrupt (the
+    // request has ended, cancelled).
+    void rethrow_if_signalled() {
+        if (!threaded_) ctx_->interrupt().rethrow_if_signalled();
+    }
+
     // Without the GIL: wait until `req` has text (or has ended); returns the text.
     // `all`: wait for the end. Wakes every kSignalPeriod so that Ctrl-C can stop the wait.
+    // A caller-run engine runs its scheduler here instead.
     std::string wait(const std::shared_ptr<Request> & req, bool all) {
+        if (!threaded_) return run_here(req, all);
         std::unique_lock<std::mutex> lk(mu_);
         while (!req->finished && (all || req->ready.empty())) {
             if (out_cv_.wait_for(lk, kSignalPeriod) == std::cv_status::timeout) {
@@ -257,6 +302,15 @@ public:
     void stop(bool cancel_running, double timeout = 0.0) {
         std::unique_lock<std::mutex> lk(mu_);
         stopping_ = true;
+        if (!threaded_) {  // nothing runs it now (it is being freed): end what is left, free the context
+            for (auto & s : slots_)
+                if (s.req) finish_locked(*s.req, FinishReason::Cancelled);
+            for (auto & r : waiting_) finish_locked(*r, FinishReason::Cancelled);
+            waiting_.clear();
+            release_here_locked();
+            stopped_ = true;
+            return;
+        }
         if (!cancel_running) {
             const auto deadline = Clock::now() + std::chrono::duration_cast<Clock::duration>(
                                                           std::chrono::duration<double>(timeout));
@@ -304,6 +358,7 @@ public:
     }
 
     std::mutex & mutex() { return mu_; }
+    bool threaded() const { return threaded_; }
 
 private:
     bool idle_locked() const {
@@ -589,6 +644,7 @@ private:
             }
             r.generated.push_back(tok);
             ++total_generated_;
+            if (!threaded_) ctx_->work_done.store((long long) r.generated.size(), std::memory_order_relaxed);
             if (r.out.append(vocab, tok)) {
                 finish_locked(r, FinishReason::Stop);
                 break;
@@ -615,17 +671,65 @@ private:
 
     // The scheduler thread.
     void loop() {
+        std::unique_lock<std::mutex> lk(mu_);
+        while (true) {
+            if (step_locked(lk)) continue;
+            if (stopping_) break;
+            work_cv_.wait(lk);
+        }
+        stopped_ = true;
+        lk.unlock();
+        out_cv_.notify_all();
+    }
+
+    // A caller-run engine's scheduler, on the thread that waits for `req` (without the GIL): steps until
+    // it has text, or until it ends with `all`. Looks for a stop request (close() from another thread) or
+    // Ctrl-C between steps; a long decode stops between graph nodes.
+    std::string run_here(const std::shared_ptr<Request> & req, bool all) {
+        std::unique_lock<std::mutex> lk(mu_);
+        running_here_ = true;
+        while (!req->finished && (all || req->ready.empty())) {
+            lk.unlock();
+            const bool stop = ctx_->interrupt().should_stop();  // may take the GIL: not under the lock
+            lk.lock();
+            if (stop) req->cancel = true;
+            if (!step_locked(lk) && !req->finished) {  // cannot happen: its one slot is free for it
+                req->error = "the engine has no slot for the request";
+                finish_locked(*req, FinishReason::Error);
+            }
+        }
+        running_here_ = false;
+        if (req->finished) release_here_locked();
+        std::string text;
+        text.swap(req->ready);
+        return text;
+    }
+
+    // A caller-run engine whose request has ended: its slot's tokens become the context's sequence 0, and
+    // the context is free for other calls.
+    void release_here_locked() {
+        if (threaded_ || !guard_) return;
+        ctx_->history() = slots_[0].cached;
+        if (Drafter * d = ctx_->drafter()) d->synced = dr_ != nullptr;  // the heads followed this slot, or not
+        ctx_->work_done.store(0);
+        ctx_->work_total.store(0);
+        guard_.reset();
+    }
+
+    // One scheduler step (with the lock; it is released while decoding and sampling): cancel what was
+    // cancelled, admit waiting requests, then decode one batch and hand out its tokens. Returns false when
+    // there is nothing to do.
+    bool step_locked(std::unique_lock<std::mutex> & lk) {
         llama_context * c = ctx_->get();
         llama_memory_t mem = llama_get_memory(c);
         const llama_vocab * vocab = ctx_->vocab();
-        size_t prompt_budget = n_ubatch_;
-        std::vector<Entry> entries;
-        std::vector<Slot *> prompting;
-        std::vector<Drafter::Want> wants;
-        std::vector<std::pair<Entry, std::vector<llama_token>>> sampled;
-        std::vector<std::pair<Entry, Error>> failed;  // e.g. a grammar that allows no token
-        std::unique_lock<std::mutex> lk(mu_);
-        while (true) {
+        auto & entries = entries_;
+        auto & prompting = prompting_;
+        auto & wants = wants_;
+        auto & sampled = sampled_;
+        auto & failed = failed_;
+        size_t & prompt_budget = prompt_budget_;
+        {
             for (auto & s : slots_)
                 if (s.req && (s.req->cancel || cancel_all_)) finish_locked(*s.req, FinishReason::Cancelled);
             if (cancel_all_) {
@@ -634,11 +738,7 @@ private:
             }
             out_cv_.notify_all();
             admit_locked();
-            if (idle_locked()) {
-                if (stopping_) break;
-                work_cv_.wait(lk);
-                continue;
-            }
+            if (idle_locked()) return false;
 
             // The batch: every generating slot's next token (with its MTP drafts), then prompt chunks.
             entries.clear();
@@ -672,7 +772,7 @@ private:
             }
             if (entries.empty()) {  // prompts were held back for running ones that have ended
                 prompt_budget = n_ubatch_;
-                continue;
+                return true;
             }
 
             lk.unlock();
@@ -698,7 +798,7 @@ private:
                         s.req->error_kind = ErrorKind::RPCError;
                         finish_locked(*s.req, FinishReason::Error);
                     }
-                continue;
+                return true;
             }
 
             if (heads_failed) {
@@ -708,30 +808,30 @@ private:
             if (rc != 0) {
                 // Whatever part of the batch was processed comes out again.
                 for (const auto & e : entries) llama_memory_seq_rm(mem, e.slot->seq, (llama_pos) e.slot->cached.size(), -1);
-                if (rc == 2 || cancel_all_) {  // aborted (closing): loop around to cancel
-                    ctx_->interrupt().reset();
-                    continue;
+                if (rc == 2 || cancel_all_) {  // aborted (closing, or a caller-run request stopped): go on to cancel
+                    if (threaded_) ctx_->interrupt().reset();
+                    return true;
                 }
                 if (rc == 1) {  // no room in the KV cache
                     ++total_kv_full_;
                     if (!wants.empty()) {  // first, a step without drafts
                         no_drafts_ = true;
-                        continue;
+                        return true;
                     }
                     bool evicted = false;
                     evict_idle_locked(mem, &evicted);
-                    if (evicted) continue;
+                    if (evicted) return true;
                     const bool had_prompt =
                         std::any_of(entries.begin(), entries.end(), [](const Entry & e) { return e.prompt; });
                     const bool had_gen =
                         std::any_of(entries.begin(), entries.end(), [](const Entry & e) { return !e.prompt; });
                     if (had_prompt && prompt_budget > 1) {  // smaller prompt chunks
                         prompt_budget /= 2;
-                        continue;
+                        return true;
                     }
                     if (had_prompt && had_gen) {  // prompts wait a step; the running ones go on
                         prompt_budget = 0;
-                        continue;
+                        return true;
                     }
                     // Nothing left to shrink and still no room: end the longest sequence.
                     Slot * longest = nullptr;
@@ -739,7 +839,7 @@ private:
                         if (s.req && (!longest || s.cached.size() > longest->cached.size())) longest = &s;
                     if (longest) finish_locked(*longest->req, FinishReason::Length);
                     prompt_budget = n_ubatch_;
-                    continue;
+                    return true;
                 }
                 const std::string msg = rc == 3 ? "the MTP heads failed on a batch of " + std::to_string(batch_.n_tokens) +
                                                       " tokens"
@@ -750,7 +850,7 @@ private:
                         s.req->error = msg;
                         finish_locked(*s.req, FinishReason::Error);
                     }
-                continue;
+                return true;
             }
             prompt_budget = n_ubatch_;
             no_drafts_ = false;
@@ -810,9 +910,7 @@ private:
                 dr_->remove_from((llama_pos) e.slot->cached.size(), e.slot->seq);
             }
         }
-        stopped_ = true;
-        lk.unlock();
-        out_cv_.notify_all();
+        return true;
     }
 
     std::shared_ptr<ContextHandle> ctx_;
@@ -840,6 +938,15 @@ private:
     int draft_ = 0;           // MTP tokens drafted per step (0: none)
     Drafter * dr_ = nullptr;  // the context's drafter when draft_ > 0
     bool no_drafts_ = false;  // the KV cache was full: one step without drafts
+    const bool threaded_;       // false: the scheduler runs on the thread that waits (run_here)
+    bool running_here_ = false;  // a thread is in run_here
+    // the scheduler's working lists, kept between steps to reuse their memory
+    size_t prompt_budget_ = 0;
+    std::vector<Entry> entries_;
+    std::vector<Slot *> prompting_;
+    std::vector<Drafter::Want> wants_;
+    std::vector<std::pair<Entry, std::vector<llama_token>>> sampled_;
+    std::vector<std::pair<Entry, Error>> failed_;  // e.g. a grammar that allows no token
     // a cut that drops fewer tokens is the same conversation's next turn, not worth a copy
     static constexpr size_t kMinSaveDrop = 32;
     // a request waits for another's prompt only for a shared prefix of at least this many tokens
@@ -851,9 +958,9 @@ private:
     std::thread worker_;
 };
 
-// What Python holds for one request: the same protocol as Generation (step,
-// close, finished, finish_reason, tokens, stats), so step35.generation's
-// streams and results work on either.
+// What Python holds for one request, of a batching engine or of a single-stream
+// generation (the generation protocol: step, close, finished, finish_reason,
+// stop_sequence, tokens, stats), read by step35.generation's streams and results.
 class EngineRequest {
 public:
     EngineRequest(std::shared_ptr<Engine> engine, std::shared_ptr<Request> req)
@@ -865,6 +972,7 @@ public:
     // Wait (GIL released) until text is ready, or for the end with `all`.
     py::str step(bool all) {
         std::string text;
+        engine_->arm();
         {
             py::gil_scoped_release nogil;
             try {
@@ -875,6 +983,7 @@ public:
                 throw;
             }
         }
+        engine_->rethrow_if_signalled();  // Ctrl-C stopped a caller-run request (it ended, cancelled)
         std::string error;
         ErrorKind kind;
         {
@@ -955,6 +1064,17 @@ private:
     bool error_raised_ = false;  // guarded by the engine mutex
 };
 
+// Single-stream generation: an engine with one slot over `ctx`, run by the thread that reads its text.
+std::unique_ptr<EngineRequest> generate(const std::shared_ptr<ContextHandle> & ctx, std::vector<llama_token> prompt,
+                                        int64_t max_tokens, const SamplingOptions & sampling,
+                                        std::vector<std::string> stop, bool render_special, int draft) {
+    auto engine = std::make_shared<Engine>(ctx, 0, 0, 0, 0, 1, draft, false);
+    std::vector<Engine::Submission> subs;
+    subs.push_back({std::move(prompt), max_tokens, sampling, std::move(stop)});
+    auto reqs = engine->submit_all(std::move(subs), render_special);
+    return std::make_unique<EngineRequest>(engine, std::move(reqs.front()));
+}
+
 }  // namespace
 
 void register_engine(py::module_ & m) {
@@ -999,6 +1119,12 @@ void register_engine(py::module_ & m) {
                                "The stop string that ended the request (None: another reason, or running).")
         .def_property_readonly("tokens", &EngineRequest::tokens)
         .def("stats", &EngineRequest::stats);
+
+    m.def("generate", &generate, py::arg("context"), py::arg("prompt"), py::arg("max_tokens"), py::arg("sampling"),
+          py::arg("stop"), py::arg("render_special") = true, py::arg("draft") = 0,
+          "Start generating from `prompt` on `context` (use step35.Model.generate): one engine slot that "
+          "continues the context's sequence 0, its scheduler run by the thread that reads the text (step). "
+          "max_tokens -1: until the context is full; draft: MTP tokens drafted per step (0: off).");
 }
 
 }  // namespace step35

@@ -12,7 +12,7 @@ namespace step35 {
 void register_backends(py::module_ & m);
 void register_model(py::module_ & m);
 void register_context(py::module_ & m);
-void register_generate(py::module_ & m);
+void register_sequence(py::module_ & m);
 void register_quantize(py::module_ & m);
 void register_bench(py::module_ & m);
 void register_memory(py::module_ & m);
@@ -30,7 +30,7 @@ PYBIND11_MODULE(_core, m) {
     step35::register_backends(m);
     step35::register_model(m);
     step35::register_context(m);
-    step35::register_generate(m);
+    step35::register_sequence(m);
     step35::register_quantize(m);
     step35::register_bench(m);
     step35::register_memory(m);

@@ -78,13 +78,6 @@ Drafter::~Drafter() {
     if (ctx_) llama_free(ctx_);
 }
 
-bool Drafter::process(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq) {
-    if (!spec_) return false;
-    batch_->clear();
-    for (size_t i = 0; i < n; ++i) batch_->add(tokens[i], pos0 + (llama_pos) i, seq, false);
-    return common_speculative_process(spec_, *batch_);
-}
-
 bool Drafter::process(const llama_batch & b) {
     if (!spec_) return false;
     batch_->clear();
@@ -120,11 +113,6 @@ void Drafter::draft(const std::vector<Want> & wants) {
         llama_memory_seq_rm(mem, w.seq, w.pos0, -1);
         if ((int) w.out->size() > w.n) w.out->resize((size_t) w.n);
     }
-}
-
-void Drafter::draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
-                    std::vector<llama_token> & out) {
-    draft({Want{0, last, pos0, n, &history, &out}});
 }
 
 void Drafter::accept(int n, llama_seq_id seq) {

@@ -12,8 +12,8 @@
 // sequences that draft in a step are drafted together (draft()), and their
 // verification rows join that step's target batch. Verification (sampling the
 // target at every drafted position and keeping the drafts up to the first
-// mismatch) is the scheduler's: engine.cpp, and generate.cpp for sequence 0
-// of a one-sequence context.
+// mismatch) is the scheduler's (engine.cpp), also for single-stream
+// generation, which is one engine slot over sequence 0.
 #pragma once
 
 #include <memory>
@@ -45,9 +45,6 @@ public:
     // Draft `n` tokens per step from now on (1..n_max()).
     void set_draft(int n);
 
-    // Tokens [pos0, pos0+n) of sequence `seq` were just decoded into the
-    // target (one llama_decode): run them through the heads. False on failure.
-    bool process(const llama_token * tokens, size_t n, llama_pos pos0, llama_seq_id seq = 0);
     // The whole target batch just decoded (several sequences, each contiguous). False on failure.
     bool process(const llama_batch & batch);
 
@@ -64,9 +61,6 @@ public:
     };
     // Draft for every sequence in `wants` at once (one pass of the heads per draft position).
     void draft(const std::vector<Want> & wants);
-    // The single-sequence form (sequence 0).
-    void draft(llama_token last, llama_pos pos0, int n, const std::vector<llama_token> & history,
-               std::vector<llama_token> & out);
     // `n` drafted tokens of `seq` were accepted by the target after its last draft.
     void accept(int n, llama_seq_id seq = 0);
     // Drop sequence `seq`'s part of the heads' cache from position `pos` on (all of it for 0).
@@ -75,10 +69,9 @@ public:
     void clear();
 
     // Whether the heads' cache follows the target's sequence 0 (false after a
-    // decode into the target that bypassed process()).
+    // decode into the target that bypassed process(): a single-stream
+    // generation without drafting, or ContextHandle::decode).
     bool synced = false;
-    // Whether decodes into the target's sequence 0 are handed to process() now.
-    bool tracking = false;
 
 private:
     std::shared_ptr<llama_model> heads_;

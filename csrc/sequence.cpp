@@ -1,5 +1,7 @@
 #include "sequence.h"
 
+#include <pybind11/stl.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -278,6 +280,47 @@ std::string TextOutput::take_all() {
 
 py::str decode_utf8(const std::string & s) {
     return py::reinterpret_steal<py::str>(PyUnicode_DecodeUTF8(s.data(), (Py_ssize_t) s.size(), "replace"));
+}
+
+// The types a request's settings and results cross the binding in.
+void register_sequence(py::module_ & m) {
+    py::enum_<FinishReason>(m, "FinishReason", "How a request ended (step35 gives Python the lower-case names).")
+        .value("running", FinishReason::Running)
+        .value("stop", FinishReason::Stop)
+        .value("length", FinishReason::Length)
+        .value("cancelled", FinishReason::Cancelled)
+        .value("error", FinishReason::Error);
+
+    py::class_<Stats>(m, "Stats", "What one request did (read by step35.generation into GenerationStats).")
+        .def_readonly("prompt_tokens", &Stats::prompt_tokens)
+        .def_readonly("prompt_tokens_evaluated", &Stats::prompt_tokens_evaluated)
+        .def_readonly("prompt_tokens_cached", &Stats::prompt_tokens_cached)
+        .def_readonly("prompt_tokens_restored", &Stats::prompt_tokens_restored)
+        .def_readonly("prompt_tokens_copied", &Stats::prompt_tokens_copied)
+        .def_readonly("generated_tokens", &Stats::generated_tokens)
+        .def_readonly("queue_ms", &Stats::queue_ms)
+        .def_readonly("prompt_ms", &Stats::prompt_ms)
+        .def_readonly("generation_ms", &Stats::generation_ms)
+        .def_readonly("ttft_ms", &Stats::ttft_ms)
+        .def_readonly("draft_max", &Stats::draft_max)
+        .def_readonly("draft_steps", &Stats::draft_steps)
+        .def_readonly("draft_tokens", &Stats::draft_tokens)
+        .def_readonly("draft_accepted", &Stats::draft_accepted)
+        .def_readonly("draft_proposed_by_position", &Stats::draft_proposed_by_position)
+        .def_readonly("draft_accepted_by_position", &Stats::draft_accepted_by_position);
+
+    py::class_<SamplingOptions>(m, "SamplingOptions", "Sampler settings (validated in step35.generation).")
+        .def(py::init<>())
+        .def_readwrite("temperature", &SamplingOptions::temperature)
+        .def_readwrite("top_k", &SamplingOptions::top_k)
+        .def_readwrite("top_p", &SamplingOptions::top_p)
+        .def_readwrite("min_p", &SamplingOptions::min_p)
+        .def_readwrite("repeat_penalty", &SamplingOptions::repeat_penalty)
+        .def_readwrite("repeat_last_n", &SamplingOptions::repeat_last_n)
+        .def_readwrite("presence_penalty", &SamplingOptions::presence_penalty)
+        .def_readwrite("frequency_penalty", &SamplingOptions::frequency_penalty)
+        .def_readwrite("seed", &SamplingOptions::seed)
+        .def_readwrite("constraint", &SamplingOptions::constraint);
 }
 
 }  // namespace step35

@@ -1,5 +1,5 @@
-// One generated sequence's per-token policy, shared by the single-stream
-// token loop (generate.cpp) and the batching engine (engine.cpp): the Sampler
+// One generated sequence's per-token policy, used by the scheduler
+// (engine.cpp, also for single-stream generation): the Sampler
 // built from SamplingOptions, and TextOutput, which turns sampled tokens into
 // text pieces that never split a UTF-8 character and never contain (a prefix
 // of) a stop string.
@@ -37,8 +37,8 @@ using Clock = std::chrono::steady_clock;
 // How a request ended (Running: not yet). Bound as step35._core.FinishReason, whose names Python gives out.
 enum class FinishReason { Running, Stop, Length, Cancelled, Error };
 
-// What one request did, as step35.GenerationStats reads it: the single-stream loop
-// (generate.cpp) and the engine (engine.cpp) fill the same struct. Bound as step35._core.Stats.
+// What one request did, as step35.GenerationStats reads it (filled by engine.cpp). Bound as
+// step35._core.Stats.
 struct Stats {
     size_t prompt_tokens = 0;
     size_t prompt_tokens_evaluated = 0;

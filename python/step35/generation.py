@@ -1,8 +1,9 @@
 """Text generation: sampling settings, the stream, results and their statistics.
 
 The token loop itself (decode -> sample -> detokenize -> stop check) runs in
-C++ with the GIL released; this module validates arguments, drives the native
-loop, and packages what it returns.
+C++ with the GIL released: the batching engine's scheduler, which for one
+prompt is one slot run by the calling thread. This module validates
+arguments, drives the native loop, and packages what it returns.
 """
 
 from __future__ import annotations
@@ -342,8 +343,8 @@ def start(context: Context, prompt: list[int], *, max_tokens: int | None, sampli
     """
     native_sampling, seed = sampling._native(context._core)
     native_sampling.constraint = constraint
-    native = context._core.Generation(context._handle, prompt, check_max_tokens(max_tokens), native_sampling,
-                                      check_stop(stop), render_special, draft)
+    native = context._core.generate(context._handle, prompt, check_max_tokens(max_tokens), native_sampling,
+                                    check_stop(stop), render_special, draft)
     return native, seed
 
 
