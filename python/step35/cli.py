@@ -21,13 +21,18 @@ run, chat, bench and serve take -m as a local GGUF or a Hub repo (owner/name[:QU
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 import time
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from ._version import __version__
+from .context import FLASH_ATTN, KV_TYPES, ContextParams
+from .generation import SamplingParams
 
 
 def _fmt_bytes(n: float) -> str:
@@ -185,32 +190,139 @@ def cmd_testmodel(args: argparse.Namespace) -> int:
     return 0
 
 
-def _add_size_flags(g: Any, ctx_help: str = "context length (0 = the model's)") -> None:
-    """-c, -b, -ub with ContextParams' defaults (the flags of every command that sizes a context)."""
-    from .context import ContextParams as C  # the defaults
+class _Flag(NamedTuple):
+    """How one dataclass field is spelled on the command line."""
 
-    g.add_argument("-c", "--ctx-size", type=int, default=C.n_ctx, help=ctx_help)
-    g.add_argument("-b", "--batch-size", type=int, default=C.n_batch)
-    g.add_argument("-ub", "--ubatch-size", type=int, default=C.n_ubatch)
+    flags: tuple[str, ...]  # llama.cpp's spelling(s); a bool field's flag flips its default
+    help: str
+    choices: tuple[str, ...] | None = None
+
+
+#: SamplingParams' fields as flags (type and default come from the dataclass).
+_SAMPLING_FLAGS: dict[str, _Flag] = {
+    "temperature": _Flag(("--temp",), "temperature (0 = greedy)"),
+    "top_k": _Flag(("--top-k",), "keep the k most likely tokens (0 = off)"),
+    "top_p": _Flag(("--top-p",), "keep the smallest set reaching probability p (1 = off)"),
+    "min_p": _Flag(("--min-p",), "drop tokens below min_p x the top probability (0 = off)"),
+    "repeat_penalty": _Flag(("--repeat-penalty",), "> 1 discourages repeating recent tokens (1 = off)"),
+    "repeat_last_n": _Flag(("--repeat-last-n",), "tokens the repeat penalty looks at (-1 = all)"),
+    "presence_penalty": _Flag(("--presence-penalty",), "OpenAI-style presence penalty (0 = off)"),
+    "frequency_penalty": _Flag(("--frequency-penalty",), "OpenAI-style frequency penalty (0 = off)"),
+    "seed": _Flag(("-s", "--seed"), "random seed (default: a fresh one, reported in the stats)"),
+}
+
+#: ContextParams' fields as flags (type and default come from the dataclass).
+_CONTEXT_FLAGS: dict[str, _Flag] = {
+    "n_ctx": _Flag(("-c", "--ctx-size"), "context length (0 = the model's)"),
+    "n_batch": _Flag(("-b", "--batch-size"), "most tokens handed to one decode call"),
+    "n_ubatch": _Flag(("-ub", "--ubatch-size"), "most tokens computed at once inside a decode call (<= -b)"),
+    "flash_attn": _Flag(("-fa", "--flash-attn"), "flash attention", FLASH_ATTN),
+    "type_k": _Flag(("-ctk", "--cache-type-k"), f"K-cache type: {', '.join(KV_TYPES)}"),
+    "type_v": _Flag(("-ctv", "--cache-type-v"), "V-cache type, as -ctk (a quantized one needs flash attention)"),
+    "n_threads": _Flag(("-t", "--threads"), "threads for generation (default: the physical cores)"),
+    "n_threads_batch": _Flag(("-tb", "--threads-batch"), "threads for prompt processing (default: -t)"),
+    "swa_full": _Flag(("--swa-full",), "keep a full-length cache for the sliding-window layers"),
+    "warmup": _Flag(("--no-warmup",), "skip the warm-up decode when the context is made"),
+}
+
+#: ContextParams' fields with no flag of their own in the table, and why.
+_CONTEXT_FIELDS_WITHOUT_FLAGS: dict[str, str] = {
+    "n_seq_max": "set from -np/--parallel by the commands that have it",
+    "kv_unified": "-kvu means something per command (off unless given)",
+    "offload_kqv": "no flag yet (llama.cpp's -nkvo)",
+}
+
+_SIZE_FIELDS = ("n_ctx", "n_batch", "n_ubatch")
+_KV_FIELDS = ("flash_attn", "type_k", "type_v")
+_THREAD_FIELDS = ("n_threads", "n_threads_batch")
+#: The ContextParams fields `step35 bench` takes.
+_BENCH_FIELDS = _SIZE_FIELDS + _KV_FIELDS + _THREAD_FIELDS
+
+
+def _dest(flags: Sequence[str]) -> str:
+    """The attribute a flag's value is stored under, as argparse names it (``--ctx-size`` -> ``ctx_size``)."""
+    name = next((f for f in flags if f.startswith("--")), flags[0])
+    return name.lstrip("-").replace("-", "_")
+
+
+def _field(cls: type, name: str) -> dataclasses.Field:
+    """The dataclass field ``name`` of ``cls``."""
+    for f in dataclasses.fields(cls):
+        if f.name == name:
+            return f
+    raise KeyError(f"{cls.__name__} has no field {name!r}")
+
+
+def _field_type(cls: type, name: str) -> type:
+    """The type a field's flag parses into: its annotation (None aside), else its default's type."""
+    hint = typing.get_type_hints(cls)[name]
+    kinds = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
+    if len(kinds) == 1 and isinstance(kinds[0], type):
+        return kinds[0]
+    default = _field(cls, name).default
+    if default is None or default is dataclasses.MISSING:
+        raise TypeError(f"{cls.__name__}.{name}: no single type for a flag in {hint!r}")
+    return type(default)
+
+
+def _add_field_flags(g: Any, cls: type, table: Mapping[str, _Flag], names: Iterable[str],
+                     defaults: Mapping[str, Any] | None = None, helps: Mapping[str, str] | None = None) -> None:
+    """Add the flags of the fields ``names`` of ``cls`` (spelled as in ``table``) to the group ``g``.
+
+    Types and defaults come from the dataclass; ``defaults`` and ``helps`` override a field's.
+    A bool field's flag takes no value and flips the field's default.
+    """
+    for name in names:
+        flag = table[name]
+        default = (defaults or {}).get(name, _field(cls, name).default)
+        text = (helps or {}).get(name, flag.help)
+        kind = _field_type(cls, name)
+        if kind is bool:
+            g.add_argument(*flag.flags, dest=_dest(flag.flags), action="store_true", help=text)
+            continue
+        if default is not None:
+            text += " (default: %(default)s)"
+        g.add_argument(*flag.flags, dest=_dest(flag.flags), type=kind, default=default, choices=flag.choices,
+                       help=text)
+
+
+def _field_values(args: argparse.Namespace, cls: type, table: Mapping[str, _Flag],
+                  names: Iterable[str] | None = None) -> dict[str, Any]:
+    """The keyword arguments of ``cls`` that the flags of ``table`` (or of its fields ``names``) were given."""
+    out: dict[str, Any] = {}
+    for name in table if names is None else names:
+        value = getattr(args, _dest(table[name].flags))
+        if _field_type(cls, name) is bool:  # the flag flips the default
+            default = _field(cls, name).default
+            value = (not default) if value else default
+        out[name] = value
+    return out
+
+
+def _add_size_flags(g: Any, ctx_help: str | None = None, ctx_default: int | None = None) -> None:
+    """-c, -b, -ub with ContextParams' defaults (the flags of every command that sizes a context)."""
+    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, _SIZE_FIELDS,
+                     defaults=None if ctx_default is None else {"n_ctx": ctx_default},
+                     helps=None if ctx_help is None else {"n_ctx": ctx_help})
 
 
 def _add_kv_flags(g: Any) -> None:
     """-fa, -ctk, -ctv with ContextParams' defaults."""
-    from .context import FLASH_ATTN, ContextParams as C  # the defaults
-
-    g.add_argument("-fa", "--flash-attn", choices=FLASH_ATTN, default=C.flash_attn)
-    g.add_argument("-ctk", "--cache-type-k", default=C.type_k)
-    g.add_argument("-ctv", "--cache-type-v", default=C.type_v)
+    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, _KV_FIELDS)
 
 
-def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str = "context length (0 = the model's)") -> None:
+def _add_thread_flags(g: Any) -> None:
+    """-t, -tb with ContextParams' defaults."""
+    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, _THREAD_FIELDS)
+
+
+def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str | None = None) -> None:
+    """The "context" group: every ContextParams flag, then offloading, devices and loading."""
     g = s.add_argument_group("context")
     _add_size_flags(g, ctx_help)
     _add_kv_flags(g)
-    g.add_argument("-t", "--threads", type=int, default=None)
-    g.add_argument("-tb", "--threads-batch", type=int, default=None)
-    g.add_argument("--swa-full", action="store_true")
-    g.add_argument("--no-warmup", action="store_true")
+    _add_thread_flags(g)
+    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, ("swa_full", "warmup"))
     g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     _add_rpc_flags(g)
     g.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
@@ -222,34 +334,28 @@ def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str = "context leng
 
 
 def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
-    from .generation import SamplingParams as D  # the defaults
-
+    """The "sampling" group: -n, every SamplingParams flag, --reasoning-budget."""
     g = s.add_argument_group("sampling")
     g.add_argument("-n", "--n-predict", type=int, default=None, help="most tokens to generate (default: no limit)")
-    g.add_argument("--temp", type=float, default=D.temperature, help="temperature (0 = greedy)")
-    g.add_argument("--top-k", type=int, default=D.top_k)
-    g.add_argument("--top-p", type=float, default=D.top_p)
-    g.add_argument("--min-p", type=float, default=D.min_p)
-    g.add_argument("--repeat-penalty", type=float, default=D.repeat_penalty)
-    g.add_argument("--repeat-last-n", type=int, default=D.repeat_last_n,
-                   help="tokens the repeat penalty looks at (-1 = all)")
-    g.add_argument("-s", "--seed", type=int, default=None)
+    _add_field_flags(g, SamplingParams, _SAMPLING_FLAGS, _SAMPLING_FLAGS)
     g.add_argument("--reasoning-budget", type=int, default=None, metavar="N",
                    help="most reasoning tokens before </think> is forced (0 = no reasoning, -1 = unlimited, "
                         "the default)")
 
 
 def _context_params(args: argparse.Namespace) -> dict:
-    return {"n_ctx": args.ctx_size, "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
-            "flash_attn": args.flash_attn, "type_k": args.cache_type_k, "type_v": args.cache_type_v,
-            "n_threads": args.threads, "n_threads_batch": args.threads_batch, "swa_full": args.swa_full,
-            "warmup": not args.no_warmup}
+    """ContextParams' keyword arguments from the context flags."""
+    return _field_values(args, ContextParams, _CONTEXT_FLAGS)
+
+
+def _sampling_params(args: argparse.Namespace) -> dict:
+    """SamplingParams' keyword arguments from the sampling flags."""
+    return _field_values(args, SamplingParams, _SAMPLING_FLAGS)
 
 
 def _sampling(args: argparse.Namespace) -> dict:
-    return {"temperature": args.temp, "top_k": args.top_k, "top_p": args.top_p, "min_p": args.min_p,
-            "repeat_penalty": args.repeat_penalty, "repeat_last_n": args.repeat_last_n, "seed": args.seed,
-            "reasoning_budget": args.reasoning_budget}
+    """The sampling keyword arguments of generate/chat: SamplingParams' and ``reasoning_budget``."""
+    return {**_sampling_params(args), "reasoning_budget": args.reasoning_budget}
 
 
 def _float_list(text: str) -> list[float]:
@@ -335,8 +441,6 @@ def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=N
 
 
 def _open_model(args: argparse.Namespace):
-    from .context import ContextParams
-
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
     mtp = _mtp(args)
@@ -523,10 +627,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         elif fmt == "jsonl":
             print(json.dumps(row.as_dict()), flush=True)
 
-    rows = bench.run(path, args.npp, args.ntg, args.npl, shared_prompt=args.pps, n_ctx=args.ctx_size,
-                     n_batch=args.batch_size, n_ubatch=args.ubatch_size, flash_attn=args.flash_attn,
-                     type_k=args.cache_type_k, type_v=args.cache_type_v, n_threads=args.threads,
-                     n_threads_batch=args.threads_batch, kv_unified=args.kv_unified,
+    rows = bench.run(path, args.npp, args.ntg, args.npl, shared_prompt=args.pps,
+                     **_field_values(args, ContextParams, _CONTEXT_FLAGS, _BENCH_FIELDS), kv_unified=args.kv_unified,
                      n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), devices=args.device, rpc=args.rpc,
                      tensor_split=args.tensor_split, on_row=on_row)
     if fmt == "json":
@@ -554,10 +656,8 @@ def _bench_mtp(args: argparse.Namespace, path: str, settings: dict) -> int:
         elif fmt == "jsonl":
             print(json.dumps(row.as_dict()), flush=True)
 
-    ctx = {k: v for k, v in (("n_ctx", args.ctx_size or None), ("n_batch", args.batch_size),
-                             ("n_ubatch", args.ubatch_size), ("flash_attn", args.flash_attn),
-                             ("type_k", args.cache_type_k), ("type_v", args.cache_type_v),
-                             ("n_threads", args.threads), ("n_threads_batch", args.threads_batch)) if v is not None}
+    given = _field_values(args, ContextParams, _CONTEXT_FLAGS, _BENCH_FIELDS)
+    ctx = {k: v for k, v in given.items() if v is not None}  # -c 0 is replaced below
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    devices=args.device, rpc=args.rpc, tensor_split=args.tensor_split,
                                    mtp=args.mtp if args.mtp is not False else True,
@@ -617,7 +717,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"step35: error: {e}", file=sys.stderr)
         return 1
     from . import hub
-    from .context import ContextParams
     from .engine import Engine, engine_context
 
     per_slot = ContextParams(**_context_params(args))  # validate flags before loading anything
@@ -787,18 +886,13 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(tiny-mtp, mid-mtp: with MTP heads, for --mtp)")
     s.add_argument("--quant", default=None,
                    help="quantization of the built-in model (default: Q4_K_S for mid, none for tiny/small)")
-    s.add_argument("-c", "--ctx-size", type=int, default=0, help="KV size (default: what the largest row needs)")
-    s.add_argument("-b", "--batch-size", type=int, default=2048)
-    s.add_argument("-ub", "--ubatch-size", type=int, default=512)
+    _add_size_flags(s, ctx_help="KV size (0 = what the largest row needs)", ctx_default=0)
     s.add_argument("-npp", type=_int_list, default=[128, 256, 512], help="prompt lengths, e.g. 128,256,512")
     s.add_argument("-ntg", type=_int_list, default=[128], help="generated tokens, e.g. 128,256")
     s.add_argument("-npl", type=_int_list, default=[1], help="parallel sequences, e.g. 1,2,4,8")
     s.add_argument("-pps", action="store_true", help="one prompt shared by all sequences")
-    s.add_argument("-fa", "--flash-attn", choices=("auto", "on", "off"), default="auto")
-    s.add_argument("-ctk", "--cache-type-k", default="f16")
-    s.add_argument("-ctv", "--cache-type-v", default="f16")
-    s.add_argument("-t", "--threads", type=int, default=None)
-    s.add_argument("-tb", "--threads-batch", type=int, default=None)
+    _add_kv_flags(s)
+    _add_thread_flags(s)
     s.add_argument("-kvu", "--kv-unified", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     _add_rpc_flags(s)
