@@ -53,6 +53,7 @@
 #include "prompt_cache.h"
 #include "rpc.h"
 #include "sequence.h"
+#include "wakeup.h"
 
 namespace py = pybind11;
 
@@ -288,11 +289,20 @@ public:
         return text;
     }
 
-    // Without the GIL: ids of requests with new text or an end since the last call (or a timeout).
-    std::vector<int64_t> wait_events(double timeout) {
-        std::unique_lock<std::mutex> lk(mu_);
-        events_enabled_ = true;
-        out_cv_.wait_for(lk, std::chrono::duration<double>(timeout), [this] { return !events_.empty() || stopped_; });
+    // Wake an event loop through `sock` (the write end of a socket pair; -1: none): once requests have new
+    // text or have ended, one byte is written to it, and no other until take_events() has collected them.
+    void notify(int64_t sock) {
+        std::lock_guard<std::mutex> lk(mu_);
+        notify_sock_ = sock;
+        wakeup_pending_ = false;
+        if (sock < 0) events_.clear();
+        else if (!events_.empty()) wake_locked();
+    }
+
+    // Ids of the requests with new text or an end since the last call (never waits).
+    std::vector<int64_t> take_events() {
+        std::lock_guard<std::mutex> lk(mu_);
+        wakeup_pending_ = false;
         std::vector<int64_t> ids;
         ids.swap(events_);
         return ids;
@@ -381,7 +391,19 @@ private:
             slots_[(size_t) r.slot].req.reset();
             r.slot = -1;
         }
-        if (events_enabled_) events_.push_back(r.id);
+        record_locked(r.id);
+    }
+
+    // Request `id` has new text or has ended: tell the event loop (see notify).
+    void record_locked(int64_t id) {
+        if (notify_sock_ < 0) return;
+        events_.push_back(id);
+        wake_locked();
+    }
+
+    void wake_locked() {
+        if (wakeup_pending_) return;
+        wakeup_pending_ = send_wakeup(notify_sock_);  // a full socket already holds a wake-up
     }
 
     // The prefix of `prompt` that slot `s`'s cache can serve: sliding-window layers must still hold
@@ -666,7 +688,7 @@ private:
             total_accepted_ += accepted;
             dr_->accept((int) accepted, s.seq);
         }
-        if (events_enabled_ && !r.finished && !r.ready.empty()) events_.push_back(r.id);
+        if (!r.finished && !r.ready.empty()) record_locked(r.id);
     }
 
     // The scheduler thread.
@@ -926,7 +948,8 @@ private:
     std::vector<Slot> slots_;
     int64_t next_id_ = 1;
     bool stopping_ = false, cancel_all_ = false, stopped_ = false;
-    bool events_enabled_ = false;
+    int64_t notify_sock_ = -1;     // the event loop's socket (notify)
+    bool wakeup_pending_ = false;  // a byte was written and its events are not taken yet
     std::vector<int64_t> events_;
     size_t total_evaluated_ = 0, total_cached_ = 0, total_generated_ = 0, total_finished_ = 0, total_steps_ = 0,
            total_kv_full_ = 0;
@@ -1098,8 +1121,11 @@ void register_engine(py::module_ & m) {
              py::arg("requests"), py::arg("render_special") = true,
              "Queue (prompt, max_tokens, sampling, stop) requests together, all or none (QueueFullError when "
              "they do not all fit); their prompts share the first batches. Returns their handles, in order.")
-        .def("wait_events", &Engine::wait_events, py::arg("timeout"), py::call_guard<py::gil_scoped_release>(),
-             "Ids of requests with new text or an end since the last call (waits up to timeout seconds).")
+        .def("notify", &Engine::notify, py::arg("sock"),
+             "Write one byte to the socket `sock` (a fileno; -1: none) whenever requests have new text or "
+             "have ended and the last byte's events were taken: an event loop reads the other end.")
+        .def("take_events", &Engine::take_events,
+             "Ids of the requests with new text or an end since the last call (never waits).")
         .def("stop", &Engine::stop, py::arg("cancel"), py::arg("timeout") = 0.0,
              py::call_guard<py::gil_scoped_release>(),
              "Stop accepting requests; cancel the running ones, or let them finish for timeout seconds first.")

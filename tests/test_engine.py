@@ -8,6 +8,7 @@ near-tie of the random model. Every sampled generation is seeded.
 from __future__ import annotations
 
 import asyncio
+import sys
 import threading
 import time
 
@@ -178,6 +179,56 @@ def test_async_iteration(model32, alone) -> None:
     assert tokens == [alone[p] for p in PROMPTS[:4]]
     assert chunks[0]["choices"][0]["delta"] == {"role": "assistant"}
     assert chunks[-1]["choices"][0]["finish_reason"] in ("length", "stop") and "usage" in chunks[-1]
+
+
+def test_async_streams_are_woken_by_the_engine_socket_alone(model32, alone) -> None:
+    """Async streams wait on the event loop, which the scheduler wakes through a socket: no Python
+    thread polls for them, the GIL switch interval stays the process's, and two loops in turn (each
+    asyncio.run) and two loops at once (two threads) are all woken."""
+    interval = sys.getswitchinterval()
+
+    async def one(engine: step35.Engine, p: str) -> tuple[list[int], set[str]]:
+        stream = engine.generate(p, max_tokens=24, temperature=0, stream=True)
+        pieces = [piece async for piece in stream]
+        assert len(pieces) > 1  # woken once per piece, not only at the end
+        return stream.tokens, set(threading.enumerate())
+
+    before = set(threading.enumerate())
+    with step35.Engine(model32, slots=2, context=CTX) as engine:
+        for p in PROMPTS[:2]:  # one loop after another
+            tokens, threads = asyncio.run(one(engine, p))
+            assert tokens == alone[p]
+            assert threads - before == set(), threads - before  # no thread was started for the wake-ups
+        results: dict[str, list[int]] = {}
+
+        def in_its_own_loop(p: str) -> None:
+            results[p] = asyncio.run(one(engine, p))[0]
+
+        workers = [threading.Thread(target=in_its_own_loop, args=(p,)) for p in PROMPTS[2:4]]
+        for t in workers:
+            t.start()
+        for t in workers:
+            t.join(timeout=120)
+            assert not t.is_alive(), "a loop was never woken"
+    assert results == {p: alone[p] for p in PROMPTS[2:4]}
+    assert sys.getswitchinterval() == interval
+
+
+def test_closing_the_engine_wakes_an_awaiting_stream(model32, endless) -> None:
+    engine = step35.Engine(model32, slots=1, context=CTX)
+
+    async def main() -> str | None:
+        stream = engine.generate(endless, max_tokens=None, temperature=0, stream=True)
+        await stream.__anext__()
+        threading.Timer(0.2, engine.close).start()  # closes while the stream awaits its next piece
+        async for _ in stream:
+            pass
+        return stream.finish_reason
+
+    try:
+        assert asyncio.run(asyncio.wait_for(main(), timeout=60)) == "cancelled"
+    finally:
+        engine.close()
 
 
 def test_second_chat_turn_evaluates_only_new_tokens(model32) -> None:

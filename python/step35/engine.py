@@ -14,11 +14,13 @@ turn of a chat evaluates only its new tokens.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from ._limits import MAX_SEQ
+from .constraints import for_chat, for_generate
 from .errors import ClosedError
 from .generation import Completion, CompletionStream, SamplingParams, check_max_tokens, check_stop, result
 from .mtp import check_draft
@@ -73,8 +75,9 @@ class EngineStream(CompletionStream):
     async def __anext__(self) -> str:
         engine: Engine = self._context
         native = self._native
+        wakeups = engine._wakeups
         while True:
-            event = engine._waiter(native.id)  # registered before polling: no wake-up is missed
+            woken = wakeups.waiter(native.id)  # registered before polling: no wake-up is missed
             try:
                 piece = native.poll()
                 if piece:
@@ -82,9 +85,104 @@ class EngineStream(CompletionStream):
                 if native.finished:
                     self.close()
                     raise StopAsyncIteration
-                await event.wait()
+                await woken
             finally:
-                engine._forget(native.id, event)
+                wakeups.forget(native.id, woken)
+
+
+class _Wakeups:
+    """Wakes the asyncio tasks that wait for an engine's requests.
+
+    The native scheduler writes one byte to a socket pair when requests have
+    new text or have ended (``notify``); a reader task on each event loop
+    with waiters receives it (``loop.sock_recv``, which every asyncio loop
+    has), takes the ids of those requests and wakes their waiters, on
+    whichever loop they wait. No thread polls, and the GIL is taken only
+    when there is news.
+    """
+
+    def __init__(self, native: Any) -> None:
+        self._native = native
+        self._recv, self._send = socket.socketpair()
+        self._recv.setblocking(False)
+        self._send.setblocking(False)
+        self._lock = threading.Lock()
+        self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]]] = {}
+        self._readers: dict[asyncio.AbstractEventLoop, asyncio.Task[None]] = {}
+        self._closed = False
+        native.notify(self._send.fileno())
+
+    def waiter(self, request_id: int) -> asyncio.Future[None]:
+        """A future of the running loop, done at request ``request_id``'s next news (or at close)."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if self._closed:
+                future.set_result(None)
+                return future
+            self._waiters.setdefault(request_id, []).append((loop, future))
+            reader = self._readers.get(loop)
+            if reader is None or reader.done():
+                self._readers = {lp: t for lp, t in self._readers.items() if not t.done()}
+                self._readers[loop] = loop.create_task(self._read(loop), name="step35-engine-wakeups")
+        return future
+
+    def forget(self, request_id: int, future: asyncio.Future[None]) -> None:
+        """Drop a waiter (woken or not)."""
+        with self._lock:
+            waiting = self._waiters.get(request_id, [])
+            waiting[:] = [(lp, f) for lp, f in waiting if f is not future]
+            if not waiting:
+                self._waiters.pop(request_id, None)
+
+    async def _read(self, loop: asyncio.AbstractEventLoop) -> None:
+        while not self._closed:
+            try:
+                await loop.sock_recv(self._recv, 4096)
+            except OSError:  # closed: the engine is closing
+                return
+            self._wake(self._native.take_events())
+
+    def _wake(self, ids: Iterable[int] | None) -> None:
+        """Wake the waiters of requests ``ids`` (None: every waiter)."""
+        with self._lock:
+            if ids is None:
+                targets = [w for waiting in self._waiters.values() for w in waiting]
+            else:
+                targets = [w for i in ids for w in self._waiters.get(i, ())]
+        try:
+            here = asyncio.get_running_loop()
+        except RuntimeError:  # called from a thread without a loop (close)
+            here = None
+        for loop, future in targets:
+            if loop is here:
+                _resolve(future)
+                continue
+            try:
+                loop.call_soon_threadsafe(_resolve, future)
+            except RuntimeError:  # that event loop is closed: nobody waits there any more
+                continue
+
+    def close(self) -> None:
+        """Wake every waiter, stop the readers and close the sockets (after the scheduler has stopped)."""
+        self._native.notify(-1)
+        with self._lock:
+            self._closed = True
+            readers = list(self._readers.items())
+            self._readers.clear()
+        self._wake(None)
+        for loop, task in readers:
+            try:
+                loop.call_soon_threadsafe(task.cancel)
+            except RuntimeError:  # that event loop is closed: its reader is gone with it
+                continue
+        self._recv.close()
+        self._send.close()
+
+
+def _resolve(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
 
 
 class Engine:
@@ -175,9 +273,7 @@ class Engine:
         self._native = self._ctx._core.Engine(self._ctx._handle, max_waiting, n_ctx_slot,
                                               int(cache_mib * (1 << 20)), checkpoints, checkpoint_every, n_draft)
         self._closed = False
-        self._lock = threading.Lock()
-        self._waiters: dict[int, list[tuple[asyncio.AbstractEventLoop, asyncio.Event]]] = {}
-        self._dispatcher: threading.Thread | None = None
+        self._wakeups = _Wakeups(self._native)
 
     # ---- requests ------------------------------------------------------------
 
@@ -232,7 +328,6 @@ class Engine:
             ContextOverflowError: the prompt does not fit in one slot's context.
             QueueFullError: ``max_waiting`` requests are already waiting.
         """
-        from .constraints import for_generate
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         ids = self.model._prompt_tokens(prompt, add_special, parse_special)
@@ -272,7 +367,6 @@ class Engine:
         reused: only the new tokens are evaluated.
         """
         from .chat import ChatStream, response, select_tools
-        from .constraints import for_chat
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         chosen = select_tools(tools, tool_choice)
@@ -312,7 +406,6 @@ class Engine:
         prompt (with a ``seed``, each prompt's output is as reproducible as alone).
         ``grammar`` and ``reasoning_budget`` as in :meth:`step35.Model.generate`.
         """
-        from .constraints import for_generate
 
         params = SamplingParams(**sampling)
         requests = []
@@ -332,7 +425,6 @@ class Engine:
         ``response_format``, ``reasoning_budget`` and ``parallel_tool_calls`` as in :meth:`step35.Model.chat`.
         """
         from .chat import response, select_tools
-        from .constraints import for_chat
 
         params = SamplingParams(**sampling)
         chosen = select_tools(tools, tool_choice)
@@ -350,45 +442,6 @@ class Engine:
         """Slots, running and waiting requests, token totals (prompt evaluated / cached / restored from the
         prompt cache, generated) and the prompt cache's size (``prompt_cache_bytes``, ``_entries``, ``_max_bytes``)."""
         return dict(self._native.metrics())
-
-    # ---- async wake-ups: one dispatcher thread per engine ---------------------
-
-    def _waiter(self, request_id: int) -> asyncio.Event:
-        loop = asyncio.get_running_loop()
-        event = asyncio.Event()
-        with self._lock:
-            self._waiters.setdefault(request_id, []).append((loop, event))
-            if self._dispatcher is None:
-                self._dispatcher = threading.Thread(target=self._dispatch, name="step35-engine-events", daemon=True)
-                self._dispatcher.start()
-        return event
-
-    def _forget(self, request_id: int, event: asyncio.Event) -> None:
-        with self._lock:
-            waiting = self._waiters.get(request_id, [])
-            waiting[:] = [(lp, ev) for lp, ev in waiting if ev is not event]
-            if not waiting:
-                self._waiters.pop(request_id, None)
-
-    def _wake(self, ids: Iterable[int]) -> None:
-        with self._lock:
-            targets = [w for i in ids for w in self._waiters.get(i, ())]
-        for loop, event in targets:
-            try:
-                loop.call_soon_threadsafe(event.set)
-            except RuntimeError:  # that event loop is closed: nobody waits there any more
-                continue
-
-    def _dispatch(self) -> None:
-        # The first wait_events call turns event recording on; a request that
-        # got text before it is still seen, since waiters poll after registering.
-        while not self._closed:
-            ids = self._native.wait_events(0.25)
-            if ids:
-                self._wake(ids)
-        with self._lock:
-            everyone = list(self._waiters)
-        self._wake(everyone)
 
     # ---- lifetime --------------------------------------------------------------
 
@@ -410,8 +463,7 @@ class Engine:
         self._native.stop(bool(cancel), float(timeout))
         self._closed = True
         self._native.join()
-        if self._dispatcher is not None:
-            self._dispatcher.join(timeout=5.0)
+        self._wakeups.close()
         self._ctx.close()
 
     def __enter__(self) -> Engine:

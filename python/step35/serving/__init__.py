@@ -48,7 +48,7 @@ from .errors import APIError
 from .openai_chat import chat_request, completion_request
 from .reasoning import KEY_ENV, ReasoningSeal
 from .responses import EFFORT_BUDGETS
-from .runner import SWITCH_INTERVAL, run, url_of
+from .runner import run, url_of
 
 __all__ = ["APIError", "DEFAULT_MAX_BODY_BYTES", "EFFORT_BUDGETS", "INLINE_BODY_BYTES", "KEY_ENV", "ROUTES",
-           "ReasoningSeal", "SWITCH_INTERVAL", "chat_request", "completion_request", "create_app", "run", "url_of"]
+           "ReasoningSeal", "chat_request", "completion_request", "create_app", "run", "url_of"]

@@ -3,18 +3,12 @@
 from __future__ import annotations
 
 import math
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import uvicorn
 
-__all__ = ["SWITCH_INTERVAL", "run", "url_of"]
-
-#: The GIL switch interval while `run` serves: the event loop, the engine's wake-ups and worker
-#: threads hand the GIL to each other many times per token, and Python's default of 5 ms would
-#: add up to that much to every hand-off.
-SWITCH_INTERVAL = 0.0005
+__all__ = ["run", "url_of"]
 
 
 def url_of(host: str, port: int) -> str:
@@ -43,17 +37,14 @@ class _Uvicorn(uvicorn.Server):
 
 
 def run(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str = "info",
-        shutdown_timeout: float = 10.0, on_ready: Callable[[str, int], None] | None = None,
-        switch_interval: float | None = SWITCH_INTERVAL) -> str | None:
+        shutdown_timeout: float = 10.0, on_ready: Callable[[str, int], None] | None = None) -> str | None:
     """Serve ``app`` with uvicorn until SIGINT or SIGTERM; returns the signal's name (or None).
 
     On the signal the server stops accepting connections; event streams end
     at once (their generation is cancelled), other requests get up to
     ``shutdown_timeout`` seconds to finish before they are cancelled too.
     ``on_ready(host, port)`` is called once the socket is bound (``port=0``
-    picks a free port; ``on_ready`` gets the real one). ``switch_interval``:
-    the GIL switch interval while serving (:func:`sys.setswitchinterval`;
-    None keeps the process's), restored afterwards.
+    picks a free port; ``on_ready`` gets the real one).
     """
     import signal
     import threading
@@ -69,13 +60,9 @@ def run(app: Any, *, host: str = "127.0.0.1", port: int = 8080, log_level: str =
     main = threading.current_thread() is threading.main_thread()
     signals = [signal.SIGINT, signal.SIGTERM] if main else []
     previous = {sig: signal.signal(sig, lambda sig, frame: received.append(sig)) for sig in signals}
-    interval = sys.getswitchinterval()
-    if switch_interval is not None:
-        sys.setswitchinterval(switch_interval)
     try:
         server.run()
     finally:
-        sys.setswitchinterval(interval)
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return signal.Signals(received[0]).name if received else None
