@@ -13,10 +13,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-
 import step35
-from step35 import ContextOverflowError, ContextBusyError, generation, testing
+from step35 import ContextBusyError, ContextOverflowError, testing
 from step35 import chat as chat_module
+from step35 import model as model_module
 
 
 def nmse(a: np.ndarray, b: np.ndarray) -> float:
@@ -528,7 +528,7 @@ def test_generate_and_chat_pass_every_sampling_setting(model, monkeypatch) -> No
     expected = step35.SamplingParams(**settings)
     assert all(getattr(expected, k) != f.default for k, f in step35.SamplingParams.__dataclass_fields__.items())
     seen = []
-    monkeypatch.setattr(generation, "run", lambda *a, sampling, **kw: seen.append(sampling))
+    monkeypatch.setattr(model_module, "run", lambda *a, sampling, **kw: seen.append(sampling))  # as Model calls it
     monkeypatch.setattr(chat_module, "complete", lambda *a, sampling, **kw: seen.append(sampling))
     model.generate("x", **settings)
     model.chat([{"role": "user", "content": "x"}], **settings)

@@ -507,5 +507,21 @@ def test_mtp_sidecar_is_fetched_with_the_model(tmp_path, monkeypatch, tiny_split
             assert out.stats.draft.acceptance == 1.0
         with step35.Model.from_pretrained("test/Step-Tiny-MTP-GGUF") as m:  # mtp=False: no sidecar, no heads
             assert m.mtp_heads == 0
+        # The CLI resolves -m/--mtp through the same function: the repo's sidecar, from the Hub cache.
+        from step35 import cli
+
+        found = H.resolve_model("test/Step-Tiny-MTP-GGUF", mtp=True)
+        assert found.path.name == "Step-Tiny-Q8_0.gguf" and found.planned is False
+        assert isinstance(found.mtp, Path) and found.mtp.name == "mtp-Step-Tiny-Q8_0.gguf"
+        args = cli.build_parser().parse_args(["run", "-m", "test/Step-Tiny-MTP-GGUF", "--mtp", "-p", "x"])
+        assert cli._find_model(args) == found
+        planned: list[str] = []
+        assert H.resolve_model("test/Step-Tiny-MTP-GGUF", mtp=True, plan=planned.append).planned
+        assert planned == ["test/Step-Tiny-MTP-GGUF"]  # the plan comes before the download, with the repo id
     finally:
         fh.stop()
+    # A local file is taken as is; "auto" finds no heads in a trunk-only file with no sidecar beside it.
+    alone = tmp_path / "alone" / "Step-Tiny-Q8_0.gguf"
+    alone.parent.mkdir()
+    alone.write_bytes(trunk.read_bytes())
+    assert H.resolve_model(alone, mtp="auto") == H.ResolvedModel(alone, False)

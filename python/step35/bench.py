@@ -37,6 +37,7 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any
 
+from . import _backends
 from .context import ContextParams
 from .errors import ContextOverflowError
 
@@ -192,7 +193,6 @@ def run(
         progress: a progress line on stderr (default: when stderr is a terminal).
         on_row: called with each row as soon as it is measured.
     """
-    from ._backends import core as _core
     from .model import Model
 
     pps = _ints("npp", npp, 0)
@@ -213,7 +213,7 @@ def run(
     rows: list[BenchRow] = []
     try:
         with m.new_context(params) as ctx, ThreadPoolExecutor(1, thread_name_prefix="step35-bench") as worker:
-            core = _core()
+            core = _backends.core()
             _run_row(worker, ctx, display, "warm-up", core.bench_warmup, ctx._handle, seed)
             runnable = [c for c in combos if required_kv(*c, shared_prompt, kv_unified) <= ctx.n_ctx]
             for i, (pp, tg, pl) in enumerate(runnable):

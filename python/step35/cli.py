@@ -30,9 +30,18 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from . import hub
+from ._backends import backends
+from ._limits import MAX_BODY_BYTES
 from ._version import __version__
 from .context import FLASH_ATTN, KV_TYPES, ContextParams
+from .engine import CHECKPOINT_EVERY, CHECKPOINTS, Engine, engine_context
+from .errors import Step35Error
 from .generation import SamplingParams
+from .gguf import model_files, read_header
+from .mtp import SIDECAR_PREFIX, file_heads, heads_for
+from .quantize import quantize
+from .toolcalls import merge_deltas
 
 
 def _fmt_bytes(n: float) -> str:
@@ -44,8 +53,6 @@ def _fmt_bytes(n: float) -> str:
 
 
 def _print_backends() -> None:
-    from ._backends import backends
-
     r = backends()
     print(f"step35 {r.version}")
     print(f"llama.cpp {r.llama_commit} (patches: {', '.join(r.patches) if r.patches else 'none'})")
@@ -113,8 +120,6 @@ def _print_model(model, load_s: float | None) -> None:
 
 
 def _mtp_heads_line(model) -> str:
-    from .mtp import SIDECAR_PREFIX, file_heads
-
     n = file_heads(model.path)
     beside = model.path.with_name(SIDECAR_PREFIX + model.path.name)
     if n:
@@ -152,7 +157,6 @@ def cmd_info(args: argparse.Namespace) -> int:
         from dataclasses import asdict
 
         from . import presets
-        from ._backends import backends
 
         preset = presets.get(args.preset) if args.preset else presets.detect()
         out = backends().to_dict()
@@ -394,63 +398,31 @@ def _mtp(args: argparse.Namespace):
     return args.mtp
 
 
-def _heads(path: str | Path, mtp: Any, side: Path | None = None) -> bool | Path:
-    """--mtp resolved for the model file ``path``: True (the file's own heads), the path of a
-    sidecar (``side``, a repo's, when the file has no heads of its own; else one named on the
-    command line or lying beside the file), or False. What Model and the memory plan get."""
-    if mtp is False:
-        return False
-    from .gguf import model_files, read_header
-    from .mtp import file_heads, resolve
-
-    if side is not None and mtp is True and not file_heads(path):
-        mtp = side
-    first = model_files(path)[0]
-    own, sidecar = resolve(first, read_header(first), mtp)
-    return sidecar or own
-
-
 def _device_list(value: str) -> list[str]:
     """``-dev`` as llama.cpp takes it: comma-separated names, or ``none``."""
     return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
 
 
-def _model_arg(value: str | None, params=None, n_gpu_layers: int = -1, devices=None, rpc=None,
-               tensor_split=None, mtp=False, **cache: Any) -> tuple[str | None, bool, Path | None]:
-    """A ``-m`` value: a local path as is, a Hub repo (``owner/name[:QUANT]``) downloaded first.
+def _find_model(args: argparse.Namespace, params: ContextParams | None = None, **cache: Any) -> hub.ResolvedModel:
+    """``-m`` (a local GGUF, a Hub repo downloaded first, or the built-in tiny model) and ``--mtp`` resolved
+    (:func:`step35.hub.resolve_model`). With context ``params``, a repo's memory plan is made from its headers
+    before the download; ``cache`` (``checkpoints``, ``cache_mib``) adds an engine's prompt cache to it."""
+    def plan(repo: str) -> None:
+        from .fit import check_context
 
-    With context ``params`` the memory plan of a repo is made from its headers
-    before the download, so a model that cannot fit is refused before fetching it.
-    Returns the path, whether that plan was made (then loading need not make it again), and the
-    repo's MTP sidecar (``mtp-*.gguf``; fetched too when ``mtp`` is True or "auto"), if any.
-    ``cache`` (``checkpoints``, ``cache_mib``) adds an engine's prompt cache to the plan.
-    """
-    from . import hub
+        check_context(repo, params, n_gpu_layers=args.n_gpu_layers, devices=args.device, rpc=args.rpc,
+                      tensor_split=args.tensor_split, **cache)
 
-    if value and hub.looks_like_repo(value) and not Path(value).exists():
-        planned = False
-        if params is not None and not hub.is_offline():
-            from .fit import check_context
-
-            check_context(value, params, n_gpu_layers=n_gpu_layers, devices=devices, rpc=rpc,
-                          tensor_split=tensor_split, **cache)
-            planned = True
-        files = hub.download_files(value, mtp=mtp is True or mtp == "auto")
-        return str(files[0]), planned, hub.mtp_sidecar(files)
-    return value, False, None
+    return hub.resolve_model(args.model or _default_model(), mtp=_mtp(args), plan=plan if params is not None else None)
 
 
 def _open_model(args: argparse.Namespace):
     params = ContextParams(**_context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
-    mtp = _mtp(args)
-    path, planned, side = _model_arg(args.model, params if check else None, args.n_gpu_layers, args.device,
-                                     args.rpc, args.tensor_split, mtp)
-    path = path or str(_default_model())
-    mtp = _heads(path, mtp, side)
-    model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
-                                   context=params, check_memory=check and not planned, devices=args.device,
-                                   rpc=args.rpc, tensor_split=args.tensor_split, mtp=mtp)
+    found = _find_model(args, params if check else None)
+    model, _ = _load_with_progress(found.path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
+                                   context=params, check_memory=check and not found.planned, devices=args.device,
+                                   rpc=args.rpc, tensor_split=args.tensor_split, mtp=found.mtp)
     return model
 
 
@@ -529,7 +501,6 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _history_message(deltas: list[dict[str, Any]]) -> dict[str, Any]:
     """The assistant message a streamed answer adds to the conversation (its tool calls too)."""
-    from .toolcalls import merge_deltas
 
     message = merge_deltas(deltas)
     if not message["tool_calls"]:
@@ -578,8 +549,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 def cmd_quantize(args: argparse.Namespace) -> int:
-    from .quantize import quantize
-
     t0 = time.perf_counter()
     out = quantize(args.src, args.dst, args.type, threads=args.threads or 0, allow_requantize=args.allow_requantize,
                    pure=args.pure, overwrite=args.overwrite)
@@ -599,10 +568,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.model:
         wants_mtp = args.mtp is not False or args.draft is not None
-        path, _, side = _model_arg(args.model, mtp=wants_mtp)
+        found = hub.resolve_model(args.model, mtp=(True if args.mtp is False else args.mtp) if wants_mtp else False)
+        path = str(found.path)
         if wants_mtp:
-            heads = _heads(path, True if args.mtp is False else args.mtp, side)
-            args.mtp = str(heads) if isinstance(heads, Path) else heads
+            args.mtp = str(found.mtp) if isinstance(found.mtp, Path) else found.mtp
     else:
         from .testing import bench_model_path
 
@@ -698,7 +667,7 @@ def cmd_fit(args: argparse.Namespace) -> int:
     if args.mtp is not False:
         if not Path(model).exists():
             raise ValueError("--mtp plans a local file's MTP heads; download the model first (step35 download)")
-        mtp = _heads(model, args.mtp)
+        mtp = heads_for(model, args.mtp)
     p = fit.plan(model, quant=args.quant, n_ctx=args.ctx_size, type_k=args.cache_type_k, mtp=mtp,
                  type_v=args.cache_type_v, n_gpu_layers=args.n_gpu_layers, swa_full=args.swa_full,
                  n_batch=args.batch_size, n_ubatch=args.ubatch_size, n_seq_max=args.parallel,
@@ -716,9 +685,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ImportError as e:  # the server extra is not installed: say how to get it
         print(f"step35: error: {e}", file=sys.stderr)
         return 1
-    from . import hub
-    from .engine import Engine, engine_context
-
     per_slot = ContextParams(**_context_params(args))  # validate flags before loading anything
     slots = args.parallel
     if slots < 1:
@@ -726,8 +692,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     is_repo = bool(args.model) and hub.looks_like_repo(args.model) and not Path(args.model).exists()
     n_ctx = per_slot.n_ctx
     if n_ctx == 0 and not is_repo:  # -c 0: each slot gets the model's training context
-        from .gguf import model_files, read_header
-
         header = read_header(model_files(args.model or _default_model())[0])
         n_ctx = int(header.metadata.get(f"{header.architecture}.context_length", 0) or 0)
     # The memory plan covers the engine's context (one KV stream of the per-slot context per slot) and
@@ -735,10 +699,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     planned = engine_context(per_slot, slots, n_ctx, args.kv_unified)
     cache: dict[str, Any] = dict(checkpoints=args.ctx_checkpoints, cache_mib=None if args.cache_ram < 0 else args.cache_ram)
     check = not args.no_fit_check
-    path, _, side = _model_arg(args.model, planned if check else None, args.n_gpu_layers, args.device, args.rpc,
-                               args.tensor_split, mtp=_mtp(args), **cache)
-    path = path or str(_default_model())
-    mtp = _heads(path, _mtp(args), side)  # the MTP heads' draft context follows every slot
+    found = _find_model(args, planned if check else None, **cache)
+    path, mtp = str(found.path), found.mtp  # the MTP heads' draft context follows every slot
     plan = None
     if check:  # (a repo was planned from its headers before the download; this is the same plan, local)
         from .fit import check_context
@@ -805,8 +767,6 @@ def cmd_rpc_server(args: argparse.Namespace) -> int:
 
 
 def cmd_download(args: argparse.Namespace) -> int:
-    from . import hub
-
     files = hub.download_files(args.repo, args.quant, include=args.include, revision=args.revision,
                                cache_dir=args.cache_dir, local_files_only=args.offline)
     for f in files:
@@ -816,8 +776,6 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``step35`` command."""
-    from ._limits import MAX_BODY_BYTES
-    from .engine import CHECKPOINT_EVERY, CHECKPOINTS
     from .rpc import DEFAULT_HOST as RPC_HOST
     from .rpc import DEFAULT_PORT as RPC_PORT
 
@@ -1005,7 +963,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``step35`` command."""
-    from .errors import Step35Error
 
     args = build_parser().parse_args(argv)
     try:

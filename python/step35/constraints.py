@@ -22,6 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from . import _backends
 from .errors import GrammarError
 from .toolcalls import CALL_CLOSE, CALL_OPEN, FUNC_CLOSE, FUNC_OPEN, PARAM_CLOSE, PARAM_OPEN, THINK_CLOSE, THINK_OPEN
 
@@ -39,9 +40,7 @@ _GAP = "[ \\t\\n]{0,4}"
 
 
 def _core() -> Any:
-    from ._backends import core
-
-    return core()
+    return _backends.core()
 
 
 def json_schema_to_grammar(schema: Mapping[str, Any] | bool) -> str:

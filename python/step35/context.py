@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
+from . import _backends
 from ._limits import INT32_MAX as _INT32_MAX
 from ._limits import MAX_SEQ as _MAX_SEQ
 from ._system import default_threads
@@ -198,13 +199,12 @@ class Context:
         follows every sequence (True; the model must have heads loaded); None:
         when the model has heads and the context has one sequence.
         """
-        from ._backends import core
 
         self.params: ContextParams = ContextParams.coerce(params, **overrides)
         """The settings this context was made with."""
         self.model = model
         """The model this context runs."""
-        self._core = core()
+        self._core = _backends.core()
         if mtp is None:  # one sequence: it drafts with the model's MTP heads when it has them
             mtp = bool(model.mtp_heads) and self.params.n_seq_max == 1
         self._handle = self._core.new_context(model._native_handle(), self.params._native(self._core), mtp=bool(mtp))
@@ -274,9 +274,8 @@ class Context:
     def memory_breakdown(self) -> list[dict[str, Any]]:
         """Per buffer type (``CPU``, ``CPU_REPACK``, ``CUDA0``, ...): bytes of weights
         (``model``), KV cache (``context``) and compute buffers (``compute``)."""
-        from ._backends import core
 
-        return list(core().memory_breakdown(self._handle))
+        return list(_backends.core().memory_breakdown(self._handle))
 
     @property
     def tokens(self) -> list[int]:

@@ -39,7 +39,8 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from ._backends import DEVICE_IGPU, GPU_TYPES, resolve_devices
+from . import _backends
+from ._backends import DEVICE_IGPU, GPU_TYPES, backends, check_tensor_split, resolve_devices
 from ._system import system_memory
 from .errors import MemoryFitError
 from .gguf import check_model_header, model_files, read_header
@@ -255,7 +256,6 @@ class Machine:
     @classmethod
     def here(cls, memory: int | None = None) -> Machine:
         """This machine; ``memory`` pretends it has that many bytes of RAM (all of them available)."""
-        from ._backends import backends
 
         total, avail = system_memory()
         if memory is not None:
@@ -421,9 +421,8 @@ def _remote_source(spec: str, quant: str | None, revision: str | None,
 def _simulate(path: Path, n_gpu_layers: int, main_gpu: int, ctx: Any, devices: list[str] | None = None,
               tensor_split: Sequence[float] = (), rpc: Sequence[str] = (),
               mtp: bool | Path = False) -> list[dict[str, Any]]:
-    from ._backends import core
 
-    c = core()
+    c = _backends.core()
     place = dict(n_gpu_layers=n_gpu_layers, main_gpu=main_gpu, no_alloc=True, devices=devices,
                  tensor_split=list(tensor_split), rpc=list(rpc))
     m = c.load_model(str(path), load_mtp=mtp is True, **place)
@@ -488,7 +487,6 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
 
     ctx = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, swa_full=swa_full, n_batch=n_batch,
                         n_ubatch=n_ubatch, n_seq_max=n_seq_max, kv_unified=kv_unified, flash_attn=flash_attn)
-    from ._backends import check_tensor_split
     from .rpc import model_devices, remote_devices
 
     endpoints: list[str] = []

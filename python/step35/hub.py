@@ -27,13 +27,14 @@ import os
 import re
 import shutil
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from .errors import InvalidModelError, Step35Error
 from .gguf import model_files, read_header, split_set
+from .mtp import SIDECAR_PREFIX, MTPOption, heads_for
 
 __all__ = ["HubError", "PRESETS", "parse_spec", "looks_like_repo", "resolve", "download"]
 
@@ -103,8 +104,6 @@ def _model_key(name: str) -> str:
 
 
 def _is_weights(name: str) -> bool:
-    from .mtp import SIDECAR_PREFIX
-
     base = PurePosixPath(name).name.lower()
     return base.endswith(".gguf") and not base.startswith(("mmproj", "imatrix", SIDECAR_PREFIX))
 
@@ -112,7 +111,6 @@ def _is_weights(name: str) -> bool:
 def _sidecar(names: list[str], model: str, quant: str | None) -> str | None:
     """The MTP sidecar (``mtp-*.gguf``) of ``model`` in the repo, as llama.cpp's downloader picks it: in
     the model's folder or one above, the deepest first, then one of the same quant or of the same name."""
-    from .mtp import SIDECAR_PREFIX
 
     folder = PurePosixPath(model).parent.parts
     best: tuple[int, int, str] | None = None
@@ -531,7 +529,6 @@ def download_files(repo: str, quant: str | None = None, include: str | list[str]
 
 def mtp_sidecar(files: Iterable[Path]) -> Path | None:
     """The MTP sidecar among the files :func:`download_files` returned (None: the repo has none)."""
-    from .mtp import SIDECAR_PREFIX
 
     return next((p for p in files if p.name.lower().startswith(SIDECAR_PREFIX)), None)
 
@@ -623,3 +620,42 @@ def header_stubs(repo: str, quant: str | None, where: Path, revision: str | None
     if not files:
         raise HubError(f"{p.repo_id}: no .gguf model files selected")
     return files, headers, label
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """A model found or downloaded: what :class:`~step35.Model` and the memory plan load."""
+
+    path: Path
+    """The GGUF file llama.cpp opens (the first part of a split set)."""
+    mtp: bool | Path
+    """The MTP heads: True (the file's own), the path of an ``mtp-*.gguf`` sidecar, or False."""
+    planned: bool = False
+    """The memory plan was made from the repo's headers before the download (loading need not make it again)."""
+
+
+def resolve_model(source: str | os.PathLike[str], quant: str | None = None, *, mtp: MTPOption = False,
+                  plan: Callable[[str], object] | None = None, repo: bool | None = None,
+                  include: str | list[str] | None = None, revision: str | None = None,
+                  cache_dir: str | os.PathLike[str] | None = None, local_files_only: bool = False) -> ResolvedModel:
+    """Find a model: a local GGUF as is, or a Hub repo (``owner/name[:QUANT]`` or a preset) downloaded first.
+
+    The one way :meth:`step35.Model.from_pretrained` and the ``step35`` commands resolve ``-m``.
+    ``repo``: whether ``source`` is a repo (None: when it looks like one and no such local path exists).
+    ``plan(repo_id)`` is called before a download (unless offline): the memory plan made from the
+    repo's headers, which raises :class:`~step35.errors.MemoryFitError` before anything is fetched.
+    A repo's ``mtp-*.gguf`` sidecar is fetched too when ``mtp`` is True or "auto", and ``mtp`` is
+    resolved for the file (:func:`step35.mtp.heads_for`). The other arguments are those of :func:`download`.
+    """
+    source = os.fspath(source)
+    if repo is None:
+        repo = looks_like_repo(source) and not Path(source).exists()
+    if not repo:
+        return ResolvedModel(Path(source), heads_for(source, mtp))
+    planned = False
+    if plan is not None and not is_offline(local_files_only):
+        plan(source)
+        planned = True
+    files = download_files(source, quant, include=include, revision=revision, cache_dir=cache_dir,
+                           local_files_only=local_files_only, mtp=mtp is True or mtp == "auto")
+    return ResolvedModel(Path(files[0]), heads_for(files[0], mtp, mtp_sidecar(files)), planned)

@@ -8,16 +8,22 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from . import _backends
+from ._backends import check_tensor_split, resolve_devices
 from ._limits import INT32_MAX as _INT32_MAX
+from .constraints import for_chat, for_generate
+from .engine import MAX_SLOTS, Engine
+from .errors import ClosedError, ContextBusyError
+from .generation import SamplingParams, run
 from .generation import SamplingParams as _DEFAULT  # the sampling defaults (one home: SamplingParams)
 from .gguf import check_model_header, model_files, read_header
+from .mtp import check_draft, resolve
 
 if TYPE_CHECKING:
     import numpy as np
 
     from .chat import ChatStream
     from .context import Context, ContextParams
-    from .engine import Engine
     from .generation import Completion, CompletionStream
     from .mtp import MTPOption
 
@@ -118,14 +124,11 @@ class Model:
         """The file llama.cpp opens (the first part of a split set)."""
         self._header = read_header(self.path)
         check_model_header(self._header, self.path)
-        from .mtp import resolve
-
         load_mtp, sidecar = resolve(self.path, self._header, mtp) if not vocab_only else (False, None)
         self.mtp_path: Path | None = sidecar
         """The ``mtp-*.gguf`` sidecar whose MTP heads draft for this model (None: none, or its own)."""
         _check_int("n_gpu_layers", n_gpu_layers, -1, "-1 = all layers, 0 = none, N = the first N")
         _check_int("main_gpu", main_gpu, 0, "an index into the GPUs used")
-        from ._backends import check_tensor_split
         from .rpc import model_devices
 
         device_list, self._rpc = model_devices(devices, rpc)
@@ -145,19 +148,17 @@ class Model:
             check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
                           devices=device_list, tensor_split=split, rpc=self._rpc,
                           mtp=sidecar or load_mtp)
-        from ._backends import core
-
         # where the weights go: the same for a sidecar's heads
         place: dict[str, Any] = dict(n_gpu_layers=n_gpu_layers, use_mmap=bool(use_mmap), use_mlock=bool(use_mlock),
                                      main_gpu=int(main_gpu), devices=device_list, tensor_split=split, rpc=self._rpc)
         # where the layers went, for memory plans of contexts made later (step35.fit.check_engine)
         self._placement = dict(n_gpu_layers=n_gpu_layers, main_gpu=int(main_gpu), devices=device_list,
                                tensor_split=split, rpc=self._rpc, mtp=sidecar or load_mtp)
-        self._handle = core().load_model(str(self.path), vocab_only=bool(vocab_only),
+        self._handle = _backends.core().load_model(str(self.path), vocab_only=bool(vocab_only),
                                          check_tensors=bool(check_tensors), progress=progress, load_mtp=load_mtp,
                                          **place)
         if sidecar is not None:
-            heads = core().load_model(str(sidecar), load_mtp=True, check_tensors=bool(check_tensors), **place)
+            heads = _backends.core().load_model(str(sidecar), load_mtp=True, check_tensors=bool(check_tensors), **place)
             try:
                 self._handle.set_heads(heads)
             except BaseException:
@@ -172,8 +173,6 @@ class Model:
         ctx = getattr(self, "_context", None)
         if ctx is not None:
             self._context = None
-            from .errors import ContextBusyError
-
             try:
                 ctx.close()
             except ContextBusyError:
@@ -313,8 +312,6 @@ class Model:
     # -- contexts and evaluation ----------------------------------------------
     def _native_handle(self) -> Any:
         if self._handle.closed:
-            from .errors import ClosedError
-
             raise ClosedError("this Model has been closed")
         return self._handle
 
@@ -438,8 +435,6 @@ class Model:
             ContextOverflowError: the prompt does not fit in the context.
             ContextBusyError: the context is used by an unfinished stream or another thread.
         """
-        from .constraints import for_generate
-        from .generation import SamplingParams, run
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(prompt, (str, bytes, list, tuple)):
@@ -457,7 +452,6 @@ class Model:
 
     def _draft(self, draft: int | None, context: Context | None) -> int:
         """The MTP draft length for a call on ``context`` (validated; see :func:`step35.mtp.check_draft`)."""
-        from .mtp import check_draft
 
         heads = self.mtp_heads
         if context is not None and not context._handle.has_drafter:
@@ -476,7 +470,6 @@ class Model:
     def _batch_engine(self, n: int, draft: int | None) -> Engine:
         """An engine with one slot per request (each gets the model's default context size), drafting
         ``draft`` tokens per step with the MTP heads as a single prompt would."""
-        from .engine import MAX_SLOTS, Engine
 
         slots = min(n, MAX_SLOTS)
         return Engine(self, slots=slots, max_waiting=max(0, n - slots), draft=draft)
@@ -603,8 +596,6 @@ class Model:
                 calls before it are kept).
         """
         from .chat import ChatStream, complete, select_tools
-        from .constraints import for_chat
-        from .generation import SamplingParams, run
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(messages, (list, tuple)):
@@ -642,25 +633,23 @@ class Model:
         downloaded (offline, from the cached files instead).
         """
         from . import hub
+        from .context import ContextParams
+        from .fit import check_context
 
         kwargs = dict(model_kwargs)
-        if kwargs.get("check_memory", True) and not kwargs.get("vocab_only") and not hub.is_offline(local_files_only):
-            from ._backends import resolve_devices
-            from .context import ContextParams
-            from .fit import check_context
+        vocab_only = bool(kwargs.get("vocab_only"))
 
-            check_context(repo_id, ContextParams.coerce(kwargs.get("context")), quant=quant, include=include,
+        def plan(repo: str) -> None:
+            check_context(repo, ContextParams.coerce(kwargs.get("context")), quant=quant, include=include,
                           revision=revision, n_gpu_layers=kwargs.get("n_gpu_layers", -1),
                           main_gpu=kwargs.get("main_gpu", 0), devices=resolve_devices(kwargs.get("devices")))
-            kwargs["check_memory"] = False  # planned: these headers are the downloaded files' own
-        mtp = kwargs.get("mtp", False)
-        want = mtp is True or mtp == "auto"
-        files = hub.download_files(repo_id, quant, include=include, revision=revision, cache_dir=cache_dir,
-                                   local_files_only=local_files_only, mtp=want)
-        sidecar = hub.mtp_sidecar(files)
-        if want and sidecar is not None:
-            from .mtp import file_heads
 
-            if not file_heads(files[0]):
-                kwargs["mtp"] = sidecar  # the repo's sidecar (in the Hub cache, maybe not beside the model)
-        return cls(files[0], **kwargs)
+        found = hub.resolve_model(repo_id, quant, repo=True, mtp=False if vocab_only else kwargs.get("mtp", False),
+                                  plan=plan if kwargs.get("check_memory", True) and not vocab_only else None,
+                                  include=include, revision=revision, cache_dir=cache_dir,
+                                  local_files_only=local_files_only)
+        if found.planned:
+            kwargs["check_memory"] = False  # planned: these headers are the downloaded files' own
+        if not vocab_only:
+            kwargs["mtp"] = found.mtp  # a repo's sidecar may lie in the Hub cache, not beside the model
+        return cls(found.path, **kwargs)

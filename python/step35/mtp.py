@@ -107,6 +107,23 @@ def _check_sidecar(model: GGUFHeader, model_path: Path, sidecar: GGUFHeader, sid
                                     "belongs to another model")
 
 
+def heads_for(path: str | os.PathLike[str], mtp: MTPOption, sidecar: Path | None = None) -> bool | Path:
+    """``mtp`` resolved for the model file ``path``: True (the file's own heads), a sidecar's path, or False.
+
+    ``sidecar``: a repo's ``mtp-*.gguf``, downloaded with the model (maybe not beside it), used when
+    ``mtp`` is True or "auto" and the file has no heads of its own; otherwise the sidecar is the one
+    ``mtp`` names or the one lying beside the file (:func:`resolve`). What :class:`~step35.Model`
+    and the memory plan get.
+    """
+    if mtp is False or mtp is None:
+        return False
+    if sidecar is not None and (mtp is True or mtp == "auto") and not file_heads(path):
+        mtp = sidecar
+    first = model_files(path)[0]
+    own, found = resolve(first, read_header(first), mtp)
+    return found or own
+
+
 def resolve(path: Path, header: GGUFHeader, mtp: MTPOption) -> tuple[bool, Path | None]:
     """How to load the heads for ``Model(path, mtp=mtp)``: (load the file's own heads, sidecar path or None).
 
