@@ -368,7 +368,6 @@ public:
     }
 
     std::mutex & mutex() { return mu_; }
-    bool threaded() const { return threaded_; }
 
 private:
     bool idle_locked() const {
@@ -809,6 +808,8 @@ private:
             }
             // the heads' cache follows every sequence: they see every batch the target decodes
             const bool heads_failed = rc == 0 && rpc_error.empty() && dr_ && !dr_->process(batch_);
+            // (may take the GIL on a caller-run engine's thread: not under the lock)
+            const bool heads_stopped = heads_failed && ctx_->interrupt().should_stop();
             lk.lock();
             ++total_steps_;
 
@@ -825,7 +826,7 @@ private:
 
             if (heads_failed) {
                 for (const auto & e : entries) dr_->remove_from((llama_pos) e.slot->cached.size(), e.slot->seq);
-                rc = ctx_->interrupt().should_stop() ? 2 : 3;
+                rc = heads_stopped ? 2 : 3;
             }
             if (rc != 0) {
                 // Whatever part of the batch was processed comes out again.
