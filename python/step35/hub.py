@@ -36,7 +36,8 @@ from .errors import InvalidModelError, Step35Error
 from .gguf import model_files, read_header, split_set
 from .mtp import SIDECAR_PREFIX, MTPOption, heads_for
 
-__all__ = ["HubError", "PRESETS", "parse_spec", "looks_like_repo", "resolve", "download"]
+__all__ = ["HubError", "PRESETS", "ResolvedModel", "parse_spec", "looks_like_repo", "resolve", "resolve_model",
+           "download"]
 
 
 class HubError(Step35Error):
