@@ -1,4 +1,4 @@
-"""step35.bench against llama.cpp's own llama-batched-bench, same model, same run.
+"""step35.tools.bench against llama.cpp's own llama-batched-bench, same model, same run.
 
 Builds llama-batched-bench from the same pinned, patched source and CMake
 configuration as the wheel (benchmarks/build_native.sh), then alternates

@@ -25,7 +25,7 @@ weights, so at temperature 0 they rarely emit an end-of-generation token;
 --ignore-eos asks llama-server (the only one with such a field) not to stop anyway.
 
 The in-process check compares `Model.generate([B prompts])` (aggregate
-generated tok/s) with `step35 bench` S_TG at the same B (step35.bench.run,
+generated tok/s) with `step35 bench` S_TG at the same B (step35.tools.bench.run,
 -npl B) on the same model, in a separate process.
 
 The clients run on the same machine as the servers, so by default the servers
@@ -427,7 +427,7 @@ def pct(xs: list[float], q: float) -> float:
 
 IN_PROCESS = r"""
 import json, sys, time
-import step35, step35.bench
+import step35, step35.tools.bench
 a = json.loads(sys.argv[1])
 B, N = a["b_seqs"], a["n"]
 out = {"b": B, "n": N}
@@ -458,7 +458,7 @@ with step35.Model(a["model"], context=ctx) as m:
                 gen.append({"tps_wall": sum(toks) / wall, "tps_gen": sum(toks) / gen_s if gen_s > 0 else 0.0,
                             "tokens": toks})
             elif what == "bench":
-                rows = step35.bench.run(m, npp=[n_prompt], ntg=[N], npl=[B], n_batch=a["b"], n_ubatch=a["ub"],
+                rows = step35.tools.bench.run(m, npp=[n_prompt], ntg=[N], npl=[B], n_batch=a["b"], n_ubatch=a["ub"],
                                         flash_attn=a["fa"], n_threads=a["t"], progress=False)
                 tg.append(rows[0].s_tg)
     out["generate"] = gen
@@ -690,7 +690,9 @@ def main() -> int:  # noqa: C901 (one linear procedure)
     if "step35" in names:
         import step35.cli
 
-        if '"serve"' not in Path(step35.cli.__file__).read_text(encoding="utf-8"):
+        cli = Path(step35.cli.__file__)  # a module, or a package of modules
+        if "\"serve\"" not in "".join(f.read_text(encoding="utf-8")
+                                       for f in (cli.parent.glob("*.py") if cli.name == "__init__.py" else [cli])):
             print("step35: skipped (this step35 has no `serve` command yet)", file=sys.stderr)
             names.remove("step35")
     if not names:

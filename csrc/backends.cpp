@@ -1,6 +1,6 @@
 // Backend discovery primitives: score a backend library without registering
 // it, load one, and list what is registered. Which files to try and in what
-// order is policy, and lives in step35/_backends.py.
+// order is policy, and lives in step35/_runtime/backends.py.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 

@@ -3,7 +3,7 @@
 // `pp`-token prompt (or one shared prompt copied to all of them), then generate
 // `tg` tokens each, all sequences advancing together in one batch per step
 // (or one sequence after the other with tg_separate). Tokens are random ids.
-// The loops and timers run in C++ with the GIL released; step35/bench.py
+// The loops and timers run in C++ with the GIL released; step35/tools/bench.py
 // iterates over rows, prints the table and the progress line.
 #include <pybind11/stl.h>
 

@@ -1,7 +1,7 @@
 // Constrained decoding with llama.cpp's own machinery: the grammar sampler
 // (llama_sampler_init_grammar / _lazy_patterns), libcommon's JSON Schema ->
 // GBNF converter and grammar builder, and libcommon's reasoning-budget
-// sampler. What grammar a call gets is decided in Python (step35.constraints).
+// sampler. What grammar a call gets is decided in Python (step35.generation.constraints).
 #include "constraint.h"
 
 #include <pybind11/stl.h>

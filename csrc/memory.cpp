@@ -1,6 +1,6 @@
 // Memory accounting: what llama.cpp holds for a context, per buffer type
 // (weights, KV cache, compute buffers), and what each device has free. Thin:
-// the planning policy lives in step35/fit.py.
+// the planning policy lives in step35/tools/fit.py.
 #include "memory.h"
 
 #include <pybind11/pybind11.h>

@@ -134,7 +134,7 @@ std::unique_ptr<ModelHandle> load_model(const std::string & path, int n_gpu_laye
     if (use_mmap) params.load_mode = use_mlock ? LLAMA_LOAD_MODE_MMAP_MLOCK : LLAMA_LOAD_MODE_MMAP;
     else params.load_mode = use_mlock ? LLAMA_LOAD_MODE_MLOCK : LLAMA_LOAD_MODE_NONE;
     if (no_alloc) {
-        // Memory planning (step35/fit.py): read the header, place every tensor
+        // Memory planning (step35/tools/fit.py): read the header, place every tensor
         // and record buffer sizes, but allocate and read nothing.
         params.no_alloc = true;
         params.load_mode = LLAMA_LOAD_MODE_NONE;

@@ -1,6 +1,6 @@
 // llama.cpp's quantizer (llama_model_quantize), GIL released. Type names,
 // path checks and the write-to-temporary-then-rename policy live in
-// step35/quantize.py.
+// step35/tools/quantize.py.
 #include <pybind11/pybind11.h>
 
 #include <string>

@@ -1,7 +1,7 @@
 // Remote devices through llama.cpp's RPC backend (ggml-rpc, a module in
 // step35/lib): add a worker's devices, run a worker, and turn a worker that
 // failed into RPCError (see rpc.h). Which devices to serve and the security
-// policy (where to bind) live in Python (step35/rpc.py).
+// policy (where to bind) live in Python (step35/tools/rpc.py).
 #include "rpc.h"
 
 #include <pybind11/stl.h>

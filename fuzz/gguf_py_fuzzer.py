@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""atheris harness over step35's own GGUF header reader and checks (step35/gguf.py).
+"""atheris harness over step35's own GGUF header reader and checks (step35/gguf/reader.py).
 
     python fuzz/gguf_py_fuzzer.py CORPUS_DIR -atheris_runs=200000
 

@@ -27,7 +27,7 @@ def main(argv: list[str]) -> int:
     from step35 import testing
     from step35.gguf import read_header
 
-    full = testing._vocab()
+    full = testing.specs.vocab()
     # the 256 byte tokens and the chat specials, each text once (llama.cpp refuses repeated texts)
     specials = [i for i, t in enumerate(full.tokens) if t.startswith("<|") or t.startswith("<")][-16:]
     keep = list(dict.fromkeys(list(range(256)) + specials))
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         full, tokens=tuple(full.tokens[i] for i in keep), token_type=tuple(full.token_type[i] for i in keep),
         merges=(), bos=index.get(full.bos, 0), eos=index.get(full.eos, 1), eot=index.get(full.eot, 1),
         pad=index.get(full.pad, 0), digest="micro")
-    testing._vocab = lambda: micro  # the builder reads the vocabulary through this
+    testing.build.vocab = lambda: micro  # type: ignore[attr-defined]  # the builder reads the vocabulary through this
     spec = dataclasses.replace(testing.SIZES["tiny"], name="micro", n_layer=2, n_embd=32, head_dim=8, embd_dtype="f16",
                                n_head_full=2, n_head_swa=2, n_head_kv_full=1, n_head_kv_swa=1, n_ff=32,
                                n_ff_exp=16, n_ff_shexp=16, n_expert=2, n_expert_used=1, n_dense_lead=1,

@@ -186,7 +186,7 @@ def _nvidia_used_mib() -> int | None:
 
 
 def check_fit(args: argparse.Namespace, state: dict[str, Any]) -> dict[str, Any]:
-    from step35 import fit
+    from step35.tools import fit
 
     path = state.get("mid") or testing.bench_model_path("mid")
     have_gpu = gpu_device(args.device) is not None

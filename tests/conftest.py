@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 # that decides whether a file of the source tree is here: a test that needs one
 # calls source_file() (a skip with the reason when absent, never a collection
 # error); what the installed wheel ships (the chat template, the vocabulary)
-# comes from the package instead (step35._data).
+# comes from the package instead (step35._runtime.data).
 
 #: Why a file of the source tree may be missing (the skip reason's tail).
 NO_SOURCE_TREE = ("absent here: the tests run outside a source checkout (cibuildwheel copies only "

@@ -101,7 +101,7 @@ def test_install_hints_match_the_extras_in_pyproject() -> None:
     """Every plugin extra of the core distribution is the one the hint names (one home for the mapping)."""
     from importlib import metadata
 
-    from step35.plugins import PLUGIN_EXTRAS, install_hint
+    from step35._runtime.plugins import PLUGIN_EXTRAS, install_hint
 
     requires = metadata.requires("step35") or []
     for dist, extra in PLUGIN_EXTRAS.items():
@@ -109,7 +109,7 @@ def test_install_hints_match_the_extras_in_pyproject() -> None:
         assert install_hint(dist) == f"pip install step35[{extra}]"
 
 
-# ---- plugin policy (step35.plugins): what a CUDA / Vulkan plugin reports ----
+# ---- plugin policy (step35._runtime.plugins): what a CUDA / Vulkan plugin reports ----
 
 def _driver_loadable() -> bool:
     import ctypes
@@ -129,7 +129,7 @@ def test_cuda_plugin_reports_the_missing_driver(tmp_path: Path) -> None:
     _fake_plugin(tmp_path, "step35-cuda12", step35.__version__, "fake_cuda",
                  "from pathlib import Path\n"
                  "def libraries():\n"
-                 "    from step35.plugins import cuda_libraries\n"
+                 "    from step35._runtime.plugins import cuda_libraries\n"
                  f"    return cuda_libraries(Path({str(lib)!r}), 12)\n", "cuda")
     env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
     r = subprocess.run([sys.executable, "-m", "step35", "info"], capture_output=True, text=True, env=env)
@@ -145,7 +145,7 @@ def test_cuda_plugin_reports_the_missing_driver(tmp_path: Path) -> None:
 
 
 def test_cuda_runtime_missing_names_the_wheels(tmp_path: Path, monkeypatch) -> None:
-    from step35 import plugins
+    from step35._runtime import plugins
 
     (tmp_path / "libggml-cuda.so").write_bytes(b"")
     (tmp_path / "ggml-cuda.dll").write_bytes(b"")
@@ -165,7 +165,7 @@ def test_cuda_runtime_missing_names_the_wheels(tmp_path: Path, monkeypatch) -> N
 
 def test_cuda_runtime_preloaded_from_nvidia_wheels(tmp_path: Path, monkeypatch) -> None:
     """CUDA 13 wheels share nvidia/cu13/lib: cudart, then cuBLASLt, then cuBLAS, by full path."""
-    from step35 import plugins
+    from step35._runtime import plugins
 
     if sys.platform == "win32":
         return  # the Windows layout (bin/, add_dll_directory) is exercised by the wheel matrix
@@ -187,7 +187,7 @@ def test_cuda_runtime_preloaded_from_nvidia_wheels(tmp_path: Path, monkeypatch) 
 
 
 def test_vulkan_without_a_loader_and_a_damaged_plugin(tmp_path: Path, monkeypatch) -> None:
-    from step35 import plugins
+    from step35._runtime import plugins
 
     try:
         plugins.vulkan_libraries(tmp_path)

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import step35
-from step35 import bench
+from step35.tools import bench
 
 ROW_RE = re.compile(r"^\|\s*\d+ \|\s+\d+ \|\s+\d+ \|\s+\d+ \|(\s+[\d.]+ \|){6}$")
 

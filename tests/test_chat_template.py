@@ -12,8 +12,8 @@ import pytest
 from jinja2.ext import loopcontrols
 from jinja2.sandbox import SecurityError
 
-from step35 import chat_template
-from step35._data import chat_template_path
+from step35.chat import template as chat_template
+from step35._runtime.data import chat_template_path
 
 # The template the installed package ships (step35/data/, installed from the pinned
 # llama.cpp's models/templates/): found in a wheel's clean test venv too, where

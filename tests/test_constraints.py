@@ -14,8 +14,8 @@ import jsonschema
 import pytest
 import step35
 from schema_corpus import CORPUS, UNSUPPORTED
-from step35.constraints import answer_grammar
-from step35.toolcalls import THINK_CLOSE
+from step35.generation.constraints import answer_grammar
+from step35.chat.toolcalls import THINK_CLOSE
 
 SEEDS = range(20)
 USER = [{"role": "user", "content": "Answer in JSON."}]
@@ -120,7 +120,7 @@ def test_the_whole_vocabulary_mask_is_llama_cpps_per_token_answer(tiny_model, na
     """The grammar sampler answers for the whole vocabulary through a token trie (patch
     0011); asked a token at a time it takes llama.cpp's own per-candidate path. After
     prefixes of seeded answers under the grammar, both must allow exactly the same tokens."""
-    from step35.constraints import _core
+    from step35.generation.constraints import _core
 
     grammar = MASK_GRAMMARS[name]
     constraint = _core().Constraint(tiny_model._handle, grammar)
@@ -138,7 +138,7 @@ def test_the_whole_vocabulary_mask_is_llama_cpps_per_token_answer(tiny_model, na
 
 
 def test_allowed_needs_a_grammar_and_an_accepted_prefix(tiny_model) -> None:
-    from step35.constraints import _core
+    from step35.generation.constraints import _core
 
     with pytest.raises(ValueError, match="no grammar"):
         _core().Constraint(tiny_model._handle, "").allowed([])

@@ -22,7 +22,8 @@ from pathlib import Path
 import pytest
 
 import step35
-from step35 import _native, plugins
+from step35._runtime import native as _native
+from step35._runtime import plugins
 from step35.errors import PluginUnavailable
 
 
@@ -83,7 +84,7 @@ def _plugin_lib(tmp_path: Path, windows: bool = True) -> Path:
 # ---- the core: step35\lib before _core.pyd -----------------------------------
 
 def test_lib_dir_is_lib_beside_the_package_as_installed() -> None:
-    assert _native.PACKAGE_DIR == Path(os.path.abspath(_native.__file__)).parent
+    assert _native.PACKAGE_DIR == Path(os.path.abspath(_native.__file__)).parent.parent  # step35/, above _runtime/
     assert _native.LIB_DIR == _native.PACKAGE_DIR / "lib"
 
 

@@ -1,4 +1,4 @@
-"""step35.fit: the memory plan against what llama.cpp really allocates and what the process really uses."""
+"""step35.tools.fit: the memory plan against what llama.cpp really allocates and what the process really uses."""
 
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ def mid_path(model_cache):
 
 def test_weight_bytes_are_the_header_sum_and_what_llama_cpp_holds(tiny_path, tiny_split):
     import step35
-    from step35 import fit
+    from step35.tools import fit
 
     for files in ([tiny_path], tiny_split):
         p = fit.plan(files[-1], kv_contexts=())  # any part names the set
@@ -50,7 +50,7 @@ def test_weight_bytes_are_the_header_sum_and_what_llama_cpp_holds(tiny_path, tin
                                 ("q8_0", True, "on"), ("f16", False, "off")])
 def test_kv_bytes_equal_what_a_live_context_allocates(which, kv, tiny32_path, mid_path):
     import step35
-    from step35 import fit
+    from step35.tools import fit
 
     ktype, swa_full, fa = kv
     path = tiny32_path if which == "tiny32" else mid_path
@@ -70,7 +70,7 @@ def test_kv_bytes_equal_what_a_live_context_allocates(which, kv, tiny32_path, mi
 
 
 def test_sliding_window_layers_hold_only_their_window(tiny_path):
-    from step35 import fit
+    from step35.tools import fit
     from step35.gguf import read_header
 
     meta = read_header(tiny_path).metadata
@@ -85,7 +85,7 @@ _PEAK = textwrap.dedent("""
     import json, sys
     import numpy as np
     import step35
-    from step35 import fit
+    from step35.tools import fit
 
     def rss(key):
         with open("/proc/self/status") as f:
@@ -122,7 +122,8 @@ def test_predicted_total_is_within_10_percent_of_the_measured_peak(which, mmap, 
 
 def test_real_step35_flash_header_lands_on_the_published_sizes(tmp_path):
     """Header-only GGUFs with the real tensor shapes (no data: sparse files)."""
-    from step35 import fit, testing
+    from step35 import testing
+    from step35.tools import fit
 
     q4 = testing.write_header_only_model(tmp_path / "q4.gguf", "Q4_K_S")
     iq4 = testing.write_header_only_model(tmp_path / "iq4.gguf", "IQ4_XS", n_split=4)
@@ -150,7 +151,8 @@ def test_real_step35_flash_header_lands_on_the_published_sizes(tmp_path):
 
 
 def test_a_plan_that_does_not_fit_says_what_would(tmp_path):
-    from step35 import fit, testing
+    from step35 import testing
+    from step35.tools import fit
 
     q4 = testing.write_header_only_model(tmp_path / "q4.gguf", "Q4_K_S")
     p = fit.plan(q4[0], n_ctx=262144, memory=116 * 2**30)  # needs 116.4 GiB
@@ -163,7 +165,7 @@ def test_a_plan_that_does_not_fit_says_what_would(tmp_path):
 
 def test_model_refuses_early_with_the_plan(tiny_path, monkeypatch):
     import step35
-    from step35 import fit
+    from step35.tools import fit
 
     monkeypatch.setattr(fit, "system_memory", lambda: (2 << 30, 1 << 30))  # 1 GiB free: less than the margin
     with pytest.raises(step35.MemoryFitError) as e:
@@ -195,7 +197,8 @@ def test_an_engine_that_does_not_fit_beside_the_weights_is_refused_before_alloca
     weights loaded (16 GB left) that is refused, with the plan, before any context is made; one
     slot of 16k tokens fits."""
     import step35
-    from step35 import fit, testing
+    from step35 import testing
+    from step35.tools import fit
 
     q4 = testing.write_header_only_model(tmp_path / "q4.gguf", "Q4_K_S")
     monkeypatch.setattr(fit, "system_memory", lambda: (128 * 10**9, 16 * 10**9))

@@ -1,4 +1,4 @@
-"""step35.fit on machines that are not this one: a discrete GPU, a unified-memory iGPU, Apple silicon.
+"""step35.tools.fit on machines that are not this one: a discrete GPU, a unified-memory iGPU, Apple silicon.
 
 The device lists are what ``step35.backends()`` reports on those machines (the
 binding's lowercase types: ``gpu``, ``igpu``); where llama.cpp would place the
@@ -36,7 +36,7 @@ _CPU = _device("CPU", "cpu", "CPU", 0, description="the CPU")
 
 def _offloaded(path: Any, device: str, context: Any) -> list[dict[str, Any]]:
     """The buffers of a full offload to ``device``: llama.cpp keeps only the input embeddings on the CPU."""
-    from step35 import fit
+    from step35.tools import fit
     from step35.gguf import model_files, read_header
 
     headers = [read_header(f) for f in model_files(path)]
@@ -53,7 +53,7 @@ def _offloaded(path: Any, device: str, context: Any) -> list[dict[str, Any]]:
 
 
 def _machine(ram: int, gpu: dict, sys_platform: str = "linux", **kw: Any) -> Any:
-    from step35 import fit
+    from step35.tools import fit
 
     @dataclasses.dataclass
     class Elsewhere(fit.Machine):
@@ -74,7 +74,7 @@ def _pool(p: Any, name: str) -> Any:
 
 def test_a_discrete_gpu_is_its_own_pool_and_its_overflow_is_caught(q4):
     """RTX PRO 6000 (96 GB of VRAM) in a 128 GB workstation: 111.5 GB of Q4_K_S do not fit on the GPU."""
-    from step35 import fit
+    from step35.tools import fit
 
     m = _machine(128 * GB, _device("CUDA0", "gpu", "CUDA", 96 * GB, 95 * GB, "NVIDIA RTX PRO 6000 Blackwell"))
     p = fit.plan(q4, n_ctx=4096, machine=m, kv_contexts=())
@@ -98,7 +98,7 @@ def test_a_discrete_gpu_is_its_own_pool_and_its_overflow_is_caught(q4):
 
 def test_a_unified_memory_igpu_counts_against_ram(q4):
     """DGX Spark: the GB10 reports type igpu; what it holds comes out of the 128 GB of system memory."""
-    from step35 import fit
+    from step35.tools import fit
 
     spark = _device("CUDA0", "igpu", "CUDA", 128 * GB, 124 * GB, "NVIDIA GB10")
     m = _machine(128 * GB, spark, arch="aarch64", available=125 * GB)
@@ -116,7 +116,7 @@ def test_a_unified_memory_igpu_counts_against_ram(q4):
 
 def test_metal_on_macos_is_unified_and_gets_the_wired_limit_hint(q4):
     """A 128 GB Mac: Metal's working set (about 75% of RAM) is too small for the model; RAM is not."""
-    from step35 import fit
+    from step35.tools import fit
 
     ram = 128 * GiB
     mtl = _device("MTL0", "gpu", "MTL", 96 * GiB, description="Apple M3 Ultra")
@@ -132,7 +132,7 @@ def test_metal_on_macos_is_unified_and_gets_the_wired_limit_hint(q4):
 
 
 def test_what_the_plan_cannot_judge_is_said(q4):
-    from step35 import fit
+    from step35.tools import fit
 
     quiet = _device("Vulkan0", "gpu", "Vulkan", 0, description="a driver that reports no memory")
     m = _machine(128 * GB, quiet, notes=["backend cuda did not load, its devices are not in this plan: no driver"])
@@ -151,7 +151,7 @@ def test_what_the_plan_cannot_judge_is_said(q4):
 
 
 def test_devices_are_checked_against_the_machine(q4):
-    from step35 import fit
+    from step35.tools import fit
 
     m = _machine(128 * GB, _device("CUDA0", "gpu", "CUDA", 96 * GB))
     assert _pool(fit.plan(q4, machine=m, devices=["CUDA0"], kv_contexts=()), "CUDA0").need > 0

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import step35
 from step35 import ContextBusyError, ContextOverflowError, testing
-from step35 import chat as chat_module
+from step35.chat import openai as chat_module
 from step35 import model as model_module
 
 
@@ -545,7 +545,10 @@ def test_chat_rejects_misspelt_arguments(model) -> None:
 
 
 def test_template_kwargs_reach_the_template(model, monkeypatch) -> None:
-    monkeypatch.setattr(model, "_template", lambda: "{{ greeting }}|{{ messages|length }}|<|im_start|>assistant")
+    import step35.requests
+
+    monkeypatch.setattr(step35.requests, "_template",
+                        lambda model: "{{ greeting }}|{{ messages|length }}|<|im_start|>assistant")
     msgs = [{"role": "user", "content": "Hi"}]
     assert model.chat_prompt(msgs, template_kwargs={"greeting": "hello"}) == "hello|1|<|im_start|>assistant"
     assert model.chat_prompt(msgs) == "|1|<|im_start|>assistant"
@@ -747,7 +750,7 @@ def test_closing_the_model_while_a_stream_is_open(tiny_path) -> None:
 def test_step35_chat_keeps_a_streamed_answer_whole_in_the_history() -> None:
     """`step35 chat` puts each streamed answer into the conversation: reasoning, content and its
     tool calls, merged from the deltas (the next turn renders them back)."""
-    from step35.cli import _history_message
+    from step35.cli.commands import _history_message
 
     call = {"index": 0, "id": "call_0", "type": "function", "function": {"name": "f", "arguments": '{"a": 1}'}}
     deltas = [{"role": "assistant"}, {"reasoning_content": "think"}, {"content": "Sure."}, {"tool_calls": [call]}]

@@ -1,4 +1,4 @@
-"""step35.hub against a loopback fake Hub (tests/fake_hub.py) with the real huggingface_hub client.
+"""step35.tools.hub against a loopback fake Hub (tests/fake_hub.py) with the real huggingface_hub client.
 
 The fake serves tiny split GGUFs (``step35.testing.build_model(..., n_split=3)``) under two
 quant names (the same bytes; enough for download tests) plus a README. Nothing here
@@ -82,7 +82,7 @@ def _cached(name: str) -> Path | None:
 
 
 def test_repo_spec_parsing(tmp_path, monkeypatch):
-    from step35 import hub
+    from step35.tools import hub
 
     assert hub.parse_spec("ubergarm/Step-3.5-Flash-GGUF:IQ4_XS") == ("ubergarm/Step-3.5-Flash-GGUF", "IQ4_XS")
     assert hub.parse_spec("a/b:Q8_0", "Q4_K_S") == ("a/b", "Q4_K_S")
@@ -99,7 +99,7 @@ def test_repo_spec_parsing(tmp_path, monkeypatch):
 
 
 def test_presets_resolve_to_the_seed_quants(hub):
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     assert h.resolve("stepfun-ai/Step-3.5-Flash-Int4") == [
         f"step3p5_flash_Q4_K_S-{i:05d}-of-00003.gguf" for i in (1, 2, 3)]
@@ -110,7 +110,7 @@ def test_presets_resolve_to_the_seed_quants(hub):
 
 
 def test_downloads_only_the_chosen_quant_and_reuses_the_cache(hub, split_bytes):
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     assert h.resolve(REPO_ID, "iq4_xs") == IQ4
     assert h.resolve(REPO_ID, include="Step-Tiny-IQ4_XS-00002-of-00003.gguf") == IQ4  # one part -> the whole set
@@ -134,8 +134,7 @@ def test_downloads_only_the_chosen_quant_and_reuses_the_cache(hub, split_bytes):
 
 def test_interrupted_transfer_resumes(hub, split_bytes, caplog, monkeypatch):
     import huggingface_hub.constants as C
-
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     # huggingface_hub writes (and so can resume) in DOWNLOAD_CHUNK_SIZE pieces (10 MB): our parts are
     # ~190 KB, so use 16 KiB pieces to make the cut land after some were written.
@@ -156,13 +155,13 @@ def test_interrupted_transfer_resumes(hub, split_bytes, caplog, monkeypatch):
 @pytest.mark.parametrize("fault", ["garbage", "truncated"])
 def test_corrupt_download_is_detected_and_never_loaded(hub, split_bytes, monkeypatch, fault):
     import step35
-    import step35._backends
-    from step35 import hub as h
+    import step35._runtime.backends
+    from step35.tools import hub as h
 
     def no_load():
         raise AssertionError("a corrupt model reached llama.cpp")
 
-    monkeypatch.setattr(step35._backends, "core", no_load)
+    monkeypatch.setattr(step35._runtime.backends, "core", no_load)
     hub.faults[IQ4[1]] = fault
     with pytest.raises(h.HubError, match=r"Step-Tiny-IQ4_XS-00002-of-00003\.gguf .*corrupt") as e:
         # (the memory plan, made from the headers before downloading, is tested in test_fit*)
@@ -179,7 +178,7 @@ def test_corrupt_download_is_detected_and_never_loaded(hub, split_bytes, monkeyp
 
 
 def test_corrupt_file_in_cache_is_detected_offline(hub, monkeypatch):
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     path = h.download(REPO_ID, "IQ4_XS", progress=False)
     blob = path.resolve()
@@ -193,7 +192,7 @@ def test_corrupt_file_in_cache_is_detected_offline(hub, monkeypatch):
 
 def test_second_run_works_offline_from_the_cache(hub, monkeypatch):
     import step35
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     path = h.download(REPO_ID, "IQ4_XS", progress=False)
     hub.stop()
@@ -212,7 +211,7 @@ def test_second_run_works_offline_from_the_cache(hub, monkeypatch):
 
 
 def test_missing_repo_or_quant_is_a_one_line_error_listing_what_exists(hub):
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     with pytest.raises(h.HubError) as e:
         h.download(REPO_ID)
@@ -265,8 +264,8 @@ def test_from_pretrained_loads_the_split_model(hub, tiny_split):
 
 
 def test_fit_plans_a_repo_from_its_headers_only(hub, split_bytes, tiny_split, monkeypatch):
-    from step35 import fit
-    from step35 import hub as h
+    from step35.tools import fit
+    from step35.tools import hub as h
 
     monkeypatch.setattr(h, "HEADER_PROBE", 4096)  # these parts are small: probe small, as for 50 GB parts
 
@@ -292,7 +291,7 @@ def test_fit_plans_a_repo_from_its_headers_only(hub, split_bytes, tiny_split, mo
 
 def test_from_pretrained_refuses_before_downloading_what_cannot_fit(hub, monkeypatch):
     import step35
-    from step35 import fit
+    from step35.tools import fit
 
     monkeypatch.setattr(fit, "system_memory", lambda: (2 << 30, 1 << 30))
     with pytest.raises(step35.MemoryFitError):
@@ -305,7 +304,7 @@ def test_from_pretrained_refuses_before_downloading_what_cannot_fit(hub, monkeyp
                                     {"quant": "IQ4_XS", "revision": fake_hub.COMMIT}], ids=["include", "revision"])
 def test_include_or_revision_still_refuses_before_downloading(hub, monkeypatch, choice):
     import step35
-    from step35 import fit
+    from step35.tools import fit
 
     monkeypatch.setattr(fit, "system_memory", lambda: (2 << 30, 1 << 30))
     with pytest.raises(step35.MemoryFitError):
@@ -316,7 +315,7 @@ def test_include_or_revision_still_refuses_before_downloading(hub, monkeypatch, 
 
 def _count_plans(monkeypatch) -> dict[str, int]:
     """Count memory plans and the native no_alloc loads they make."""
-    from step35 import fit
+    from step35.tools import fit
 
     n = {"plan": 0, "no_alloc_load": 0}
     plan, simulate = fit.plan, fit._simulate
@@ -357,7 +356,7 @@ DOWNLOAD_IN_CHILD = r"""
 import sys
 import huggingface_hub.constants as C
 C.DOWNLOAD_CHUNK_SIZE = 16384  # written (so resumable) in 16 KiB pieces: our parts are ~190 KB
-from step35 import hub
+from step35.tools import hub
 hub.download(sys.argv[1], sys.argv[2], progress=False)
 print("DONE")
 """
@@ -370,7 +369,7 @@ def test_download_killed_with_sigkill_resumes(hub, split_bytes):
     import sys
     import time
 
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     hub.faults[IQ4[1]] = "slow"  # part 2 trickles: the kill lands mid-way
     sha2 = hashlib.sha256(split_bytes[1]).hexdigest()
@@ -400,7 +399,7 @@ def test_download_killed_with_sigkill_resumes(hub, split_bytes):
 
 @pytest.mark.parametrize("damage", ["truncated", "header"])
 def test_bad_file_in_cache_is_fetched_again(hub, split_bytes, damage):
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     path = h.download(REPO_ID, "IQ4_XS", progress=False)
     blob = (path.parent / IQ4[2]).resolve()
@@ -415,7 +414,7 @@ def test_bad_file_in_cache_is_fetched_again(hub, split_bytes, damage):
 def test_full_disk_is_a_clear_error_and_keeps_the_cache(hub, split_bytes, tmp_path, monkeypatch):
     import subprocess
 
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     disk = tmp_path / "small-disk"
     disk.mkdir()
@@ -457,7 +456,7 @@ def test_a_resume_that_fails_falls_back_to_a_full_download(hub, split_bytes, mon
     # so in a clean venv too, e.g. cibuildwheel's), httpx in 1.x.
     httpx = pytest.importorskip("httpx2" if importlib.util.find_spec("httpx2") else "httpx")
 
-    from step35 import hub as h
+    from step35.tools import hub as h
 
     # a leftover of a killed download of part 2, as huggingface_hub 2.x names it
     blobs = Path(os.environ["HF_HOME"]) / "hub" / "models--test--Step-Tiny-GGUF" / "blobs"
@@ -481,10 +480,9 @@ def test_mtp_sidecar_is_fetched_with_the_model(tmp_path, monkeypatch, tiny_split
     """A repo with a trunk-only model and its mtp-*.gguf sidecar (llama.cpp's converter: --no-mtp / --mtp):
     the sidecar is never taken for a model, is fetched with mtp=True, and drafts for the model."""
     import huggingface_hub.constants as C
-
     import step35
-    from step35 import hub as H
     from step35 import testing
+    from step35.tools import hub as H
 
     trunk, sidecar = testing.mtp_sidecar_paths("tiny-mtp")
     files = {"Q8_0/Step-Tiny-Q8_0.gguf": trunk.read_bytes(), "Q8_0/mtp-Step-Tiny-Q8_0.gguf": sidecar.read_bytes(),
@@ -509,12 +507,13 @@ def test_mtp_sidecar_is_fetched_with_the_model(tmp_path, monkeypatch, tiny_split
             assert m.mtp_heads == 0
         # The CLI resolves -m/--mtp through the same function: the repo's sidecar, from the Hub cache.
         from step35 import cli
+        from step35.cli import commands
 
         found = H.resolve_model("test/Step-Tiny-MTP-GGUF", mtp=True)
         assert found.path.name == "Step-Tiny-Q8_0.gguf" and found.planned is False
         assert isinstance(found.mtp, Path) and found.mtp.name == "mtp-Step-Tiny-Q8_0.gguf"
         args = cli.build_parser().parse_args(["run", "-m", "test/Step-Tiny-MTP-GGUF", "--mtp", "-p", "x"])
-        assert cli._find_model(args) == found
+        assert commands._find_model(args) == found
         planned: list[str] = []
         assert H.resolve_model("test/Step-Tiny-MTP-GGUF", mtp=True, plan=planned.append).planned
         assert planned == ["test/Step-Tiny-MTP-GGUF"]  # the plan comes before the download, with the repo id

@@ -10,6 +10,7 @@ package root (``from . import __version__``) is an import of ``step35``, whose
 from __future__ import annotations
 
 import ast
+import fnmatch
 import importlib.util
 from pathlib import Path
 
@@ -23,14 +24,17 @@ def _package_dir() -> Path:
 
 
 def _modules(root: Path) -> dict[str, Path | None]:
-    """Every module of the package: its source, or None for a native extension (``_core``, a leaf)."""
-    out: dict[str, Path | None] = {PKG: root / "__init__.py"}
-    for p in sorted(root.iterdir()):
+    """Every module of the package and its subpackages: its source, or None for a native extension
+    (``_core``, a leaf)."""
+    out: dict[str, Path | None] = {}
+    for p in sorted(root.rglob("*")):
+        if "__pycache__" in p.parts or not p.is_file() or not (p.parent / "__init__.py").is_file():
+            continue  # (lib/ holds shared libraries, not modules)
+        parts = (PKG, *p.relative_to(root).parent.parts)
         if p.suffix in (".so", ".pyd", ".pyi"):
-            out.setdefault(f"{PKG}.{p.name.split('.')[0]}", None)
-    for p in sorted(root.glob("*.py")):
-        if p.name != "__init__.py":
-            out[f"{PKG}.{p.stem}"] = p
+            out.setdefault(".".join((*parts, p.name.split(".")[0])), None)
+        elif p.suffix == ".py":
+            out[".".join(parts if p.name == "__init__.py" else (*parts, p.stem))] = p
     return out
 
 
@@ -62,17 +66,29 @@ def _resolve(name: str, known: dict[str, Path | None]) -> str | None:
     return ".".join(parts) if parts else None
 
 
-def _targets(node: ast.Import | ast.ImportFrom, known: dict[str, Path | None]) -> set[str]:
-    """The package modules one import statement imports."""
+def _parents(name: str, known: dict[str, Path | None]) -> set[str]:
+    """The subpackages an import of ``name`` runs first (``step35.a.b`` -> ``step35.a``); the root, which
+    every module needs, is an edge only where it is imported itself."""
+    parts = name.split(".")
+    return {p for p in (".".join(parts[:i]) for i in range(2, len(parts))) if p in known}
+
+
+def _targets(node: ast.Import | ast.ImportFrom, module: str, is_package: bool,
+             known: dict[str, Path | None]) -> set[str]:
+    """The package modules one import statement in ``module`` imports."""
     if isinstance(node, ast.Import):
         found = {_resolve(a.name, known) for a in node.names}
     else:
-        if node.level > 1:  # every module here sits directly in step35/
-            return set()
-        mod = (PKG + (f".{node.module}" if node.module else "")) if node.level else (node.module or "")
+        if node.level:
+            base = module.split(".") if is_package else module.split(".")[:-1]
+            base = base[:len(base) - (node.level - 1)]
+            mod = ".".join(base + ([node.module] if node.module else []))
+        else:
+            mod = node.module or ""
         # `from M import a`: the submodule M.a when there is one, else a name defined in M
         found = {f"{mod}.{a.name}" if f"{mod}.{a.name}" in known else _resolve(mod, known) for a in node.names}
-    return {m for m in found if m}
+    found = {m for m in found if m}
+    return found.union(*(_parents(m, known) for m in found))
 
 
 def import_graph(root: Path | None = None) -> dict[str, set[str]]:
@@ -86,9 +102,9 @@ def import_graph(root: Path | None = None) -> dict[str, set[str]]:
         tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
         deps: set[str] = set()
         for node in _import_nodes(tree):
-            deps |= _targets(node, mods)
-        deps.discard(name)
-        graph[name] = deps
+            deps |= _targets(node, name, path.name == "__init__.py", mods)
+        # a module's own packages are loaded before it, and sibling imports do not run them again
+        graph[name] = {d for d in deps if d != name and (d == PKG or not name.startswith(d + "."))}
     return graph
 
 
@@ -169,3 +185,72 @@ def test_no_import_cycles():
     found = cycles(graph)
     assert not found, "import cycles (each module imports another that imports it back):\n" + "\n".join(
         "  " + " -> ".join(_a_cycle(graph, c)) + f"   (component: {', '.join(c)})" for c in found)
+
+
+#: The package's layers, lowest first: a module imports only modules of its own layer or of layers
+#: below (``fnmatch`` patterns; the first that matches places a module). A new module needs a place here.
+LAYERS: list[tuple[str, tuple[str, ...]]] = [
+    ("base: version, errors, the extension", ("step35._version", "step35.errors", "step35._core")),
+    ("runtime", ("step35._runtime", "step35._runtime.*")),
+    ("file and text formats", ("step35.gguf", "step35.gguf.*", "step35.chat", "step35.chat.template",
+                               "step35.chat.toolcalls")),
+    ("generation and contexts", ("step35.generation", "step35.generation.*", "step35.context")),
+    ("tools the model uses", ("step35.tools", "step35.tools.hub", "step35.tools.rpc", "step35.tools.presets",
+                              "step35.tools.quantize", "step35.tools.fit")),
+    ("chat responses, prepared requests", ("step35.chat.openai", "step35.requests")),
+    ("engine", ("step35.engine",)),
+    ("model", ("step35.model",)),
+    ("applications", ("step35", "step35.__main__", "step35.tools.bench", "step35.cli", "step35.cli.*",
+                      "step35.serving", "step35.serving.*", "step35.testing", "step35.testing.*")),
+]
+
+
+def _layer(module: str) -> int | None:
+    return next((i for i, (_, pats) in enumerate(LAYERS) if any(fnmatch.fnmatchcase(module, p) for p in pats)),
+                None)
+
+
+def test_every_module_has_a_layer():
+    unplaced = sorted(m for m in import_graph() if _layer(m) is None)
+    assert not unplaced, f"modules with no layer in LAYERS: {unplaced}"
+
+
+def test_imports_only_go_down_the_layers():
+    graph = import_graph()
+    upward = [f"{m} ({LAYERS[_layer(m)][0]}) imports {d} ({LAYERS[_layer(d)][0]})"
+              for m in sorted(graph) for d in sorted(graph[m])
+              if _layer(m) is not None and _layer(d) is not None and _layer(d) > _layer(m)]
+    assert not upward, "imports that go up a layer:\n  " + "\n  ".join(upward)
+
+
+def test_the_layer_check_sees_an_upward_import(tmp_path):
+    pkg = tmp_path / PKG
+    (pkg / "gguf").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "gguf" / "__init__.py").write_text("")
+    (pkg / "gguf" / "reader.py").write_text("def f():\n    from ..model import Model\n")  # lazy, two levels up
+    (pkg / "model.py").write_text("from .gguf.reader import f\n")
+    graph = import_graph(pkg)
+    assert graph[f"{PKG}.gguf.reader"] == {f"{PKG}.model"}
+    assert graph[f"{PKG}.model"] == {f"{PKG}.gguf", f"{PKG}.gguf.reader"}  # the subpackage's __init__ runs too
+    assert _layer(f"{PKG}.model") > _layer(f"{PKG}.gguf.reader")
+    assert cycles(graph) == [[f"{PKG}.gguf.reader", f"{PKG}.model"]]
+
+
+def test_public_modules_keep_the_names_users_import_them_by():
+    import importlib
+    import subprocess
+    import sys
+
+    import step35
+
+    for name, home in step35.MODULE_HOMES.items():
+        module = importlib.import_module(f"{PKG}.{name}")
+        assert module is importlib.import_module(home) is getattr(step35, name)
+        assert module.__spec__.name == home and module.__package__ == home.rpartition(".")[0]  # relative imports work
+    assert callable(step35.quantize)  # the function, not the module of that name
+    code = ("import step35.fit, step35.tools.fit as home; from step35.hub import resolve_model; "
+            "from step35 import rpc, presets, mtp, plugins, testing; "
+            "assert step35.fit is home and callable(resolve_model) and testing.model_path and plugins.install_hint")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

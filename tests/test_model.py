@@ -250,7 +250,7 @@ def test_n_gpu_layers_none_some_or_more_than_there_are(tiny_path: Path) -> None:
 
 
 def test_main_gpu_must_name_one_of_the_devices(tiny_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from step35 import _backends
+    from step35._runtime import backends as _backends
 
     monkeypatch.setattr(_backends, "resolve_devices", lambda devices: list(devices))  # as if both GPUs existed
     with pytest.raises(ValueError, match=r"main_gpu=2 but only 2 device\(s\) are used \(GPU0, GPU1\)"):

@@ -333,7 +333,7 @@ def test_context_full(agree):
 
 
 def test_fit_plan_counts_the_draft_context(agree_path):
-    from step35 import fit
+    from step35.tools import fit
 
     without = fit.plan(agree_path, n_ctx=1024)
     with_mtp = fit.plan(agree_path, n_ctx=1024, mtp=True)
@@ -462,7 +462,7 @@ def test_prompt_lists_draft(agree):
 
 
 def test_engine_fit_counts_the_draft_context(agree):
-    from step35 import fit
+    from step35.tools import fit
 
     params = step35.engine.engine_context(step35.ContextParams(n_ctx=256), 4, 256)
     with_drafts = fit.check_engine(agree, params, drafts=True)

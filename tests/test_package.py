@@ -60,7 +60,7 @@ def test_every_native_error_kind_raises_its_own_class(tiny_path: Path) -> None:
     """The native layer exports its error kinds; each one raises the step35.errors class of
     that name (registered at import), never a generic RuntimeError."""
     from step35 import errors
-    from step35._backends import core
+    from step35._runtime.backends import core
 
     c = core()
     kinds = c.ErrorKind.__members__
@@ -80,8 +80,8 @@ def test_every_native_error_kind_raises_its_own_class(tiny_path: Path) -> None:
 
 def test_settings_names_match_the_native_enums() -> None:
     """ContextParams' names for the flash-attention setting and the KV-cache types are the native
-    enums' names, and the ggml ids step35.fit plans with are the ones the native layer uses."""
-    from step35._backends import core
+    enums' names, and the ggml ids step35.tools.fit plans with are the ones the native layer uses."""
+    from step35._runtime.backends import core
     from step35.context import FLASH_ATTN, KV_TYPES
 
     c = core()

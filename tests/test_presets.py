@@ -8,7 +8,7 @@ import subprocess
 import sys
 
 import pytest
-from step35 import presets
+from step35.tools import presets
 from step35.cli import build_parser
 
 

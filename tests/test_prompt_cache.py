@@ -139,7 +139,7 @@ def test_two_requests_arriving_together_evaluate_their_shared_prefix_once(model:
 def test_the_memory_plan_counts_the_prompt_cache_and_checkpoints(model: step35.Model, tiny32_path: Path) -> None:
     """`fit` adds the cache's bound and every slot's checkpoints (each at most the cells one sequence
     holds on the window layers) to RAM; a checkpoint the engine really takes is no larger."""
-    from step35 import fit
+    from step35.tools import fit
 
     bare = fit.plan(tiny32_path, n_ctx=4096, n_seq_max=2)
     p = fit.plan(tiny32_path, n_ctx=4096, n_seq_max=2, checkpoints=3, cache_mib=1)

@@ -9,7 +9,7 @@ times the sliding window:
 - F32, batched, token by token, and batched in micro-batches smaller than the
   sequence: NMSE <= 1e-5 and the same argmax at every position;
 - batched == token by token within the same bound;
-- Q8_0, Q4_K_S, Q4_K_M, IQ4_XS (made with ``step35.quantize``; IQ4_XS without
+- Q8_0, Q4_K_S, Q4_K_M, IQ4_XS (made with ``step35.tools.quantize``; IQ4_XS without
   an importance matrix): measured NMSE / top-1 agreement, with tolerances set
   from measurement below;
 - negative controls: the reference with one feature broken (router bias

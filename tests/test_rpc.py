@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 import step35
-import step35.bench
+import step35.tools.bench
 from step35.errors import MemoryFitError, RPCError
 
 PROMPT = "The quick brown fox jumps over the lazy dog. Once upon a time"
@@ -129,7 +129,7 @@ def test_split_over_two_workers_equals_local_cpu(workers, tiny32_path):
             want = ctx.logits(tokens)
         want_text = local.generate(PROMPT, max_tokens=48, temperature=0).text
     with step35.Model(tiny32_path, rpc=workers, n_gpu_layers=ngl, tensor_split=[1, 1]) as split:
-        assert split.devices[:2] == step35.rpc.connect(workers)
+        assert split.devices[:2] == step35.tools.rpc.connect(workers)
         with split.new_context(n_ctx=256) as ctx:
             got = ctx.logits(tokens)
             placed = {row["device"] or row["buffer_type"]: row["model"] for row in ctx.memory_breakdown()
@@ -154,7 +154,7 @@ def test_streamed_greedy_output_identical(workers, tiny_path):
 
 
 def test_remote_devices_in_backends_and_info(workers):
-    names = step35.rpc.connect(workers)
+    names = step35.tools.rpc.connect(workers)
     report = step35.backends()
     listed = {d["name"]: d for b in report.loaded for d in b.devices}
     for name, endpoint in zip(names, workers):
@@ -169,7 +169,7 @@ def test_remote_devices_in_backends_and_info(workers):
 def test_worker_offers_mem():
     proc, endpoint = start_worker("--mem", "1G")
     try:
-        name = step35.rpc.connect(endpoint)[0]
+        name = step35.tools.rpc.connect(endpoint)[0]
         dev = next(d for b in step35.backends().loaded for d in b.devices if d["name"] == name)
         assert dev["memory_total"] == dev["memory_free"] == 10**9
     finally:
@@ -179,9 +179,9 @@ def test_worker_offers_mem():
 def test_fit_plan_spreads_over_workers_and_refuses_with_a_plan(workers, tiny_path):
     with step35.Model(tiny_path, devices=[]) as local:
         n_layer = local.n_layer
-    p = step35.fit.plan(tiny_path, rpc=workers, n_gpu_layers=split_layers(n_layer), tensor_split=[1, 1])
+    p = step35.tools.fit.plan(tiny_path, rpc=workers, n_gpu_layers=split_layers(n_layer), tensor_split=[1, 1])
     pools = {q.name: q for q in p.pools}
-    names = step35.rpc.connect(workers)
+    names = step35.tools.rpc.connect(workers)
     assert all(n in pools and pools[n].weights > 0 for n in names), str(p)
     assert pools["RAM"].weights > 0 and p.fits
     text = str(p)
@@ -191,7 +191,7 @@ def test_fit_plan_spreads_over_workers_and_refuses_with_a_plan(workers, tiny_pat
     try:
         with pytest.raises(MemoryFitError) as e:
             step35.Model(tiny_path, rpc=small, n_gpu_layers=-1)
-        name = step35.rpc.connect(small)[0]
+        name = step35.tools.rpc.connect(small)[0]
         assert name in str(e.value) and "does not fit" in str(e.value)
         assert not e.value.plan.fits
     finally:
@@ -199,7 +199,7 @@ def test_fit_plan_spreads_over_workers_and_refuses_with_a_plan(workers, tiny_pat
 
 
 def test_bench_over_rpc(workers, tiny_path):
-    rows = step35.bench.run(tiny_path, [32], [8], [1], rpc=workers[0], n_gpu_layers=-1, n_threads=1)
+    rows = step35.tools.bench.run(tiny_path, [32], [8], [1], rpc=workers[0], n_gpu_layers=-1, n_threads=1)
     assert len(rows) == 1 and rows[0].s_tg > 0
 
 
@@ -331,7 +331,7 @@ def test_tensor_split_is_checked(workers, tiny_path):
 
 
 def test_models_without_rpc_stay_local(workers, tiny_path):
-    step35.rpc.connect(workers)
+    step35.tools.rpc.connect(workers)
     with step35.Model(tiny_path) as m:
         assert not any(d.startswith("RPC") for d in m.devices or [])
         with m.new_context(n_ctx=256) as ctx:

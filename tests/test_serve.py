@@ -12,7 +12,7 @@ Two kinds of test:
   second turn of a chat served from the slot's cache.
 * **In-process** (``CannedEngine``): the random tiny model never writes a tool
   call, so the tool-call path is tested on a canned model output. The canned
-  text goes through step35's real chat parsing (:class:`step35.chat.ChatStream`
+  text goes through step35's real chat parsing (:class:`step35.chat.openai.ChatStream`
   over a stream of fixed pieces), the real ASGI app (``create_app``), and the
   official client over httpx's ASGI transport, which parses two tool calls into
   its own types. Only the model is replaced. The real model with ``tools`` is
@@ -46,6 +46,7 @@ import openai  # noqa: E402
 import step35  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 from step35.generation import GenerationStats, SamplingParams  # noqa: E402
+from step35.requests import render_chat  # noqa: E402
 
 KEY = "test-key-123"
 MODEL = "tiny32"
@@ -516,7 +517,7 @@ def test_a_client_that_gives_up_on_a_non_streaming_answer_frees_its_slot(server:
 
 def _prompt_ids(model: step35.Model, messages: list[dict[str, Any]]) -> list[int]:
     """The token ids the engine evaluates for ``messages`` (rendered and tokenized as chat() does)."""
-    prompt, add_bos = model._render_chat(messages, None)
+    prompt, add_bos = render_chat(model, messages, None)
     return model.tokenize(prompt, add_special=add_bos, parse_special=True)
 
 
@@ -664,7 +665,7 @@ class CannedEngine:
 
     Arguments are validated as the engine does (sampling settings, tools,
     tool_choice) and recorded in :attr:`calls`; chat output goes through
-    step35's real :class:`~step35.chat.ChatStream` (reasoning and tool-call parsing).
+    step35's real :class:`~step35.chat.openai.ChatStream` (reasoning and tool-call parsing).
     """
 
     def __init__(self, pieces: list[str], *, queue_full: bool = False) -> None:
@@ -686,7 +687,7 @@ class CannedEngine:
 
     def chat(self, messages: list[dict[str, Any]], tools: Any = None, tool_choice: Any = "auto", *,
              stream: bool = False, **kwargs: Any) -> Any:
-        from step35.chat import ChatStream, select_tools
+        from step35.chat.openai import ChatStream, select_tools
 
         assert stream, "the server always streams"
         chosen = select_tools(tools, tool_choice)

@@ -269,7 +269,7 @@ READ_TOOL = {"type": "function", "function": {
 
 
 def _chain_text(ids: tuple[int, ...]) -> list[str]:
-    v = testing._vocab()
+    v = testing.specs.vocab()
     return [v.tokens[i] for i in ids]
 
 
@@ -282,7 +282,7 @@ def test_agent_chain_tokens() -> None:
 
 def test_agent_map_is_a_permutation_with_the_chain() -> None:
     nxt = testing.token_permutation("tiny-agent")
-    n_vocab = len(testing._vocab().tokens)
+    n_vocab = len(testing.specs.vocab().tokens)
     assert sorted(nxt.tolist()) == list(range(n_vocab))  # no two tokens share a next token
     chain = testing.agent_chain()
     assert [int(nxt[a]) for a in chain[:-1]] == list(chain[1:])
@@ -311,9 +311,9 @@ def test_tiny_agent_spec_and_cache_key(monkeypatch: pytest.MonkeyPatch) -> None:
     spec = testing.SIZES["tiny-agent"]
     assert (spec.trunk, spec.dtype, spec.embd_dtype, spec.n_ctx_train) == ("agent", "f32", "f32", 65536)
     assert spec.n_nextn == 0 and spec.mtp_heads == "random"
-    key = testing._cache_key(spec, 0, 1, False)
-    monkeypatch.setattr(testing, "AGENT_ANSWER", "Hello there!")
-    assert testing._cache_key(spec, 0, 1, False) != key  # changed texts never reuse a cached file
+    key = testing.cache._cache_key(spec, 0, 1, False)
+    monkeypatch.setattr(testing.build, "AGENT_ANSWER", "Hello there!")  # where the builder reads it
+    assert testing.cache._cache_key(spec, 0, 1, False) != key  # changed texts never reuse a cached file
     with pytest.raises(ValueError, match="unknown trunk"):
         dataclasses.replace(spec, trunk="agents")
     with pytest.raises(ValueError, match="need trunk='token_map'"):

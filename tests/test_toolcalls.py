@@ -8,9 +8,10 @@ from typing import Any
 
 import pytest
 
-from step35 import chat_template, toolcalls
-from step35._data import chat_template_path
-from step35.toolcalls import ChatStreamParser, ToolCallParseError, merge_deltas, parse_output
+from step35.chat import template as chat_template
+from step35.chat import toolcalls
+from step35._runtime.data import chat_template_path
+from step35.chat.toolcalls import ChatStreamParser, ToolCallParseError, merge_deltas, parse_output
 
 # The template the installed package ships (see test_chat_template.py).
 TEMPLATE = chat_template_path().read_text(encoding="utf-8")

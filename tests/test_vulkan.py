@@ -193,7 +193,7 @@ def test_device_selection(tiny_path: Path) -> None:
 
 def test_the_fit_plan_has_the_vulkan_device_as_its_own_pool(tiny_path: Path) -> None:
     """The memory plan counts lavapipe's Vulkan0 as a pool of its own, with the weights placed there."""
-    from step35 import fit
+    from step35.tools import fit
 
     p = fit.plan(tiny_path, n_ctx=512, flash_attn="off", kv_contexts=())
     print(f"\n{p}")

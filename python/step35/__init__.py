@@ -13,9 +13,17 @@ Quick start::
 
 from __future__ import annotations
 
+import importlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
 from . import errors
-from ._backends import BackendReport, backends
+from ._runtime.backends import BackendReport, backends
 from ._version import __version__
+from .engine import Engine, EngineStream
 from .errors import (
     BackendLoadError,
     Cancelled,
@@ -35,11 +43,11 @@ from .errors import (
     Step35Error,
     TokenizeError,
 )
-from .constraints import json_schema_to_grammar
-from .engine import Engine, EngineStream
-from .generation import Completion, CompletionStream, DraftStats, GenerationStats, SamplingParams
+from .generation.constraints import json_schema_to_grammar
+from .generation.params import SamplingParams
+from .generation.stream import Completion, CompletionStream, DraftStats, GenerationStats
 from .model import Model
-from .quantize import QUANT_TYPES, quantize
+from .tools.quantize import QUANT_TYPES, quantize
 
 __all__ = [
     "__version__",
@@ -84,17 +92,51 @@ __all__ = [
     "mtp",
 ]
 
-# Imported on first use (they pull in numpy): name -> submodule.
-_LAZY = {"testing": ".testing", "fit": ".fit", "presets": ".presets", "rpc": ".rpc", "mtp": ".mtp",
-         "Context": ".context", "ContextParams": ".context"}
-_LAZY_MODULES = {"testing", "fit", "presets", "rpc", "mtp"}
+#: Public modules whose home is a subpackage, by the name ``step35`` gives them (``step35.fit``,
+#: ``import step35.fit``, ``from step35.hub import resolve_model`` keep working).
+MODULE_HOMES = {
+    "fit": "step35.tools.fit", "hub": "step35.tools.hub", "rpc": "step35.tools.rpc",
+    "presets": "step35.tools.presets", "bench": "step35.tools.bench", "mtp": "step35.generation.mtp",
+    "constraints": "step35.generation.constraints", "toolcalls": "step35.chat.toolcalls",
+    "chat_template": "step35.chat.template", "plugins": "step35._runtime.plugins",
+}
+# Imported on first use (they pull in numpy): name -> module, and the module's attribute (None: the module).
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "testing": ("step35.testing", None),
+    **{name: (home, None) for name, home in MODULE_HOMES.items()},
+    "Context": ("step35.context", "Context"),
+    "ContextParams": ("step35.context", "ContextParams"),
+}
 
 
 def __getattr__(name: str):
     # `step35.testing` imports numpy/gguf: load it only when asked for.
     if name in _LAZY:
-        import importlib
-
-        mod = importlib.import_module(_LAZY[name], __name__)
-        return mod if name in _LAZY_MODULES else getattr(mod, name)
+        module, attr = _LAZY[name]
+        mod = importlib.import_module(module)
+        return mod if attr is None else getattr(mod, attr)
     raise AttributeError(f"module 'step35' has no attribute {name!r}")
+
+
+class _ModuleHomes(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Imports ``step35.<name>`` of :data:`MODULE_HOMES` as the module at its home (the same object)."""
+
+    def find_spec(self, fullname: str, path: object = None,
+                  target: object = None) -> importlib.machinery.ModuleSpec | None:
+        prefix, _, name = fullname.partition(".")
+        if prefix != __name__ or name not in MODULE_HOMES:
+            return None
+        return importlib.util.spec_from_loader(fullname, self)
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = importlib.import_module(MODULE_HOMES[spec.name.partition(".")[2]])
+        spec.loader_state = module.__spec__  # the import sets __spec__ to this alias's spec: kept to put back
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        """Nothing to run (the module was imported at its home); its own spec is put back."""
+        module.__spec__ = module.__spec__.loader_state
+
+
+if not any(isinstance(f, _ModuleHomes) for f in sys.meta_path):
+    sys.meta_path.append(_ModuleHomes())

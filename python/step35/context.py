@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 from gguf.constants import GGMLQuantizationType
 
-from . import _backends
-from ._limits import INT32_MAX as _INT32_MAX
-from ._limits import MAX_SEQ as _MAX_SEQ
-from ._system import default_threads
+from ._runtime import backends as _backends
+from ._runtime.limits import INT32_MAX as _INT32_MAX
+from ._runtime.limits import MAX_SEQ as _MAX_SEQ
+from ._runtime.system import default_threads
 from .errors import ContextOverflowError
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 __all__ = ["ContextParams", "Context", "KV_TYPES"]
 
 #: KV-cache element types (``type_k`` / ``type_v``) and their ggml type ids (the sizes
-#: step35.fit plans with). The native layer's ``KVType`` enum is what a context is made with;
+#: step35.tools.fit plans with). The native layer's ``KVType`` enum is what a context is made with;
 #: the two are checked against each other in the tests.
 KV_TYPES: dict[str, int] = {
     t: int(GGMLQuantizationType[t.upper()])

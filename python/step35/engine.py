@@ -19,16 +19,17 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from ._limits import MAX_SEQ
-from .constraints import for_chat, for_generate
+from ._runtime.limits import MAX_SEQ
 from .errors import ClosedError
-from .generation import Completion, CompletionStream, SamplingParams, check_max_tokens, check_stop, result
-from .mtp import check_draft
+from .generation.mtp import check_draft
+from .generation.params import SamplingParams, check_max_tokens, check_stop
+from .generation.stream import Completion, CompletionStream, result
+from .requests import prepare_chat, prepare_completion
 
 _DEFAULT = SamplingParams  # its field defaults are the sampling defaults of every call
 
 if TYPE_CHECKING:
-    from .chat import ChatStream
+    from .chat.openai import ChatStream
     from .context import ContextParams
     from .model import Model
 
@@ -45,8 +46,8 @@ CHECKPOINT_EVERY = 2048
 
 def default_cache_mib() -> float:
     """The prompt cache's default bound in MiB: a quarter of the RAM available now, at most 8 GiB."""
-    from ._system import system_memory
-    from .fit import default_cache_mib as of_spare
+    from ._runtime.system import system_memory
+    from .tools.fit import default_cache_mib as of_spare
 
     return of_spare(system_memory()[1])
 
@@ -219,13 +220,13 @@ class Engine:
             every generating slot (1 to 3; 0 off; None: 1 when the model was
             loaded with heads, else 0). The heads' draft context follows every
             slot; each slot's drafts are checked in the step's batch, and the
-            output is the same as without (see :mod:`step35.mtp`). A slot given
+            output is the same as without (see :mod:`step35.generation.mtp`). A slot given
             a conversation from the prompt cache or another slot drafts from
             what it evaluates after that (the heads' own cache is not saved).
         check_memory: before allocating anything, plan what the engine adds
             beside the loaded weights (every slot's KV cache, compute buffers,
             the MTP draft context, the prompt cache and checkpoints;
-            :func:`step35.fit.check_engine`)
+            :func:`step35.tools.fit.check_engine`)
             and raise :class:`~step35.MemoryFitError` with the plan when it does
             not fit (the default context is the model's training context per
             slot: for Step 3.5 Flash, 4 x 262,144 tokens).
@@ -259,7 +260,7 @@ class Engine:
         n_ctx_slot = base.n_ctx or model.n_ctx_train
         params = engine_context(base, slots, n_ctx_slot, kv_unified)
         if check_memory:
-            from .fit import check_engine
+            from .tools.fit import check_engine
 
             check_engine(model, params, checkpoints=checkpoints, cache_mib=cache_mib, drafts=n_draft > 0)
         self.model = model
@@ -330,10 +331,10 @@ class Engine:
         """
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
-        ids = self.model._prompt_tokens(prompt, add_special, parse_special)
-        constraint = for_generate(self.model, ids, grammar, reasoning_budget)
-        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                                         constraint=constraint)
+        req = prepare_completion(self.model, prompt, add_special=add_special, parse_special=parse_special,
+                                 grammar=grammar, reasoning_budget=reasoning_budget)
+        native, used_seed = self._submit(req.tokens, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                                         constraint=req.constraint)
         return result(native, used_seed, stream=stream, owner=self, stream_type=EngineStream)
 
     def chat(
@@ -362,29 +363,22 @@ class Engine:
         """An OpenAI-style chat completion, batched with the engine's other requests.
 
         The same arguments and results as :meth:`step35.Model.chat`; the
-        returned :class:`~step35.chat.ChatStream` also works with ``async for``.
+        returned :class:`~step35.chat.openai.ChatStream` also works with ``async for``.
         A slot whose cache holds the earlier turns of the conversation is
         reused: only the new tokens are evaluated.
         """
-        from .chat import ChatStream, response, select_tools
+        from .chat.openai import ChatStream, response
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
-        chosen = select_tools(tools, tool_choice)
-        prompt, ids = self._chat_prompt(messages, chosen, template_kwargs)
-        constraint = for_chat(self.model, prompt, chosen, tool_choice, response_format, reasoning_budget,
-                              parallel_tool_calls)
-        native, used_seed = self._submit(ids, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                                         constraint=constraint)
+        req = prepare_chat(self.model, messages, tools, tool_choice, template_kwargs=template_kwargs,
+                           response_format=response_format, reasoning_budget=reasoning_budget,
+                           parallel_tool_calls=parallel_tool_calls)
+        native, used_seed = self._submit(req.tokens, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                                         constraint=req.constraint)
         name = self.model.path.name
         if stream:
-            return ChatStream(EngineStream(native, used_seed, self), chosen, name)
-        return response(native, used_seed, chosen, model_name=name)
-
-    def _chat_prompt(self, messages: list[dict[str, Any]], chosen: list[dict[str, Any]] | None,
-                     template_kwargs: Mapping[str, Any] | None) -> tuple[str, list[int]]:
-        """The rendered prompt of a conversation and its tokens."""
-        prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
-        return prompt, self.model.tokenize(prompt, add_special=add_bos, parse_special=True)
+            return ChatStream(EngineStream(native, used_seed, self), req.tools, name)
+        return response(native, used_seed, req.tools, model_name=name)
 
     def prompt_tokens(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None = None,
                       tool_choice: Any = "auto", template_kwargs: Mapping[str, Any] | None = None) -> list[int]:
@@ -392,9 +386,8 @@ class Engine:
 
         A slot that holds a prefix of them in its cache evaluates only the rest.
         """
-        from .chat import select_tools
-
-        return self._chat_prompt(messages, select_tools(tools, tool_choice), template_kwargs)[1]
+        return prepare_chat(self.model, messages, tools, tool_choice, template_kwargs=template_kwargs,
+                            constrain=False).tokens
 
     def generate_many(self, prompts: Sequence[str | bytes | Iterable[int]], max_tokens: int | None = 256, *,
                       add_special: bool = True, parse_special: bool = True,
@@ -408,10 +401,9 @@ class Engine:
         """
 
         params = SamplingParams(**sampling)
-        requests = []
-        for p in prompts:
-            ids = self.model._prompt_tokens(p, add_special, parse_special)
-            requests.append((ids, for_generate(self.model, ids, grammar, reasoning_budget)))
+        prepared = [prepare_completion(self.model, p, add_special=add_special, parse_special=parse_special,
+                                       grammar=grammar, reasoning_budget=reasoning_budget) for p in prompts]
+        requests = [(r.tokens, r.constraint) for r in prepared]
         natives = self._submit_all(requests, max_tokens=max_tokens, sampling=params, stop=stop)
         return [result(n, sd, stream=False, owner=self) for n, sd in natives]  # type: ignore[misc]
 
@@ -424,19 +416,16 @@ class Engine:
 
         ``response_format``, ``reasoning_budget`` and ``parallel_tool_calls`` as in :meth:`step35.Model.chat`.
         """
-        from .chat import response, select_tools
+        from .chat.openai import response
 
         params = SamplingParams(**sampling)
-        chosen = select_tools(tools, tool_choice)
-        requests = []
-        for messages in conversations:
-            prompt, add_bos = self.model._render_chat(messages, chosen, template_kwargs)
-            constraint = for_chat(self.model, prompt, chosen, tool_choice, response_format, reasoning_budget,
-                                  parallel_tool_calls)
-            requests.append((self.model.tokenize(prompt, add_special=add_bos, parse_special=True), constraint))
-        natives = self._submit_all(requests, max_tokens=max_tokens, sampling=params, stop=stop)
+        prepared = [prepare_chat(self.model, messages, tools, tool_choice, template_kwargs=template_kwargs,
+                                 response_format=response_format, reasoning_budget=reasoning_budget,
+                                 parallel_tool_calls=parallel_tool_calls) for messages in conversations]
+        natives = self._submit_all([(r.tokens, r.constraint) for r in prepared], max_tokens=max_tokens,
+                                   sampling=params, stop=stop)
         name = self.model.path.name
-        return [response(n, sd, chosen, model_name=name) for n, sd in natives]
+        return [response(n, sd, r.tools, model_name=name) for (n, sd), r in zip(natives, prepared)]
 
     def metrics(self) -> dict[str, Any]:
         """Slots, running and waiting requests, token totals (prompt evaluated / cached / restored from the

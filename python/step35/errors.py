@@ -108,7 +108,7 @@ class MemoryFitError(Step35Error, MemoryError):
     """The model and context would not fit in this machine's memory.
 
     The message holds the plan (what needs how much, where) and what would fit;
-    ``.plan`` is the :class:`step35.fit.FitPlan`.
+    ``.plan`` is the :class:`step35.tools.fit.FitPlan`.
     """
 
     def __init__(self, message: str, plan: object = None):

@@ -8,24 +8,26 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import _backends
-from ._backends import check_tensor_split, resolve_devices
-from ._limits import INT32_MAX as _INT32_MAX
-from .constraints import for_chat, for_generate
+from ._runtime import backends as _backends
+from ._runtime.backends import check_tensor_split, resolve_devices
+from ._runtime.limits import INT32_MAX as _INT32_MAX
 from .engine import MAX_SLOTS, Engine
 from .errors import ClosedError, ContextBusyError
-from .generation import SamplingParams, run
-from .generation import SamplingParams as _DEFAULT  # the sampling defaults (one home: SamplingParams)
-from .gguf import check_model_header, model_files, read_header
-from .mtp import check_draft, resolve
+from .generation.mtp import check_draft, resolve
+from .generation.params import SamplingParams
+from .generation.params import SamplingParams as _DEFAULT  # the sampling defaults (one home: SamplingParams)
+from .generation.stream import run
+from .gguf.files import model_files
+from .gguf.reader import check_model_header, read_header
+from .requests import prepare_chat, prepare_completion, render_chat
 
 if TYPE_CHECKING:
     import numpy as np
 
-    from .chat import ChatStream
+    from .chat.openai import ChatStream
     from .context import Context, ContextParams
-    from .generation import Completion, CompletionStream
-    from .mtp import MTPOption
+    from .generation.mtp import MTPOption
+    from .generation.stream import Completion, CompletionStream
 
 __all__ = ["Model", "model_files"]
 
@@ -73,7 +75,7 @@ class Model:
         rpc: RPC workers (``step35 rpc-server``) whose devices take layers too:
             ``"host:port"``, a list of them, or comma-separated. Their devices
             come first, then ``devices``; the layers that are not offloaded
-            (``n_gpu_layers``) stay on this machine's CPU. See :mod:`step35.rpc`.
+            (``n_gpu_layers``) stay on this machine's CPU. See :mod:`step35.tools.rpc`.
         tensor_split: the share of the offloaded layers each device gets, in the
             order of :attr:`devices` (e.g. ``[3, 1]``: three quarters on the
             first); default: in proportion to each device's free memory.
@@ -81,7 +83,7 @@ class Model:
             :meth:`chat` use (a :class:`~step35.ContextParams` or a dict of its
             fields, e.g. ``{"n_ctx": 32768, "type_k": "q8_0"}``); created on first use.
         check_memory: before loading, plan the memory of the weights plus the
-            default context (:func:`step35.fit.plan`: exact weight and KV-cache
+            default context (:func:`step35.tools.fit.plan`: exact weight and KV-cache
             bytes, llama.cpp's compute buffers, on this machine's RAM/GPUs) and
             refuse with the plan, and what would fit, instead of running out of
             memory. ``False`` (or ``STEP35_NO_FIT_CHECK=1``) skips it.
@@ -89,7 +91,7 @@ class Model:
             (``draft=``): ``False`` (default) none; ``True`` the file's own heads,
             or an ``mtp-<file name>`` sidecar beside it (an error when there is
             neither); ``"auto"`` the same when available; or the path of an
-            ``mtp-*.gguf`` sidecar. See :mod:`step35.mtp`.
+            ``mtp-*.gguf`` sidecar. See :mod:`step35.generation.mtp`.
 
     Raises:
         FileNotFoundError: the file, or part of a split set, is missing.
@@ -129,7 +131,7 @@ class Model:
         """The ``mtp-*.gguf`` sidecar whose MTP heads draft for this model (None: none, or its own)."""
         _check_int("n_gpu_layers", n_gpu_layers, -1, "-1 = all layers, 0 = none, N = the first N")
         _check_int("main_gpu", main_gpu, 0, "an index into the GPUs used")
-        from .rpc import model_devices
+        from .tools.rpc import model_devices
 
         device_list, self._rpc = model_devices(devices, rpc)
         split = check_tensor_split(tensor_split, device_list)
@@ -143,7 +145,7 @@ class Model:
         self._context_params = ContextParams.coerce(context)
         self._context: Context | None = None
         if check_memory and not vocab_only:
-            from .fit import check_context
+            from .tools.fit import check_context
 
             check_context(self.path, self._context_params, n_gpu_layers=n_gpu_layers, main_gpu=main_gpu,
                           devices=device_list, tensor_split=split, rpc=self._rpc,
@@ -151,7 +153,7 @@ class Model:
         # where the weights go: the same for a sidecar's heads
         place: dict[str, Any] = dict(n_gpu_layers=n_gpu_layers, use_mmap=bool(use_mmap), use_mlock=bool(use_mlock),
                                      main_gpu=int(main_gpu), devices=device_list, tensor_split=split, rpc=self._rpc)
-        # where the layers went, for memory plans of contexts made later (step35.fit.check_engine)
+        # where the layers went, for memory plans of contexts made later (step35.tools.fit.check_engine)
         self._placement = dict(n_gpu_layers=n_gpu_layers, main_gpu=int(main_gpu), devices=device_list,
                                tensor_split=split, rpc=self._rpc, mtp=sidecar or load_mtp)
         self._handle = _backends.core().load_model(str(self.path), vocab_only=bool(vocab_only),
@@ -232,7 +234,7 @@ class Model:
 
     @property
     def mtp_heads(self) -> int:
-        """MTP heads loaded for drafting (0: none; see ``Model(mtp=...)`` and :mod:`step35.mtp`)."""
+        """MTP heads loaded for drafting (0: none; see ``Model(mtp=...)`` and :mod:`step35.generation.mtp`)."""
         return int(self._native_handle().n_heads)
 
     @property
@@ -355,13 +357,6 @@ class Model:
         with self.new_context(params) as ctx:
             return ctx.logits(ids, incremental=incremental)
 
-    def _prompt_tokens(self, prompt: str | bytes | Iterable[int], add_special: bool, parse_special: bool) -> list[int]:
-        if isinstance(prompt, (str, bytes, bytearray, memoryview)):
-            return self.tokenize(prompt, add_special=add_special, parse_special=parse_special)
-        from .context import _token_list
-
-        return _token_list(prompt)
-
     def generate(
         self,
         prompt: str | bytes | Iterable[int] | Sequence[str | bytes | Sequence[int]],
@@ -419,7 +414,7 @@ class Model:
             draft: multi-token prediction: tokens the MTP heads draft per step
                 (1 to 3; 0 off; None: 1 when the model was loaded with heads,
                 else 0). The output is the same as without; the stats say how
-                many drafts were kept (``stats.draft``). See :mod:`step35.mtp`.
+                many drafts were kept (``stats.draft``). See :mod:`step35.generation.mtp`.
 
         Example::
 
@@ -444,14 +439,14 @@ class Model:
                                             parse_special=parse_special, stop=stop, grammar=grammar,
                                             reasoning_budget=reasoning_budget, **dataclasses.asdict(sampling))
         n_draft = self._draft(draft, context)
-        ids = self._prompt_tokens(prompt, add_special, parse_special)
-        constraint = for_generate(self, ids, grammar, reasoning_budget)
+        req = prepare_completion(self, prompt, add_special=add_special, parse_special=parse_special,  # type: ignore[arg-type]
+                                 grammar=grammar, reasoning_budget=reasoning_budget)
         ctx = context if context is not None else self.context
-        return run(ctx, ids, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                   constraint=constraint, draft=n_draft)
+        return run(ctx, req.tokens, stream=stream, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                   constraint=req.constraint, draft=n_draft)
 
     def _draft(self, draft: int | None, context: Context | None) -> int:
-        """The MTP draft length for a call on ``context`` (validated; see :func:`step35.mtp.check_draft`)."""
+        """The MTP draft length for a call on ``context`` (validated; see :func:`step35.generation.mtp.check_draft`)."""
 
         heads = self.mtp_heads
         if context is not None and not context._handle.has_drafter:
@@ -480,33 +475,7 @@ class Model:
 
         ``template_kwargs``: further variables for the template, as in :meth:`chat`.
         """
-        return self._render_chat(messages, tools, template_kwargs)[0]
-
-    def _render_chat(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None,
-                     template_kwargs: Mapping[str, Any] | None = None) -> tuple[str, bool]:
-        """The chat prompt, and whether tokenizing it must add BOS (the template may write it itself)."""
-        from .chat import build_prompt, check_template_kwargs
-
-        extra = check_template_kwargs(template_kwargs)
-        special = self.special_tokens
-        bos_text = self._token_text(special.get("bos"))
-        prompt = build_prompt(self._template(), messages, tools, bos_token=bos_text,
-                              eos_token=self._token_text(special.get("eos")), **extra)
-        add_bos = bool(special.get("add_bos")) and not (bos_text and prompt.startswith(bos_text))
-        return prompt, add_bos
-
-    def _template(self) -> str:
-        template = self.chat_template
-        if template:
-            return template
-        from ._data import chat_template_path
-
-        return chat_template_path().read_text(encoding="utf-8")
-
-    def _token_text(self, token: Any) -> str:
-        if isinstance(token, bool) or not isinstance(token, int) or token < 0:
-            return ""
-        return self.token_to_piece(token, special=True).decode("utf-8", errors="replace")
+        return render_chat(self, messages, tools, template_kwargs)[0]
 
     def chat(
         self,
@@ -544,14 +513,14 @@ class Model:
         the context's cache.
 
         Returns a ``chat.completion`` dict, or with ``stream=True`` a
-        :class:`~step35.chat.ChatStream` of ``chat.completion.chunk`` dicts.
+        :class:`~step35.chat.openai.ChatStream` of ``chat.completion.chunk`` dicts.
         A list of conversations runs them all at once on an
         :class:`~step35.Engine` and returns a list of dicts, in order.
 
         Args:
             messages, tools: the conversation and the tools offered (OpenAI shapes).
             tool_choice: ``"auto"``, ``"none"``, ``"required"`` or
-                ``{"type": "function", "function": {"name": ...}}`` (see :func:`step35.chat.select_tools`).
+                ``{"type": "function", "function": {"name": ...}}`` (see :func:`step35.chat.openai.select_tools`).
                 "required" and a named function are enforced: after its
                 reasoning, the model can only write tool calls (of that
                 function), with arguments valid under the tool's schema.
@@ -595,7 +564,7 @@ class Model:
                 that ``max_tokens`` cuts is no error: ``finish_reason`` is "length", and the
                 calls before it are kept).
         """
-        from .chat import ChatStream, complete, select_tools
+        from .chat.openai import ChatStream, complete
 
         sampling = SamplingParams._pick(locals())  # the sampling arguments above are SamplingParams' fields
         if _is_batch(messages, (list, tuple)):
@@ -606,19 +575,17 @@ class Model:
                                         reasoning_budget=reasoning_budget, parallel_tool_calls=parallel_tool_calls,
                                         **dataclasses.asdict(sampling))
         n_draft = self._draft(draft, context)
-        chosen = select_tools(tools, tool_choice)
-        prompt, add_bos = self._render_chat(messages, chosen, template_kwargs)
-        constraint = for_chat(self, prompt, chosen, tool_choice, response_format, reasoning_budget,
-                              parallel_tool_calls)
-        ids = self.tokenize(prompt, add_special=add_bos, parse_special=True)
+        req = prepare_chat(self, messages, tools, tool_choice, template_kwargs=template_kwargs,  # type: ignore[arg-type]
+                           response_format=response_format, reasoning_budget=reasoning_budget,
+                           parallel_tool_calls=parallel_tool_calls)
         ctx = context if context is not None else self.context
         name = self.path.name
         if stream:
-            completion = run(ctx, ids, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                             constraint=constraint, draft=n_draft)
-            return ChatStream(completion, chosen, name)  # type: ignore[arg-type]
-        return complete(ctx, ids, chosen, model_name=name, max_tokens=max_tokens, sampling=sampling, stop=stop,
-                        constraint=constraint, draft=n_draft)
+            completion = run(ctx, req.tokens, stream=True, max_tokens=max_tokens, sampling=sampling, stop=stop,
+                             constraint=req.constraint, draft=n_draft)
+            return ChatStream(completion, req.tools, name)  # type: ignore[arg-type]
+        return complete(ctx, req.tokens, req.tools, model_name=name, max_tokens=max_tokens, sampling=sampling,
+                        stop=stop, constraint=req.constraint, draft=n_draft)
 
     @classmethod
     def from_pretrained(cls, repo_id: str, quant: str | None = None, *, include: str | list[str] | None = None,
@@ -626,15 +593,15 @@ class Model:
                         local_files_only: bool = False, **model_kwargs: Any) -> Model:
         """Download ``repo_id`` (``owner/name[:QUANT]`` or a preset) from the Hub and load it.
 
-        See :func:`step35.hub.download`; ``model_kwargs`` go to :class:`Model`.
+        See :func:`step35.tools.hub.download`; ``model_kwargs`` go to :class:`Model`.
         Unless ``check_memory=False``, the memory plan is made once, from the
         headers of the files that will be downloaded, so a model that cannot fit
         raises :class:`~step35.errors.MemoryFitError` before anything is
         downloaded (offline, from the cached files instead).
         """
-        from . import hub
         from .context import ContextParams
-        from .fit import check_context
+        from .tools import hub
+        from .tools.fit import check_context
 
         kwargs = dict(model_kwargs)
         vocab_only = bool(kwargs.get("vocab_only"))

@@ -34,8 +34,19 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .errors import APIError, bad
-from .events import (Answer, Event, Failed, Finished, Progress, ReasoningDelta, Started, TextDelta, ToolCallDone,
-                     ToolCallStart, Usage)
+from .events import (
+    Answer,
+    Event,
+    Failed,
+    Finished,
+    Progress,
+    ReasoningDelta,
+    Started,
+    TextDelta,
+    ToolCallDone,
+    ToolCallStart,
+    Usage,
+)
 from .reasoning import ReasoningSeal
 from .request import ChatRequest, check_type, max_tokens_of, optional, sampling_of, stop_of
 

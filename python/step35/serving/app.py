@@ -28,7 +28,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from .._limits import MAX_BODY_BYTES
+from .._runtime.limits import MAX_BODY_BYTES
 from .anthropic import Messages
 from .errors import ENGINE_ERRORS, APIError, bad, from_exception
 from .events import Answer, Event, Failed, Finished, ReasoningDelta, TextDelta, ToolCallStart, engine_events
@@ -36,7 +36,7 @@ from .metrics import Metrics, Tracker
 from .openai_chat import ChatCompletions, Completions
 from .reasoning import ReasoningSeal
 from .request import ChatRequest
-from .responses import ResponseStore, Responses
+from .responses import Responses, ResponseStore
 
 __all__ = ["DEFAULT_MAX_BODY_BYTES", "INLINE_BODY_BYTES", "ROUTES", "create_app"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 from jinja2.exceptions import TemplateError
 
+from ..chat.toolcalls import ToolCallParseError
 from ..errors import ClosedError, ContextOverflowError, QueueFullError, Step35Error
-from ..toolcalls import ToolCallParseError
 
 __all__ = ["APIError", "ENGINE_ERRORS", "bad", "from_exception"]
 

@@ -20,11 +20,21 @@ import uuid
 from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
-from ..constraints import json_schema_to_grammar, response_schema
 from ..errors import GrammarError
+from ..generation.constraints import json_schema_to_grammar, response_schema
 from .errors import APIError, bad
-from .events import (Answer, Event, Failed, Finished, Progress, ReasoningDelta, TextDelta, ToolCallDone,
-                     ToolCallStart, Usage)
+from .events import (
+    Answer,
+    Event,
+    Failed,
+    Finished,
+    Progress,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDone,
+    ToolCallStart,
+    Usage,
+)
 from .request import SAMPLING_FIELDS, ChatRequest, check_type, max_tokens_of, refuse_unless, sampling_of, stop_of
 
 __all__ = ["ChatCompletions", "Completions", "chat_request", "completion_request", "dumps", "openai_error",

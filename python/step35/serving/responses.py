@@ -39,8 +39,18 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from .errors import APIError, bad
-from .events import (Answer, Event, Failed, Finished, Progress, ReasoningDelta, TextDelta, ToolCallDone,
-                     ToolCallStart, Usage)
+from .events import (
+    Answer,
+    Event,
+    Failed,
+    Finished,
+    Progress,
+    ReasoningDelta,
+    TextDelta,
+    ToolCallDone,
+    ToolCallStart,
+    Usage,
+)
 from .openai_chat import dumps, openai_error, reasoning_budget_of
 from .reasoning import ReasoningSeal
 from .request import SAMPLING_FIELDS, ChatRequest, check_type, max_tokens_of, optional, sampling_of

@@ -25,8 +25,9 @@ import os
 from pathlib import Path
 from typing import Any, Union
 
-from .errors import InvalidModelError
-from .gguf import GGUFHeader, model_files, read_header
+from ..errors import InvalidModelError
+from ..gguf.files import model_files
+from ..gguf.reader import GGUFHeader, read_header
 
 __all__ = ["MAX_DRAFT", "SIDECAR_PREFIX", "MTPOption", "check_draft", "file_heads", "is_sidecar", "resolve"]
 
@@ -144,7 +145,7 @@ def resolve(path: Path, header: GGUFHeader, mtp: MTPOption) -> tuple[bool, Path 
             return False, beside
         if mtp is True:
             raise InvalidModelError(f"{path}: the file has no MTP heads and there is no {beside.name} beside it; "
-                                    "download a file with heads (see step35.presets) or pass the sidecar as "
+                                    "download a file with heads (see step35.tools.presets) or pass the sidecar as "
                                     "mtp='path/to/mtp-*.gguf'")
         return False, None
     if isinstance(mtp, (str, os.PathLike)):

@@ -4,33 +4,32 @@ Reads only the header, never the tensor data, from any binary file object, so
 it works on local files and on the byte ranges fetched of a Hub file. Corrupt
 or truncated input raises :class:`~step35.errors.InvalidModelError`; it never
 tries to allocate more than the file could hold.
-
-Also the facts about GGUF files on disk: the split-set naming
-(``NAME-0000K-of-0000N.gguf``), :func:`model_files`, and the check that a file
-is in upstream llama.cpp's format.
 """
 
 from __future__ import annotations
 
-import errno
 import functools
 import io
 import os
-import re
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .errors import InvalidModelError
+from ..errors import InvalidModelError
 
 GGUF_MAGIC = b"GGUF"
 
-# GGUF metadata value types.
-_SCALARS = {
+
+#: GGUF metadata value types: the scalar ones' ``struct`` formats, by type id, then the two others.
+SCALAR_FORMATS = {
     0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q", 11: "<q", 12: "<d",
 }
-_STRING, _ARRAY = 8, 9
+
+
+STRING, ARRAY = 8, 9
+
+
 _MAX_COUNT = 1 << 40
 
 
@@ -115,15 +114,15 @@ class _Reader:
             raise InvalidModelError(f"{self.name} is corrupt: a {what} is not UTF-8 ({raw[:40]!r})") from None
 
     def value(self, vtype: int, depth: int = 0) -> Any:
-        if vtype in _SCALARS:
-            return self.unpack(_SCALARS[vtype])
-        if vtype == _STRING:
+        if vtype in SCALAR_FORMATS:
+            return self.unpack(SCALAR_FORMATS[vtype])
+        if vtype == STRING:
             return self.string()
-        if vtype == _ARRAY and depth < 4:
+        if vtype == ARRAY and depth < 4:
             itype = self.unpack("<I")
             n = self.count("array length")
-            if itype in _SCALARS:
-                fmt = _SCALARS[itype]
+            if itype in SCALAR_FORMATS:
+                fmt = SCALAR_FORMATS[itype]
                 size = struct.calcsize(fmt)
                 data = self.take(n * size)
                 return list(struct.unpack(f"<{n}{fmt[1]}", data))
@@ -184,57 +183,10 @@ def read_header(source: str | os.PathLike[str] | BinaryIO, *, name: str | None =
     return GGUFHeader(version, metadata, tensors, r.pos)
 
 
-# --------------------------------------------------------------------------- files on disk
-
-#: A part of a split set, as llama.cpp's ``gguf-split`` names them: ``NAME-0000K-of-0000N.gguf``.
-SPLIT_RE = re.compile(r"^(?P<prefix>.*)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
-
-
-def split_name(prefix: str, no: int, count: int) -> str:
-    """The name of part ``no`` (from 1) of a ``count``-part split set called ``prefix``."""
-    return f"{prefix}-{no:05d}-of-{count:05d}.gguf"
-
-
-def split_set(name: str) -> tuple[str, list[str]] | None:
-    """``(prefix, every part's name)`` of the split set ``name`` belongs to, or None for a single file.
-
-    ``name`` may carry a folder (``Q4_K_S/M-00001-of-00003.gguf``); the parts keep it.
-    """
-    m = SPLIT_RE.match(name)
-    if not m:
-        return None
-    count = int(m["count"])
-    return m["prefix"], [split_name(m["prefix"], i, count) for i in range(1, count + 1)]
-
-
-def model_files(path: str | os.PathLike[str]) -> list[Path]:
-    """All files of the model at ``path``: itself, or every part of a split set.
-
-    Any part of a ``NAME-0000K-of-0000N.gguf`` set names the whole set. Raises
-    :class:`FileNotFoundError` listing whatever is missing.
-    """
-    p = Path(os.fspath(path)).expanduser()
-    split = split_set(p.name)
-    if split:
-        files = [p.with_name(n) for n in split[1]]
-        missing = [f for f in files if not f.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                errno.ENOENT,
-                f"split model is incomplete: {len(missing)} of {len(files)} parts missing "
-                f"({', '.join(f.name for f in missing)})",
-                str(p),
-            )
-        return files
-    if p.is_dir():
-        raise IsADirectoryError(errno.EISDIR, "expected a .gguf model file, got a directory", str(p))
-    if not p.is_file():
-        raise FileNotFoundError(errno.ENOENT, "no such model file", str(p))
-    return [p]
-
-
 # Keys written only by the early StepFun llama.cpp fork; upstream cannot load these files.
 _FORK_ERA_KEYS = ("swiglu_limits", "swiglu_limits_shared", "rope.scaling.apply_mask")
+
+
 _UPSTREAM_GGUFS = "stepfun-ai/Step-3.5-Flash-GGUF-Q4_K_S (Q4_K_S) or ubergarm/Step-3.5-Flash-GGUF (IQ4_XS)"
 
 

@@ -2,7 +2,7 @@
 
 Example::
 
-    >>> step35.quantize("model-f16.gguf", "model-Q4_K_S.gguf", "Q4_K_S")
+    >>> step35.tools.quantize("model-f16.gguf", "model-Q4_K_S.gguf", "Q4_K_S")
 
 The output is written to a temporary file next to ``dst`` and renamed into
 place only when quantization succeeded, so a failure or Ctrl-C never leaves a
@@ -22,7 +22,7 @@ import tempfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from .gguf import model_files
+from ..gguf.files import model_files
 
 __all__ = ["quantize", "QUANT_TYPES"]
 
@@ -94,7 +94,7 @@ def quantize(src: str | os.PathLike[str], dst: str | os.PathLike[str], type: str
     if not dst_path.parent.is_dir():
         raise FileNotFoundError(errno.ENOENT, "output directory does not exist", str(dst_path.parent))
 
-    from ._backends import core
+    from .._runtime.backends import core
 
     fd, tmp = tempfile.mkstemp(prefix=f".{dst_path.name}.", suffix=".part", dir=dst_path.parent)
     os.close(fd)

@@ -83,7 +83,7 @@ def connect(rpc: str | Iterable[str]) -> list[str]:
         ValueError: an endpoint is not ``host:port``.
         RPCError: a worker cannot be reached, speaks another protocol version, or has no devices.
     """
-    from ._backends import core, note_remote
+    from .._runtime.backends import core, note_remote
 
     names: list[str] = []
     for endpoint in _endpoints(rpc):
@@ -128,7 +128,7 @@ def _check_port(host: str, port: int) -> None:
 
 def default_devices(devices: Sequence[dict[str, Any]]) -> list[str]:
     """What a worker serves by default, as llama.cpp's rpc-server: every GPU, else the CPU."""
-    from ._backends import DEVICE_ACCEL, DEVICE_CPU, is_remote
+    from .._runtime.backends import DEVICE_ACCEL, DEVICE_CPU, is_remote
 
     gpus = [d["name"] for d in devices if d["type"] not in (DEVICE_CPU, DEVICE_ACCEL) and not is_remote(d)]
     if gpus:
@@ -163,8 +163,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT, *, devices: Sequen
             host without ``allow_open_network``.
         RPCError: the server could not start.
     """
-    from ._backends import backends, core, is_remote
-    from ._system import default_threads
+    from .._runtime.backends import backends, core, is_remote
+    from .._runtime.system import default_threads
 
     if not 0 < int(port) < 65536:
         raise ValueError(f"port must be in 1..65535, got {port}")
@@ -222,7 +222,7 @@ def model_devices(devices: Sequence[str] | str | None,
     ``rpc`` gets an explicit local list, so it never lands on a worker by
     accident. ``None`` means llama.cpp's default (no worker connected).
     """
-    from ._backends import local_gpus, resolve_devices
+    from .._runtime.backends import local_gpus, resolve_devices
 
     remote = connect(rpc) if rpc is not None else []
     device_list = resolve_devices(devices)

@@ -1,9 +1,9 @@
 """OpenAI-shaped chat on top of generation, with Step 3.5 reasoning and tool calls.
 
 The GGUF's own Jinja chat template renders the conversation (see
-:mod:`step35.chat_template`); the prompt ends in ``<think>\\n``, so the model
+:mod:`step35.chat.template`); the prompt ends in ``<think>\\n``, so the model
 first writes its reasoning, then ``</think>``, then the answer and any tool
-calls, which :mod:`step35.toolcalls` parses into OpenAI ``tool_calls`` typed by
+calls, which :mod:`step35.chat.toolcalls` parses into OpenAI ``tool_calls`` typed by
 each tool's JSON schema.
 """
 
@@ -14,12 +14,13 @@ import uuid
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from .chat_template import render_chat, validate_tools
-from .generation import CompletionStream, GenerationStats, SamplingParams, _stats, finish_reason, start
+from ..generation.params import SamplingParams
+from ..generation.stream import CompletionStream, GenerationStats, _stats, finish_reason, start
+from .template import render_chat, validate_tools
 from .toolcalls import ChatStreamParser, parse_output
 
 if TYPE_CHECKING:
-    from .context import Context
+    from ..context import Context
 
 __all__ = ["ChatStream", "build_prompt", "check_template_kwargs", "select_tools"]
 
@@ -30,7 +31,7 @@ def select_tools(tools: Sequence[Mapping[str, Any]] | None, tool_choice: Any) ->
     ``"auto"`` (default) and ``"required"`` offer every tool; ``"none"``
     offers none; ``{"type": "function", "function": {"name": N}}`` offers only
     N. "required" and a named function are enforced by constrained decoding
-    (:func:`step35.constraints.for_chat`): the answer is one or more calls
+    (:func:`step35.generation.constraints.for_chat`): the answer is one or more calls
     whose arguments follow the tool's schema.
     """
     if tools is None:

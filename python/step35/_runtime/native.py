@@ -1,4 +1,4 @@
-"""Import of the native extension and its version check (no backends: see :mod:`step35._backends`)."""
+"""Import of the native extension and its version check (no backends: see :mod:`step35._runtime.backends`)."""
 
 from __future__ import annotations
 
@@ -8,13 +8,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from . import errors
-from ._version import __version__
-from .errors import BuildError
+from .. import errors
+from .._version import __version__
+from ..errors import BuildError
 
 # The folder the package was imported from (symlinks not followed: lib/ and the
-# extension sit beside the module as installed).
-PACKAGE_DIR = Path(os.path.abspath(__file__)).parent
+# extension sit in step35/ as installed, one folder above this module).
+PACKAGE_DIR = Path(os.path.abspath(__file__)).parent.parent
 LIB_DIR = PACKAGE_DIR / "lib"
 
 # Handles from os.add_dll_directory, kept for the life of the process: a handle
@@ -50,7 +50,7 @@ def import_core() -> ModuleType:
     # variants in step35\lib, which the loader does not search by itself.
     add_dll_directory(LIB_DIR)
     try:
-        from . import _core as mod
+        from .. import _core as mod
     except ImportError as e:
         raise BuildError(
             f"step35's native extension could not be imported ({e}). "

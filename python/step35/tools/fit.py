@@ -39,11 +39,12 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from . import _backends
-from ._backends import DEVICE_IGPU, GPU_TYPES, backends, check_tensor_split, resolve_devices
-from ._system import system_memory
-from .errors import MemoryFitError
-from .gguf import check_model_header, model_files, read_header
+from .._runtime import backends as _backends
+from .._runtime.backends import DEVICE_IGPU, GPU_TYPES, backends, check_tensor_split, resolve_devices
+from .._runtime.system import system_memory
+from ..errors import MemoryFitError
+from ..gguf.files import model_files
+from ..gguf.reader import check_model_header, read_header
 
 __all__ = [
     "MemoryFitError",
@@ -96,7 +97,7 @@ def _pad(n: int, to: int) -> int:
 def _row_size(type_name: str, n: int) -> int:
     from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
 
-    from .context import KV_TYPES  # (imports numpy: only when a plan is made)
+    from ..context import KV_TYPES  # (imports numpy: only when a plan is made)
 
     block, size = GGML_QUANT_SIZES[GGMLQuantizationType(KV_TYPES[type_name])]
     if n % block:
@@ -246,7 +247,7 @@ class Machine:
     memory_total: int  #: bytes of system RAM
     memory_available: int  #: bytes of RAM to be had without swapping
     #: every device, as :func:`step35.backends` lists them (``name``, ``description``,
-    #: ``type``: one of ``step35._backends.DEVICE_*``, ``backend``, ``memory_total``, ``memory_free``)
+    #: ``type``: one of ``step35._runtime.backends.DEVICE_*``, ``backend``, ``memory_total``, ``memory_free``)
     devices: list[dict[str, Any]] = field(default_factory=list)
     sys_platform: str = sys.platform  #: ``sys.platform`` of the machine ("darwin", "linux", "win32")
     arch: str = ""  #: ``platform.machine()``
@@ -466,7 +467,7 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
 
     ``model`` is a local ``.gguf`` (any part of a split set) or a Hub repo
     (``owner/name[:QUANT]``; only the GGUF headers are fetched; ``revision``
-    and ``include`` choose the files as :func:`step35.hub.download` does).
+    and ``include`` choose the files as :func:`step35.tools.hub.download` does).
     ``memory`` pretends the machine has that many bytes of RAM (for "would it
     fit on a 128 GB Mac?"). ``n_outputs`` is the most logits rows one call returns
     (default ``n_seq_max``: generation; scoring a whole prompt needs one per
@@ -482,7 +483,7 @@ def plan(model: str | os.PathLike[str], *, quant: str | None = None, n_ctx: int 
     other arguments are the context's (see :class:`~step35.ContextParams`);
     ``n_ctx=0`` means the training context.
     """
-    from .context import ContextParams
+    from ..context import ContextParams
     from .hub import looks_like_repo
 
     ctx = ContextParams(n_ctx=n_ctx, type_k=type_k, type_v=type_v, swa_full=swa_full, n_batch=n_batch,

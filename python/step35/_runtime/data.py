@@ -17,14 +17,14 @@ def _data_file(name: str, fallback: pathlib.Path) -> pathlib.Path:
     try:
         from importlib import resources
 
-        res = resources.files(__package__ or "step35").joinpath("data", name)
+        res = resources.files("step35").joinpath("data", name)
         if res.is_file():
             return pathlib.Path(str(res))
         candidates.append(pathlib.Path(str(res)))
     except (ImportError, TypeError):  # package not importable as such (e.g. loaded from a path)
         pass
     here = pathlib.Path(__file__).resolve()
-    for p in (here.parent / "data" / name, fallback):
+    for p in (here.parent.parent / "data" / name, fallback):
         if p.is_file():
             return p
         candidates.append(p)
@@ -35,7 +35,7 @@ def _data_file(name: str, fallback: pathlib.Path) -> pathlib.Path:
 
 
 def _repo_root() -> pathlib.Path:
-    return pathlib.Path(__file__).resolve().parents[2]
+    return pathlib.Path(__file__).resolve().parents[3]
 
 
 def vocab_path() -> pathlib.Path:

@@ -58,7 +58,7 @@ import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from .errors import Step35Error
+from ..errors import Step35Error
 
 __all__ = [
     "ToolCallParseError",

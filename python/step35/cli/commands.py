@@ -21,27 +21,43 @@ run, chat, bench and serve take -m as a local GGUF or a Hub repo (owner/name[:QU
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import sys
 import time
-import typing
-from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from . import hub
-from ._backends import backends
-from ._limits import MAX_BODY_BYTES
-from ._version import __version__
-from .context import FLASH_ATTN, KV_TYPES, ContextParams
-from .engine import CHECKPOINT_EVERY, CHECKPOINTS, Engine, engine_context
-from .errors import Step35Error
-from .generation import SamplingParams
-from .gguf import model_files, read_header
-from .mtp import SIDECAR_PREFIX, file_heads, heads_for
-from .quantize import quantize
-from .toolcalls import merge_deltas
+from .._runtime.backends import backends
+from .._runtime.limits import MAX_BODY_BYTES
+from .._version import __version__
+from ..chat.toolcalls import merge_deltas
+from ..context import ContextParams
+from ..engine import CHECKPOINT_EVERY, CHECKPOINTS, Engine, engine_context
+from ..errors import Step35Error
+from ..generation.mtp import SIDECAR_PREFIX, file_heads, heads_for
+from ..gguf.files import model_files
+from ..gguf.reader import read_header
+from ..tools import hub
+from ..tools.quantize import quantize
+from .flags import (
+    BENCH_FIELDS,
+    CONTEXT_FLAGS,
+    add_context_flags,
+    add_kv_flags,
+    add_mtp_flags,
+    add_rpc_flags,
+    add_sampling_flags,
+    add_size_flags,
+    add_thread_flags,
+    bytes_list,
+    context_params,
+    device_list,
+    field_values,
+    int_list,
+    mtp_option,
+    parse_bytes,
+    sampling_args,
+)
 
 
 def _fmt_bytes(n: float) -> str:
@@ -82,7 +98,7 @@ def _print_backends() -> None:
 def _load_with_progress(path: str | Path, **kw):
     from tqdm import tqdm
 
-    from .model import Model
+    from ..model import Model
 
     # disable=None: a bar on a terminal, silence when stderr is a pipe or file.
     with tqdm(total=100, desc="loading", unit="%", leave=False, file=sys.stderr, disable=None,
@@ -128,13 +144,13 @@ def _mtp_heads_line(model) -> str:
 
 
 def _default_model(size: str = "tiny") -> Path:
-    from .testing import model_path
+    from ..testing.cache import model_path
 
     return model_path(size)
 
 
 def _print_preset(args: argparse.Namespace) -> None:
-    from . import presets
+    from ..tools import presets
 
     if args.preset:
         preset = presets.get(args.preset)
@@ -150,13 +166,13 @@ def _print_preset(args: argparse.Namespace) -> None:
 
 def cmd_info(args: argparse.Namespace) -> int:
     if args.rpc:  # the workers' devices join the report
-        from .rpc import connect
+        from ..tools.rpc import connect
 
         connect(args.rpc)
     if args.json:
         from dataclasses import asdict
 
-        from . import presets
+        from ..tools import presets
 
         preset = presets.get(args.preset) if args.preset else presets.detect()
         out = backends().to_dict()
@@ -182,7 +198,8 @@ def cmd_load(args: argparse.Namespace) -> int:
 
 
 def cmd_testmodel(args: argparse.Namespace) -> int:
-    from .testing import build_model, model_path
+    from ..testing.build import build_model
+    from ..testing.cache import model_path
 
     if args.output is None and args.split == 1:
         print(model_path(args.size, seed=args.seed))
@@ -194,230 +211,22 @@ def cmd_testmodel(args: argparse.Namespace) -> int:
     return 0
 
 
-class _Flag(NamedTuple):
-    """How one dataclass field is spelled on the command line."""
-
-    flags: tuple[str, ...]  # llama.cpp's spelling(s); a bool field's flag flips its default
-    help: str
-    choices: tuple[str, ...] | None = None
-
-
-#: SamplingParams' fields as flags (type and default come from the dataclass).
-_SAMPLING_FLAGS: dict[str, _Flag] = {
-    "temperature": _Flag(("--temp",), "temperature (0 = greedy)"),
-    "top_k": _Flag(("--top-k",), "keep the k most likely tokens (0 = off)"),
-    "top_p": _Flag(("--top-p",), "keep the smallest set reaching probability p (1 = off)"),
-    "min_p": _Flag(("--min-p",), "drop tokens below min_p x the top probability (0 = off)"),
-    "repeat_penalty": _Flag(("--repeat-penalty",), "> 1 discourages repeating recent tokens (1 = off)"),
-    "repeat_last_n": _Flag(("--repeat-last-n",), "tokens the repeat penalty looks at (-1 = all)"),
-    "presence_penalty": _Flag(("--presence-penalty",), "OpenAI-style presence penalty (0 = off)"),
-    "frequency_penalty": _Flag(("--frequency-penalty",), "OpenAI-style frequency penalty (0 = off)"),
-    "seed": _Flag(("-s", "--seed"), "random seed (default: a fresh one, reported in the stats)"),
-}
-
-#: ContextParams' fields as flags (type and default come from the dataclass).
-_CONTEXT_FLAGS: dict[str, _Flag] = {
-    "n_ctx": _Flag(("-c", "--ctx-size"), "context length (0 = the model's)"),
-    "n_batch": _Flag(("-b", "--batch-size"), "most tokens handed to one decode call"),
-    "n_ubatch": _Flag(("-ub", "--ubatch-size"), "most tokens computed at once inside a decode call (<= -b)"),
-    "flash_attn": _Flag(("-fa", "--flash-attn"), "flash attention", FLASH_ATTN),
-    "type_k": _Flag(("-ctk", "--cache-type-k"), f"K-cache type: {', '.join(KV_TYPES)}"),
-    "type_v": _Flag(("-ctv", "--cache-type-v"), "V-cache type, as -ctk (a quantized one needs flash attention)"),
-    "n_threads": _Flag(("-t", "--threads"), "threads for generation (default: the physical cores)"),
-    "n_threads_batch": _Flag(("-tb", "--threads-batch"), "threads for prompt processing (default: -t)"),
-    "swa_full": _Flag(("--swa-full",), "keep a full-length cache for the sliding-window layers"),
-    "warmup": _Flag(("--no-warmup",), "skip the warm-up decode when the context is made"),
-}
-
-#: ContextParams' fields with no flag of their own in the table, and why.
-_CONTEXT_FIELDS_WITHOUT_FLAGS: dict[str, str] = {
-    "n_seq_max": "set from -np/--parallel by the commands that have it",
-    "kv_unified": "-kvu means something per command (off unless given)",
-    "offload_kqv": "no flag yet (llama.cpp's -nkvo)",
-}
-
-_SIZE_FIELDS = ("n_ctx", "n_batch", "n_ubatch")
-_KV_FIELDS = ("flash_attn", "type_k", "type_v")
-_THREAD_FIELDS = ("n_threads", "n_threads_batch")
-#: The ContextParams fields `step35 bench` takes.
-_BENCH_FIELDS = _SIZE_FIELDS + _KV_FIELDS + _THREAD_FIELDS
-
-
-def _dest(flags: Sequence[str]) -> str:
-    """The attribute a flag's value is stored under, as argparse names it (``--ctx-size`` -> ``ctx_size``)."""
-    name = next((f for f in flags if f.startswith("--")), flags[0])
-    return name.lstrip("-").replace("-", "_")
-
-
-def _field(cls: type, name: str) -> dataclasses.Field:
-    """The dataclass field ``name`` of ``cls``."""
-    for f in dataclasses.fields(cls):
-        if f.name == name:
-            return f
-    raise KeyError(f"{cls.__name__} has no field {name!r}")
-
-
-def _field_type(cls: type, name: str) -> type:
-    """The type a field's flag parses into: its annotation (None aside), else its default's type."""
-    hint = typing.get_type_hints(cls)[name]
-    kinds = [t for t in (typing.get_args(hint) or (hint,)) if t is not type(None)]
-    if len(kinds) == 1 and isinstance(kinds[0], type):
-        return kinds[0]
-    default = _field(cls, name).default
-    if default is None or default is dataclasses.MISSING:
-        raise TypeError(f"{cls.__name__}.{name}: no single type for a flag in {hint!r}")
-    return type(default)
-
-
-def _add_field_flags(g: Any, cls: type, table: Mapping[str, _Flag], names: Iterable[str],
-                     defaults: Mapping[str, Any] | None = None, helps: Mapping[str, str] | None = None) -> None:
-    """Add the flags of the fields ``names`` of ``cls`` (spelled as in ``table``) to the group ``g``.
-
-    Types and defaults come from the dataclass; ``defaults`` and ``helps`` override a field's.
-    A bool field's flag takes no value and flips the field's default.
-    """
-    for name in names:
-        flag = table[name]
-        default = (defaults or {}).get(name, _field(cls, name).default)
-        text = (helps or {}).get(name, flag.help)
-        kind = _field_type(cls, name)
-        if kind is bool:
-            g.add_argument(*flag.flags, dest=_dest(flag.flags), action="store_true", help=text)
-            continue
-        if default is not None:
-            text += " (default: %(default)s)"
-        g.add_argument(*flag.flags, dest=_dest(flag.flags), type=kind, default=default, choices=flag.choices,
-                       help=text)
-
-
-def _field_values(args: argparse.Namespace, cls: type, table: Mapping[str, _Flag],
-                  names: Iterable[str] | None = None) -> dict[str, Any]:
-    """The keyword arguments of ``cls`` that the flags of ``table`` (or of its fields ``names``) were given."""
-    out: dict[str, Any] = {}
-    for name in table if names is None else names:
-        value = getattr(args, _dest(table[name].flags))
-        if _field_type(cls, name) is bool:  # the flag flips the default
-            default = _field(cls, name).default
-            value = (not default) if value else default
-        out[name] = value
-    return out
-
-
-def _add_size_flags(g: Any, ctx_help: str | None = None, ctx_default: int | None = None) -> None:
-    """-c, -b, -ub with ContextParams' defaults (the flags of every command that sizes a context)."""
-    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, _SIZE_FIELDS,
-                     defaults=None if ctx_default is None else {"n_ctx": ctx_default},
-                     helps=None if ctx_help is None else {"n_ctx": ctx_help})
-
-
-def _add_kv_flags(g: Any) -> None:
-    """-fa, -ctk, -ctv with ContextParams' defaults."""
-    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, _KV_FIELDS)
-
-
-def _add_thread_flags(g: Any) -> None:
-    """-t, -tb with ContextParams' defaults."""
-    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, _THREAD_FIELDS)
-
-
-def _add_context_flags(s: argparse.ArgumentParser, ctx_help: str | None = None) -> None:
-    """The "context" group: every ContextParams flag, then offloading, devices and loading."""
-    g = s.add_argument_group("context")
-    _add_size_flags(g, ctx_help)
-    _add_kv_flags(g)
-    _add_thread_flags(g)
-    _add_field_flags(g, ContextParams, _CONTEXT_FLAGS, ("swa_full", "warmup"))
-    g.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
-    _add_rpc_flags(g)
-    g.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
-                   help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
-    g.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
-                   help="memory-map the weights: 1 (default; a bare --mmap, as in llama.cpp's tools) or 0")
-    g.add_argument("--no-fit-check", action="store_true",
-                   help="skip the memory plan made before loading (see `step35 fit`)")
-
-
-def _add_sampling_flags(s: argparse.ArgumentParser) -> None:
-    """The "sampling" group: -n, every SamplingParams flag, --reasoning-budget."""
-    g = s.add_argument_group("sampling")
-    g.add_argument("-n", "--n-predict", type=int, default=None, help="most tokens to generate (default: no limit)")
-    _add_field_flags(g, SamplingParams, _SAMPLING_FLAGS, _SAMPLING_FLAGS)
-    g.add_argument("--reasoning-budget", type=int, default=None, metavar="N",
-                   help="most reasoning tokens before </think> is forced (0 = no reasoning, -1 = unlimited, "
-                        "the default)")
-
-
-def _context_params(args: argparse.Namespace) -> dict:
-    """ContextParams' keyword arguments from the context flags."""
-    return _field_values(args, ContextParams, _CONTEXT_FLAGS)
-
-
-def _sampling_params(args: argparse.Namespace) -> dict:
-    """SamplingParams' keyword arguments from the sampling flags."""
-    return _field_values(args, SamplingParams, _SAMPLING_FLAGS)
-
-
-def _sampling(args: argparse.Namespace) -> dict:
-    """The sampling keyword arguments of generate/chat: SamplingParams' and ``reasoning_budget``."""
-    return {**_sampling_params(args), "reasoning_budget": args.reasoning_budget}
-
-
-def _float_list(text: str) -> list[float]:
-    try:
-        return [float(x) for x in text.replace("/", ",").split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers (e.g. 3,1), got {text!r}") from None
-
-
-def _add_rpc_flags(g, split: bool = True) -> None:
-    g.add_argument("--rpc", default=None, metavar="HOST:PORT[,...]",
-                   help="RPC workers (`step35 rpc-server`) whose devices take layers too; they come first, "
-                        "then the local GPUs; -ngl layers are offloaded, the rest run on this CPU")
-    if split:
-        g.add_argument("-ts", "--tensor-split", type=_float_list, default=None, metavar="N0,N1,...",
-                       help="share of the offloaded layers per device, in device order (RPC workers first), "
-                            "e.g. 3,1 (default: by free memory)")
-
-
-def _add_mtp_flags(s: argparse.ArgumentParser, drafts: bool = False) -> None:
-    s.add_argument("--mtp", nargs="?", const=True, default=False, metavar="MTP_GGUF",
-                   help="multi-token prediction: load the MTP heads (the model file's own, or an mtp-<name> "
-                        "sidecar beside it; or this mtp-*.gguf)")
-    if drafts:
-        s.add_argument("--draft", type=_int_list, default=None, metavar="N[,N...]",
-                       help="MTP draft lengths to measure (0-3; default 0,1,2,3); implies --mtp")
-    else:
-        s.add_argument("--draft", type=int, default=None, metavar="N",
-                       help="MTP: tokens drafted per step, 1-3 (0: off; default 1 with --mtp); implies --mtp")
-
-
-def _mtp(args: argparse.Namespace):
-    """The ``mtp=`` of Model for --mtp / --draft."""
-    if args.mtp is False and args.draft:
-        return True
-    return args.mtp
-
-
-def _device_list(value: str) -> list[str]:
-    """``-dev`` as llama.cpp takes it: comma-separated names, or ``none``."""
-    return [] if value.strip().lower() == "none" else [d.strip() for d in value.split(",") if d.strip()]
-
-
 def _find_model(args: argparse.Namespace, params: ContextParams | None = None, **cache: Any) -> hub.ResolvedModel:
     """``-m`` (a local GGUF, a Hub repo downloaded first, or the built-in tiny model) and ``--mtp`` resolved
-    (:func:`step35.hub.resolve_model`). With context ``params``, a repo's memory plan is made from its headers
+    (:func:`step35.tools.hub.resolve_model`). With context ``params``, a repo's memory plan is made from its headers
     before the download; ``cache`` (``checkpoints``, ``cache_mib``) adds an engine's prompt cache to it."""
     def plan(repo: str) -> None:
-        from .fit import check_context
+        from ..tools.fit import check_context
 
         check_context(repo, params, n_gpu_layers=args.n_gpu_layers, devices=args.device, rpc=args.rpc,
                       tensor_split=args.tensor_split, **cache)
 
-    return hub.resolve_model(args.model or _default_model(), mtp=_mtp(args), plan=plan if params is not None else None)
+    return hub.resolve_model(args.model or _default_model(), mtp=mtp_option(args),
+                             plan=plan if params is not None else None)
 
 
 def _open_model(args: argparse.Namespace):
-    params = ContextParams(**_context_params(args))  # validate flags before loading anything
+    params = ContextParams(**context_params(args))  # validate flags before loading anything
     check = not args.no_fit_check
     found = _find_model(args, params if check else None)
     model, _ = _load_with_progress(found.path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
@@ -476,7 +285,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     with _open_model(args) as model:
         if args.raw:
             stream = model.generate(args.prompt, max_tokens=args.n_predict, stream=True, draft=args.draft,
-                                    **_sampling(args))
+                                    **sampling_args(args))
             with stream:
                 for piece in stream:
                     sys.stdout.write(piece)
@@ -487,7 +296,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         messages = ([{"role": "system", "content": args.system}] if args.system else []) + [
             {"role": "user", "content": args.prompt}]
         printer = _Printer(show_reasoning=not args.hide_reasoning)
-        chat = model.chat(messages, stream=True, max_tokens=args.n_predict, draft=args.draft, **_sampling(args))
+        chat = model.chat(messages, stream=True, max_tokens=args.n_predict, draft=args.draft, **sampling_args(args))
         with chat:
             reason = None
             for chunk in chat:
@@ -534,7 +343,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
                 continue
             history.append({"role": "user", "content": line})
             deltas = []
-            stream = model.chat(history, stream=True, max_tokens=args.n_predict, draft=args.draft, **_sampling(args))
+            stream = model.chat(history, stream=True, max_tokens=args.n_predict, draft=args.draft, **sampling_args(args))
             try:
                 for chunk in stream:
                     d = chunk["choices"][0]["delta"]
@@ -556,15 +365,8 @@ def cmd_quantize(args: argparse.Namespace) -> int:
     return 0
 
 
-def _int_list(text: str) -> list[int]:
-    try:
-        return [int(x) for x in text.split(",") if x.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def cmd_bench(args: argparse.Namespace) -> int:
-    from . import bench
+    from ..tools import bench
 
     if args.model:
         wants_mtp = args.mtp is not False or args.draft is not None
@@ -573,7 +375,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         if wants_mtp:
             args.mtp = str(found.mtp) if isinstance(found.mtp, Path) else found.mtp
     else:
-        from .testing import bench_model_path
+        from ..testing.cache import bench_model_path
 
         path = str(bench_model_path(args.size, args.quant if args.quant else "default"))
     settings = {"n_kv_max": args.ctx_size or "auto", "n_batch": args.batch_size, "n_ubatch": args.ubatch_size,
@@ -597,7 +399,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             print(json.dumps(row.as_dict()), flush=True)
 
     rows = bench.run(path, args.npp, args.ntg, args.npl, shared_prompt=args.pps,
-                     **_field_values(args, ContextParams, _CONTEXT_FLAGS, _BENCH_FIELDS), kv_unified=args.kv_unified,
+                     **field_values(args, ContextParams, CONTEXT_FLAGS, BENCH_FIELDS), kv_unified=args.kv_unified,
                      n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap), devices=args.device, rpc=args.rpc,
                      tensor_split=args.tensor_split, on_row=on_row)
     if fmt == "json":
@@ -609,7 +411,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def _bench_mtp(args: argparse.Namespace, path: str, settings: dict) -> int:
     """``step35 bench --mtp``: one sequence, greedy, at each draft length (bench.run_mtp)."""
-    from . import bench
+    from ..tools import bench
 
     drafts = args.draft if args.draft is not None else [0, 1, 2, 3]
     fmt = args.output_format
@@ -625,7 +427,7 @@ def _bench_mtp(args: argparse.Namespace, path: str, settings: dict) -> int:
         elif fmt == "jsonl":
             print(json.dumps(row.as_dict()), flush=True)
 
-    given = _field_values(args, ContextParams, _CONTEXT_FLAGS, _BENCH_FIELDS)
+    given = field_values(args, ContextParams, CONTEXT_FLAGS, BENCH_FIELDS)
     ctx = {k: v for k, v in given.items() if v is not None}  # -c 0 is replaced below
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
                                    devices=args.device, rpc=args.rpc, tensor_split=args.tensor_split,
@@ -648,19 +450,8 @@ def _bench_mtp(args: argparse.Namespace, path: str, settings: dict) -> int:
     return 0
 
 
-def _parse_bytes(value: str) -> int:
-    units = {"": 1, "K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12, "KI": 1 << 10, "MI": 1 << 20, "GI": 1 << 30,
-             "TI": 1 << 40}
-    v = value.strip().upper().removesuffix("B")
-    num = v.rstrip("KMGTI")
-    try:
-        return int(float(num) * units[v[len(num):]])
-    except (ValueError, KeyError):
-        raise argparse.ArgumentTypeError(f"not a size: {value!r} (e.g. 128G, 96GiB, 64000M)") from None
-
-
 def cmd_fit(args: argparse.Namespace) -> int:
-    from . import fit
+    from ..tools import fit
 
     model = args.model or _default_model()
     mtp: bool | Path = False
@@ -681,11 +472,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import os
 
     try:
-        from . import serving
+        from .. import serving
     except ImportError as e:  # the server extra is not installed: say how to get it
         print(f"step35: error: {e}", file=sys.stderr)
         return 1
-    per_slot = ContextParams(**_context_params(args))  # validate flags before loading anything
+    per_slot = ContextParams(**context_params(args))  # validate flags before loading anything
     slots = args.parallel
     if slots < 1:
         raise ValueError(f"-np/--parallel must be >= 1, got {slots}")
@@ -703,14 +494,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
     path, mtp = str(found.path), found.mtp  # the MTP heads' draft context follows every slot
     plan = None
     if check:  # (a repo was planned from its headers before the download; this is the same plan, local)
-        from .fit import check_context
+        from ..tools.fit import check_context
 
         plan = check_context(path, planned, n_gpu_layers=args.n_gpu_layers, devices=args.device, rpc=args.rpc,
                              tensor_split=args.tensor_split, mtp=mtp, **cache)
     if plan is not None:  # the default bound: what the plan chose from the RAM it leaves
         cache["cache_mib"] = plan.cache_mib
     api_key = args.api_key if args.api_key is not None else os.environ.get("STEP35_API_KEY") or None
-    defaults = dict(_sampling(args), max_tokens=args.n_predict)  # no -n: each route's own default
+    defaults = dict(sampling_args(args), max_tokens=args.n_predict)  # no -n: each route's own default
     name = (args.alias or [None])[0] or (args.model if is_repo else Path(path).name)
     aliases = list(dict.fromkeys(args.alias or [name]))
     model, _ = _load_with_progress(path, n_gpu_layers=args.n_gpu_layers, use_mmap=bool(args.mmap),
@@ -745,14 +536,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def _bytes_list(text: str) -> list[int]:
-    return [_parse_bytes(x) for x in text.split(",") if x.strip()]
-
-
 def cmd_rpc_server(args: argparse.Namespace) -> int:
     import os
 
-    from . import rpc
+    from ..tools import rpc
 
     try:
         rpc.serve(args.host, args.port, devices=args.device, mem=args.mem, cache_dir=args.cache,
@@ -776,8 +563,8 @@ def cmd_download(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``step35`` command."""
-    from .rpc import DEFAULT_HOST as RPC_HOST
-    from .rpc import DEFAULT_PORT as RPC_PORT
+    from ..tools.rpc import DEFAULT_HOST as RPC_HOST
+    from ..tools.rpc import DEFAULT_PORT as RPC_PORT
 
     p = argparse.ArgumentParser(prog="step35", description="Run Step 3.5 Flash locally on llama.cpp.")
     p.add_argument("--version", action="version", version=f"step35 {__version__}")
@@ -787,7 +574,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-m", "--model", help="also load this GGUF and summarize it")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
     s.add_argument("--json", action="store_true", help="machine-readable output")
-    _add_rpc_flags(s, split=False)
+    add_rpc_flags(s, split=False)
     s.add_argument("--preset", metavar="NAME",
                    help="show this validated platform's install line and settings "
                         "(mac-m4-max, dgx-spark, ryzen-ai-max-395) instead of the detected one")
@@ -814,18 +601,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--system", help="a system message")
     s.add_argument("--raw", action="store_true", help="continue the prompt text as is (no chat template)")
     s.add_argument("--hide-reasoning", action="store_true", help="print only the answer")
-    _add_context_flags(s)
-    _add_sampling_flags(s)
-    _add_mtp_flags(s)
+    add_context_flags(s)
+    add_sampling_flags(s)
+    add_mtp_flags(s)
     s.set_defaults(func=cmd_run)
 
     s = sub.add_parser("chat", help="interactive streaming chat")
     s.add_argument("-m", "--model", help="GGUF file (default: the built-in tiny model)")
     s.add_argument("--system", help="a system message")
     s.add_argument("--hide-reasoning", action="store_true")
-    _add_context_flags(s)
-    _add_sampling_flags(s)
-    _add_mtp_flags(s)
+    add_context_flags(s)
+    add_sampling_flags(s)
+    add_mtp_flags(s)
     s.set_defaults(func=cmd_chat)
 
     s = sub.add_parser("quantize", help="quantize a GGUF with llama.cpp's quantizer")
@@ -844,22 +631,22 @@ def build_parser() -> argparse.ArgumentParser:
                                                    "(tiny-mtp, mid-mtp: with MTP heads, for --mtp)")
     s.add_argument("--quant", default=None,
                    help="quantization of the built-in model (default: Q4_K_S for mid, none for tiny/small)")
-    _add_size_flags(s, ctx_help="KV size (0 = what the largest row needs)", ctx_default=0)
-    s.add_argument("-npp", type=_int_list, default=[128, 256, 512], help="prompt lengths, e.g. 128,256,512")
-    s.add_argument("-ntg", type=_int_list, default=[128], help="generated tokens, e.g. 128,256")
-    s.add_argument("-npl", type=_int_list, default=[1], help="parallel sequences, e.g. 1,2,4,8")
+    add_size_flags(s, ctx_help="KV size (0 = what the largest row needs)", ctx_default=0)
+    s.add_argument("-npp", type=int_list, default=[128, 256, 512], help="prompt lengths, e.g. 128,256,512")
+    s.add_argument("-ntg", type=int_list, default=[128], help="generated tokens, e.g. 128,256")
+    s.add_argument("-npl", type=int_list, default=[1], help="parallel sequences, e.g. 1,2,4,8")
     s.add_argument("-pps", action="store_true", help="one prompt shared by all sequences")
-    _add_kv_flags(s)
-    _add_thread_flags(s)
+    add_kv_flags(s)
+    add_thread_flags(s)
     s.add_argument("-kvu", "--kv-unified", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
-    _add_rpc_flags(s)
-    s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+    add_rpc_flags(s)
+    s.add_argument("-dev", "--device", type=device_list, default=None, metavar="DEV[,DEV...]",
                    help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
     s.add_argument("--mmap", type=int, choices=(0, 1), nargs="?", const=1, default=1,
                    help="memory-map the weights: 1 (default; a bare --mmap, as in llama-batched-bench) or 0")
     s.add_argument("--output-format", choices=("md", "json", "jsonl", "csv"), default="md")
-    _add_mtp_flags(s, drafts=True)
+    add_mtp_flags(s, drafts=True)
     s.set_defaults(func=cmd_bench)
 
     s = sub.add_parser("fit", help="will it fit? memory plan (weights, KV cache, compute) before loading or "
@@ -867,18 +654,18 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("-m", "--model", help="GGUF file, any part of a split set, or a Hub repo owner/name[:QUANT] "
                                          "(only its headers are fetched)")
     s.add_argument("--quant", help="quantization, for a repo")
-    _add_size_flags(s)
+    add_size_flags(s)
     s.add_argument("-np", "--parallel", type=int, default=1,
                    help="parallel sequences: -c is split into one KV stream each (as step35 serve, llama-server)")
     s.add_argument("-kvu", "--kv-unified", action="store_true", help="one KV buffer shared by the sequences")
-    _add_kv_flags(s)
+    add_kv_flags(s)
     s.add_argument("--swa-full", action="store_true")
     s.add_argument("-ngl", "--n-gpu-layers", type=int, default=-1)
-    _add_rpc_flags(s)
-    s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+    add_rpc_flags(s)
+    s.add_argument("-dev", "--device", type=device_list, default=None, metavar="DEV[,DEV...]",
                    help="GPUs to use, by name (CUDA0, Vulkan0; see `step35 info`); 'none' = CPU only")
-    s.add_argument("--memory", type=_parse_bytes, help="plan for this much RAM instead of this machine's (e.g. 128G)")
-    s.add_argument("--kv-table", type=_int_list, default=[16384, 65536, 262144],
+    s.add_argument("--memory", type=parse_bytes, help="plan for this much RAM instead of this machine's (e.g. 128G)")
+    s.add_argument("--kv-table", type=int_list, default=[16384, 65536, 262144],
                    help="context lengths of the KV-cache table (default 16384,65536,262144)")
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.add_argument("--mtp", nargs="?", const=True, default=False, metavar="MTP_GGUF",
@@ -892,9 +679,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--host", default=RPC_HOST,
                    help=f"address to bind (default {RPC_HOST}; anything else needs --allow-open-network)")
     s.add_argument("--port", type=int, default=RPC_PORT, help=f"TCP port (default {RPC_PORT})")
-    s.add_argument("-dev", "--device", type=_device_list, default=None, metavar="DEV[,DEV...]",
+    s.add_argument("-dev", "--device", type=device_list, default=None, metavar="DEV[,DEV...]",
                    help="devices to serve (CUDA0, Vulkan0, CPU; see `step35 info`); default: every GPU, else the CPU")
-    s.add_argument("--mem", type=_bytes_list, default=None, metavar="BYTES[,BYTES...]",
+    s.add_argument("--mem", type=bytes_list, default=None, metavar="BYTES[,BYTES...]",
                    help="the memory to offer per device (e.g. 64GiB), reported to clients as its total and "
                         "free memory, so their memory plans leave the rest of this machine alone "
                         "(default: what the device reports)")
@@ -953,10 +740,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="seconds in-flight requests get to finish after SIGINT/SIGTERM before they are cancelled")
     s.add_argument("--log-level", choices=("critical", "error", "warning", "info", "debug"), default="info",
                    help="uvicorn's log level (info and debug also log each request)")
-    _add_context_flags(s, ctx_help="context length of each slot (0 = the model's); "
+    add_context_flags(s, ctx_help="context length of each slot (0 = the model's); "
                                    "the KV cache holds -np x this many tokens")
-    _add_sampling_flags(s)
-    _add_mtp_flags(s)
+    add_sampling_flags(s)
+    add_mtp_flags(s)
     s.set_defaults(func=cmd_serve)
     return p
 
@@ -980,7 +767,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("step35: interrupted", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())

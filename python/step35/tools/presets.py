@@ -127,7 +127,7 @@ def detect(cpu: str | None = None, devices: Iterable[str] | None = None, system:
     """The preset of this machine (or of the given CPU name, device descriptions and OS), or None."""
     cpu = cpu_brand() if cpu is None else cpu
     if devices is None:
-        from ._backends import backends
+        from .._runtime.backends import backends
 
         devices = [d["description"] for b in backends().loaded for d in b.devices]
     system = platform.system() if system is None else system

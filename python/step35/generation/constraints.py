@@ -22,12 +22,21 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from . import _backends
-from .errors import GrammarError
-from .toolcalls import CALL_CLOSE, CALL_OPEN, FUNC_CLOSE, FUNC_OPEN, PARAM_CLOSE, PARAM_OPEN, THINK_CLOSE, THINK_OPEN
+from .._runtime import backends as _backends
+from ..chat.toolcalls import (
+    CALL_CLOSE,
+    CALL_OPEN,
+    FUNC_CLOSE,
+    FUNC_OPEN,
+    PARAM_CLOSE,
+    PARAM_OPEN,
+    THINK_CLOSE,
+    THINK_OPEN,
+)
+from ..errors import GrammarError
 
 if TYPE_CHECKING:
-    from .model import Model
+    from ..model import Model
 
 __all__ = ["json_schema_to_grammar", "check_reasoning_budget", "response_schema", "answer_grammar",
            "for_generate", "for_chat"]
@@ -162,8 +171,8 @@ def _tool_rules(tools: Sequence[Mapping[str, Any]], parallel: bool) -> tuple[lis
     """Schemas and rules of a grammar for one or more Step 3.5 tool calls.
 
     The format is the chat template's (Qwen3-Coder XML), the one
-    :mod:`step35.toolcalls` parses. Required parameters come in the schema's order, then any optional ones.
-    Values are typed as :mod:`step35.toolcalls` reads them: a string parameter
+    :mod:`step35.chat.toolcalls` parses. Required parameters come in the schema's order, then any optional ones.
+    Values are typed as :mod:`step35.chat.toolcalls` reads them: a string parameter
     is raw text (an enum or const is one of its values, maxLength bounds it),
     anything else JSON under the parameter's schema.
     """
@@ -290,7 +299,7 @@ def for_chat(model: Model, prompt_text: str, tools: Sequence[Mapping[str, Any]] 
     """The native constraint of a chat call (None: unconstrained).
 
     ``tools`` are the tools offered after ``tool_choice`` (see
-    :func:`step35.chat.select_tools`): "required" and a named function make
+    :func:`step35.chat.openai.select_tools`): "required" and a named function make
     the answer tool calls; ``response_format`` makes it JSON under a schema.
     "auto" leaves the answer free.
     """

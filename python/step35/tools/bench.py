@@ -18,8 +18,8 @@ T      T_PP + T_TG;                 S    = all tokens / T
 
 Example::
 
-    >>> rows = step35.bench.run(path, npp=[128, 512], ntg=[32], npl=[1, 4])
-    >>> print(step35.bench.markdown(rows))
+    >>> rows = step35.tools.bench.run(path, npp=[128, 512], ntg=[32], npl=[1, 4])
+    >>> print(step35.tools.bench.markdown(rows))
 """
 
 from __future__ import annotations
@@ -37,9 +37,9 @@ from concurrent.futures import TimeoutError as FuturesTimeout
 from pathlib import Path
 from typing import Any
 
-from . import _backends
-from .context import ContextParams
-from .errors import ContextOverflowError
+from .._runtime import backends as _backends
+from ..context import ContextParams
+from ..errors import ContextOverflowError
 
 __all__ = ["BenchRow", "DraftRow", "run", "run_mtp", "markdown", "mtp_markdown", "to_json", "to_csv", "required_kv"]
 
@@ -193,7 +193,7 @@ def run(
         progress: a progress line on stderr (default: when stderr is a terminal).
         on_row: called with each row as soon as it is measured.
     """
-    from .model import Model
+    from ..model import Model
 
     pps = _ints("npp", npp, 0)
     tgs = _ints("ntg", ntg, 0)
@@ -282,7 +282,7 @@ def run_mtp(
     """
     import random
 
-    from .model import Model
+    from ..model import Model
 
     pps, tgs = _ints("npp", npp, 1), _ints("ntg", ntg, 2)
     ds = _ints("draft", drafts, 0)

@@ -26,9 +26,9 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-from ._native import LIB_DIR, PACKAGE_DIR, import_core
-from ._version import __version__
-from .errors import PluginUnavailable
+from .._version import __version__
+from ..errors import PluginUnavailable
+from .native import LIB_DIR, PACKAGE_DIR, import_core
 from .plugins import install_hint
 from .plugins import note as plugin_note
 
@@ -308,7 +308,7 @@ def note_remote(endpoint: str, device_names: Sequence[str]) -> None:
     wanted = set(device_names)
     devices = [d for r in core().registries() if r["name"] == name for d in r["devices"] if d["name"] in wanted]
     entry = LoadedBackend(name, None, f"RPC worker {endpoint}", devices,
-                          note="remote: its devices take layers like local GPUs (step35.rpc)")
+                          note="remote: its devices take layers like local GPUs (step35.tools.rpc)")
     with _lock:
         for i, b in enumerate(_loaded):
             if b.name == name:

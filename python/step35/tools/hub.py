@@ -32,9 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from .errors import InvalidModelError, Step35Error
-from .gguf import model_files, read_header, split_set
-from .mtp import SIDECAR_PREFIX, MTPOption, heads_for
+from ..errors import InvalidModelError, Step35Error
+from ..generation.mtp import SIDECAR_PREFIX, MTPOption, heads_for
+from ..gguf.files import model_files, split_set
+from ..gguf.reader import read_header
 
 __all__ = ["HubError", "PRESETS", "ResolvedModel", "parse_spec", "looks_like_repo", "resolve", "resolve_model",
            "download"]
@@ -646,7 +647,7 @@ def resolve_model(source: str | os.PathLike[str], quant: str | None = None, *, m
     ``plan(repo_id)`` is called before a download (unless offline): the memory plan made from the
     repo's headers, which raises :class:`~step35.errors.MemoryFitError` before anything is fetched.
     A repo's ``mtp-*.gguf`` sidecar is fetched too when ``mtp`` is True or "auto", and ``mtp`` is
-    resolved for the file (:func:`step35.mtp.heads_for`). The other arguments are those of :func:`download`.
+    resolved for the file (:func:`step35.generation.mtp.heads_for`). The other arguments are those of :func:`download`.
     """
     source = os.fspath(source)
     if repo is None:

@@ -20,8 +20,8 @@ import sys
 from importlib import util
 from pathlib import Path
 
-from ._native import add_dll_directory
-from .errors import PluginUnavailable
+from ..errors import PluginUnavailable
+from .native import add_dll_directory
 
 __all__ = ["PluginUnavailable", "backend_module", "cuda_libraries", "note", "vulkan_libraries"]
 
