@@ -58,7 +58,8 @@ def add_generation_args(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("-b", type=int, default=2048)
     ap.add_argument("-ub", type=int, default=512)
     ap.add_argument("-t", "--threads", type=int, default=None)
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7,
+                    help="alternating repetitions (medians and the per-pair spread are printed)")
     ap.add_argument("--quick", action="store_true", help="16 tokens, 1 repetition (CI smoke run)")
 
 
@@ -84,6 +85,12 @@ def parse_jsonl(text: str) -> dict[tuple[int, int, int], dict]:
 
 def median(xs: list[float]) -> float:
     return statistics.median(xs) if xs else float("nan")
+
+
+def pair_spread(ours: list[float], ref: list[float]) -> str:
+    """The min-max of the per-repetition ratios ours[i] / ref[i] (each pair ran back to back)."""
+    ratios = [o / r for o, r in zip(ours, ref) if r]
+    return f"{min(ratios):.3f}-{max(ratios):.3f}" if ratios else "n/a"
 
 
 def run(cmd: list[str], env: dict[str, str] | None = None, timeout: float = 3600) -> subprocess.CompletedProcess[str]:

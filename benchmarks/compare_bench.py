@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from _common import add_bench_rows_args, bench_model, median, native_bin, parse_jsonl, run
+from _common import add_bench_rows_args, bench_model, median, native_bin, pair_spread, parse_jsonl, run
 
 
 def main() -> int:
@@ -25,7 +25,7 @@ def main() -> int:
     ap.add_argument("-b", default="2048")
     ap.add_argument("-ub", default="512")
     ap.add_argument("-fa", default="auto")
-    ap.add_argument("--reps", type=int, default=5)
+    ap.add_argument("--reps", type=int, default=7, help="alternating repetitions")
     ap.add_argument("--quick", action="store_true", help="tiny rows, 1 repetition (CI smoke run)")
     a = ap.parse_args()
     if a.quick:
@@ -55,9 +55,12 @@ def main() -> int:
                 samples[name].setdefault(key, []).append(row)
         print(f"rep {rep + 1}/{a.reps} done", file=sys.stderr)
 
-    print(f"model: {model}\nthreads: {threads}, reps: {a.reps} (alternating), medians; ratio = step35 / native\n")
-    print("|   PP |   TG |   B | S_PP native | S_PP step35 | ratio | S_TG native | S_TG step35 | ratio |")
-    print("|-----:|-----:|----:|------------:|------------:|------:|------------:|------------:|------:|")
+    print(f"model: {model}\nthreads: {threads}, reps: {a.reps} (alternating), medians; ratio = step35 / native "
+          "(its spread: the min-max of the per-repetition pairs)\n")
+    print("|   PP |   TG |   B | S_PP native | S_PP step35 | ratio | spread | S_TG native | S_TG step35 | ratio "
+          "| spread |")
+    print("|-----:|-----:|----:|------------:|------------:|------:|-------:|------------:|------------:|------:"
+          "|-------:|")
     worst = float("inf")
     for key in sorted(samples["native"]):
         n, o = samples["native"][key], samples["step35"].get(key, [])
@@ -65,8 +68,10 @@ def main() -> int:
         stg_n, stg_o = median([r["speed_tg"] for r in n]), median([r["speed_tg"] for r in o])
         r_pp, r_tg = spp_o / spp_n, stg_o / stg_n
         worst = min(worst, r_pp, r_tg)
-        print(f"| {key[0]:4d} | {key[1]:4d} | {key[2]:3d} | {spp_n:11.1f} | {spp_o:11.1f} | {r_pp:5.3f} | "
-              f"{stg_n:11.1f} | {stg_o:11.1f} | {r_tg:5.3f} |")
+        pp_spread = pair_spread([r["speed_pp"] for r in o], [r["speed_pp"] for r in n])
+        tg_spread = pair_spread([r["speed_tg"] for r in o], [r["speed_tg"] for r in n])
+        print(f"| {key[0]:4d} | {key[1]:4d} | {key[2]:3d} | {spp_n:11.1f} | {spp_o:11.1f} | {r_pp:5.3f} | {pp_spread} | "
+              f"{stg_n:11.1f} | {stg_o:11.1f} | {r_tg:5.3f} | {tg_spread} |")
     print(f"\nworst ratio: {worst:.3f}")
     return 0
 

@@ -21,7 +21,7 @@ import json
 import re
 import sys
 
-from _common import add_generation_args, generation_setup, median, native_bin, run
+from _common import add_generation_args, generation_setup, median, native_bin, pair_spread, run
 
 STEP35_RUN = r"""
 import json, sys, step35
@@ -87,7 +87,8 @@ def main() -> int:
     print(f"| llama-completion        | {res['native'][0]['n_gen']:6.0f} | {n_tps:5.1f} |")
     print(f"| llama-completion decode | {res['native'][0]['n_gen']:6.0f} | {n_dec:5.1f} |")
     print(f"| step35 generate         | {res['step35'][0]['n_gen']:6.0f} | {o_tps:5.1f} |")
-    print(f"\nratio step35 / llama-completion: {o_tps / n_tps:.3f}")
+    spread = pair_spread([r["tps"] for r in res["step35"]], [r["tps"] for r in res["native"]])
+    print(f"\nratio step35 / llama-completion: {o_tps / n_tps:.3f} (per-repetition pairs: {spread})")
     return 0
 
 
