@@ -1,33 +1,5 @@
-"""Deterministic builder of tiny random-weight GGUF models of the ``step35`` architecture.
-
-The models built here have random weights, but they are structurally faithful to
-StepFun's Step 3.5 Flash as llama.cpp's ``step35`` loader and graph see it:
-
-* leading dense FFN block(s), then MoE blocks with a shared expert, sigmoid
-  routing with an expert-selection bias (``exp_probs_b``), top-k, normalized and
-  scaled expert weights;
-* the 3:1 sliding-window / full-attention layer pattern
-  (``attention.sliding_window_pattern``), with *different* query head counts on
-  the two kinds of layer (per-layer ``attention.head_count`` arrays);
-* per-head Q/K RMSNorm and the head-wise attention gate (``attn_gate``);
-* per-layer SwiGLU clamps (``swiglu_clamp_exp`` / ``swiglu_clamp_shexp``), active
-  on some layers and 0 (off) on others;
-* partial RoPE: llama.cpp halves the rotary dimension of full-attention layers
-  (factor 0.5) and rotates the whole head on sliding layers (factor 1.0), with a
-  separate ``rope.freq_base_swa``; optionally llama3-style ``rope_freqs``;
-* optional MTP/NextN blocks appended after the trunk, also as a separate
-  ``mtp-*.gguf`` sidecar (:func:`mtp_sidecar_paths`);
-* optionally a "token map" trunk, whose next token depends only on the current
-  one (attention and FFN outputs zero, the output head a permutation of the
-  vocabulary), with MTP heads that agree with it (drafts accepted) or that
-  predict a different token (drafts rejected);
-* optionally an "agent" trunk: a token map whose chat answers end, reasoning
-  :data:`AGENT_REASONING` and answering :data:`AGENT_ANSWER` at any temperature
-  (size ``tiny-agent``, for tests with real coding agents);
-* a real byte-level BPE tokenizer (GPT-2's, read offline from
-  ``ggml-vocab-gpt-2.gguf``) extended with the Step 3.5 chat/control tokens, and the
-  Step 3.5 chat template.
-"""
+"""The bytes of a synthetic Step 3.5 model: metadata, deterministic weights, token maps, and the files
+(single, split, MTP sidecar, fork-era, header-only). What the models are: :mod:`step35.testing`."""
 
 from __future__ import annotations
 
